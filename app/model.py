@@ -1,0 +1,97 @@
+"""The data model: what travels over the channels and what the API serves.
+
+Times are kept as integer milliseconds since the Unix epoch (UTC), the unit Binance uses, so that candle
+alignment is integer arithmetic; the ``*_time`` properties give UTC-aware datetimes for the edges.
+Prices and quantities are exact ``Decimal``s parsed from Binance's strings, never floats.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import attrs
+
+
+def utc_from_ms(epoch_ms: int) -> datetime:
+    """A UTC-aware datetime from integer epoch milliseconds, without a float round-trip."""
+    seconds, millis = divmod(epoch_ms, 1000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=millis * 1000)
+
+
+def ms_from_utc(moment: datetime) -> int:
+    """Integer epoch milliseconds from an aware datetime (naive ones are refused: they are ambiguous)."""
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment.isoformat()} has no time zone; use UTC")
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+@attrs.frozen(slots=True)
+class Tick:
+    """One trade, as Binance's ``@trade`` stream reports it."""
+
+    symbol: str
+    price: Decimal
+    quantity: Decimal
+    trade_time_ms: int
+    event_time_ms: int
+    trade_id: int
+    # True when the buyer was the maker, i.e. the aggressor (taker) sold.
+    is_buyer_maker: bool
+
+    @property
+    def trade_time(self) -> datetime:
+        return utc_from_ms(self.trade_time_ms)
+
+    @property
+    def event_time(self) -> datetime:
+        return utc_from_ms(self.event_time_ms)
+
+
+@attrs.frozen(slots=True)
+class Candle:
+    """An OHLCV candle with Binance's kline fields; ``closed`` is False while its interval is running."""
+
+    symbol: str
+    interval: str
+    open_time_ms: int
+    close_time_ms: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    quote_volume: Decimal
+    trade_count: int
+    taker_buy_volume: Decimal
+    taker_buy_quote_volume: Decimal
+    # Binance reports -1 for both when the interval had no trade.
+    first_trade_id: int
+    last_trade_id: int
+    closed: bool
+    # 0 for the first closed version; a late trade (after a repaired gap) emits revision 1, 2, ...
+    revision: int = 0
+
+    @property
+    def open_time(self) -> datetime:
+        return utc_from_ms(self.open_time_ms)
+
+    @property
+    def close_time(self) -> datetime:
+        return utc_from_ms(self.close_time_ms)
+
+
+@attrs.frozen(slots=True)
+class Gap:
+    """Trades ``first_trade_id..last_trade_id`` (inclusive) of ``symbol`` that could not be recovered."""
+
+    symbol: str
+    first_trade_id: int
+    last_trade_id: int
+    reason: str
+    detected_at_ms: int
+
+    @property
+    def missing_count(self) -> int:
+        return self.last_trade_id - self.first_trade_id + 1
