@@ -1,0 +1,98 @@
+"""The ``marketdata`` command: ``serve``, ``demo``, ``simulate``, ``record``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from app import service
+from app.settings import VARIABLES, SettingsError, configure_logging, load_settings
+
+log = logging.getLogger("app")
+
+# CLI flag -> settings variable; every flag overrides the environment and .env.
+SERVE_FLAGS: dict[str, tuple[str, str]] = {
+    "--symbols": ("SYMBOLS", "comma-separated symbols, e.g. BTCUSDT,ETHUSDT"),
+    "--ws-url": ("BINANCE_WS_URL", "Binance WebSocket base URL (…/ws)"),
+    "--rest-url": ("BINANCE_REST_URL", "Binance REST base URL, used for backfill"),
+    "--intervals": ("CANDLE_INTERVALS", "candle intervals, e.g. 1m,5m,1h (1s … 1M)"),
+    "--host": ("HTTP_HOST", "address the HTTP API listens on"),
+    "--port": ("HTTP_PORT", "port the HTTP API listens on (0: any free port)"),
+    "--database-url": ("DATABASE_URL", "sqlite:///PATH, or sqlite:///:memory: to keep nothing"),
+    "--log-level": ("LOG_LEVEL", "DEBUG, INFO, WARNING (default), ERROR"),
+}
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, (variable, help_text) in SERVE_FLAGS.items():
+        assert variable in VARIABLES
+        parser.add_argument(flag, dest=variable, metavar=variable, help=f"{help_text} [env {variable}]")
+
+
+def _settings_from(args: argparse.Namespace) -> service.Settings:
+    overrides = {variable: getattr(args, variable) for variable, _ in SERVE_FLAGS.values()}
+    return load_settings(overrides=overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings_from(args)
+    configure_logging(settings.log_level)
+    log.info("starting symbols=%s ws=%s", ",".join(settings.symbols), settings.binance_ws_url)
+    return run_service(settings)
+
+
+def run_service(settings: service.Settings) -> int:
+    """Run the service to the end; 0 after a signal, 1 after a crash (logged with its traceback)."""
+    try:
+        trio.run(service.run, settings)
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as error:  # noqa: BLE001  the top: log every crash, exit non-zero
+        log.critical("service crashed: %r", error, exc_info=error)
+        return 1
+    log.info("stopped cleanly")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="marketdata",
+        description="Binance trade ingestion: exact ticks and candles over HTTP and WebSocket.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the service against Binance (or a simulator)",
+        description="Connect to Binance's trade streams and serve ticks and candles. Settings come from "
+        "the environment and .env; each flag overrides its variable.",
+    )
+    _add_settings_flags(serve)
+    serve.set_defaults(func=_serve)
+    _add_optional_commands(commands)
+    return parser
+
+
+def _add_optional_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands from other modules, each adding its own sub-parser."""
+    from app.replay.cli import add_record_command, add_simulate_command
+
+    add_simulate_command(commands)
+    add_record_command(commands)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        exit_code: int = args.func(args)
+    except SettingsError as error:
+        print(f"marketdata: {error}", file=sys.stderr)
+        return 2
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

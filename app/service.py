@@ -1,0 +1,111 @@
+"""The supervisor: creates every channel, starts every task, and owns shutdown.
+
+Data flow (each arrow is a bounded Trio memory channel, closed by its sender)::
+
+    stream_trades ──ticks──▶ fan_out (TickHub: latest tick per symbol)
+                                ├──tick batches──▶ aggregate (CandleBuilder) ──closed candles──▶ persist_candles
+                                ├──tick batches──▶ persist_ticks
+                                └──tick batches──▶ WebSocket feed subscribers (cut off when slow)
+    serve_http (Hypercorn + Quart) reads the hub, the candle builder and storage.
+
+Shutdown: SIGINT/SIGTERM cancels ingestion only; the closed channels then drain the pipeline in order
+(fan-out, aggregator, writers), and only then is the HTTP server stopped. A second signal, or a drain that
+takes longer than ``DRAIN_TIMEOUT_SECONDS``, cancels everything at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Sequence
+
+import trio
+
+from app.ingest.binance_stream import stream_trades
+from app.model import Candle, Tick
+from app.settings import Settings
+from app.store.candles import CandleBuilder, aggregate
+from app.store.latest import OverflowPolicy, TickHub, fan_out
+from app.store.persist import persist_candles, persist_ticks
+from app.store.sqlite import SQLiteStorage
+from app.store.storage import Storage
+from app.web.app import ServiceState, create_app
+from app.web.server import serve_http
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_SECONDS = 10.0
+# Buffers of internal subscribers, in batches (of up to 1024 ticks each).
+AGGREGATOR_BUFFER = 4096
+PERSISTENCE_BUFFER = 4096
+CLOSED_CANDLE_BUFFER = 65_536
+
+
+async def open_storage(settings: Settings) -> Storage:
+    path = settings.sqlite_path
+    if path is None:
+        raise ValueError(f"unsupported DATABASE_URL {settings.database_url!r}")
+    return await SQLiteStorage.open(path)
+
+
+async def run(
+    settings: Settings,
+    *,
+    task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the service until a signal, or until a task crashes (the crash propagates)."""
+    storage = await open_storage(settings)
+    try:
+        await _supervise(settings, storage, task_status)
+    finally:
+        with trio.CancelScope(shield=True):
+            await storage.close()
+
+
+async def _supervise(
+    settings: Settings, storage: Storage, task_status: trio.TaskStatus[Sequence[str]]
+) -> None:
+    hub = TickHub()
+    builder = CandleBuilder(settings.candle_intervals)
+    ticks_send, ticks_receive = trio.open_memory_channel[Tick](settings.tick_buffer)
+    closed_send, closed_receive = trio.open_memory_channel[Candle](CLOSED_CANDLE_BUFFER)
+    aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
+    persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
+    state = ServiceState(settings=settings, hub=hub, candles=builder, storage=storage)
+    ingest_scope = trio.CancelScope()
+
+    async with trio.open_nursery() as service:
+        urls = await service.start(serve_http, create_app(state), settings.http_host, settings.http_port)
+        log.info("serving urls=%s", ",".join(urls))
+        service.start_soon(_stop_on_signal, ingest_scope, service.cancel_scope)
+        async with trio.open_nursery() as pipeline:
+            pipeline.start_soon(
+                _run_ingest, ingest_scope, settings, ticks_send
+            )
+            pipeline.start_soon(fan_out, ticks_receive, hub)
+            pipeline.start_soon(aggregate, aggregator_input, closed_send, builder)
+            pipeline.start_soon(persist_ticks, persistence_input, storage)
+            pipeline.start_soon(persist_candles, closed_receive, storage)
+            task_status.started(urls)
+        log.info("pipeline drained; stopping the HTTP server")
+        service.cancel_scope.cancel()
+
+
+async def _run_ingest(
+    scope: trio.CancelScope, settings: Settings, ticks: trio.MemorySendChannel[Tick]
+) -> None:
+    with scope:
+        await stream_trades(settings.binance_ws_url, settings.symbols, ticks, settings.stale_after_seconds)
+
+
+async def _stop_on_signal(ingest_scope: trio.CancelScope, service_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("received %s: stopping ingestion and draining", signal.Signals(signum).name)
+            ingest_scope.cancel()
+            break
+        with trio.move_on_after(DRAIN_TIMEOUT_SECONDS):
+            async for signum in signals:
+                log.warning("received %s again: stopping now", signal.Signals(signum).name)
+                break
+        service_scope.cancel()

@@ -1,0 +1,28 @@
+"""Serving the Quart app with Hypercorn's Trio worker, inside the service's nursery."""
+
+from __future__ import annotations
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+
+def hypercorn_config(host: str, port: int) -> Config:
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    # Quiet by default: no access log, Hypercorn's own errors go through logging.
+    config.accesslog = None
+    config.graceful_timeout = 2.0
+    return config
+
+
+async def serve_http(
+    app: QuartTrio,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; ``task_status`` reports the bound URLs (bind port 0 in tests)."""
+    await serve(app, hypercorn_config(host, port), task_status=task_status)  # type: ignore[arg-type]
