@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import trio
 
 from app import service
-from app.settings import VARIABLES, SettingsError, configure_logging, load_settings
+from app.settings import VARIABLES, Settings, SettingsError, configure_logging, load_settings
 
 log = logging.getLogger("app")
 
@@ -33,7 +33,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=variable, metavar=variable, help=f"{help_text} [env {variable}]")
 
 
-def _settings_from(args: argparse.Namespace) -> service.Settings:
+def _settings_from(args: argparse.Namespace) -> Settings:
     overrides = {variable: getattr(args, variable) for variable, _ in SERVE_FLAGS.values()}
     return load_settings(overrides=overrides)
 
@@ -45,13 +45,13 @@ def _serve(args: argparse.Namespace) -> int:
     return run_service(settings)
 
 
-def run_service(settings: service.Settings) -> int:
+def run_service(settings: Settings) -> int:
     """Run the service to the end; 0 after a signal, 1 after a crash (logged with its traceback)."""
     try:
         trio.run(service.run, settings)
     except KeyboardInterrupt:
         return 0
-    except BaseException as error:  # noqa: BLE001  the top: log every crash, exit non-zero
+    except BaseException as error:  # the top: log every crash, exit non-zero
         log.critical("service crashed: %r", error, exc_info=error)
         return 1
     log.info("stopped cleanly")

@@ -22,14 +22,16 @@ from collections.abc import Sequence
 import trio
 
 from app.ingest.binance_stream import stream_trades
+from app.ingest.status import IngestStatus
 from app.model import Candle, Tick
 from app.settings import Settings
+from app.state import ServiceState
 from app.store.candles import CandleBuilder, aggregate
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import persist_candles, persist_ticks
 from app.store.sqlite import SQLiteStorage
 from app.store.storage import Storage
-from app.web.app import ServiceState, create_app
+from app.web.app import create_app
 from app.web.server import serve_http
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,9 @@ async def _supervise(
     closed_send, closed_receive = trio.open_memory_channel[Candle](CLOSED_CANDLE_BUFFER)
     aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
     persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
-    state = ServiceState(settings=settings, hub=hub, candles=builder, storage=storage)
+    state = ServiceState(
+        settings=settings, hub=hub, candles=builder, storage=storage, ingest=IngestStatus()
+    )
     ingest_scope = trio.CancelScope()
 
     async with trio.open_nursery() as service:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
+from typing import TypeVar
 
 import trio
 
 from app.model import Candle, Tick
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -87,7 +90,7 @@ class SQLiteStorage:
     async def open(cls, path: str) -> SQLiteStorage:
         return cls(await trio.to_thread.run_sync(_connect, path))
 
-    async def _run(self, function, *args):  # type: ignore[no-untyped-def]
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
 
     async def write_ticks(self, ticks: Sequence[Tick]) -> None:

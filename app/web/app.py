@@ -4,26 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import orjson
 from quart import Response
 from quart_trio import QuartTrio
 
 from app.convert import api_converter
-from app.settings import Settings
-from app.store.candles import CandleBuilder
-from app.store.latest import TickHub
-from app.store.storage import Storage
-
-
-@attrs.frozen
-class ServiceState:
-    """What the web layer reads: built by the supervisor, shared by reference."""
-
-    settings: Settings
-    hub: TickHub
-    candles: CandleBuilder
-    storage: Storage
+from app.state import ServiceState
 
 
 def json_response(body: Any, status: int = 200) -> Response:

@@ -25,4 +25,4 @@ async def serve_http(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; ``task_status`` reports the bound URLs (bind port 0 in tests)."""
-    await serve(app, hypercorn_config(host, port), task_status=task_status)  # type: ignore[arg-type]
+    await serve(app, hypercorn_config(host, port), task_status=task_status)

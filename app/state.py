@@ -1,0 +1,23 @@
+"""The service's shared state: built by the supervisor, read by the web layer, mutated only by its owner task."""
+
+from __future__ import annotations
+
+import attrs
+
+from app.ingest.status import IngestStatus
+from app.settings import Settings
+from app.store.candles import CandleBuilder
+from app.store.latest import TickHub
+from app.store.storage import Storage
+
+
+@attrs.frozen
+class ServiceState:
+    settings: Settings
+    # Owned by fan_out.
+    hub: TickHub
+    # Owned by aggregate.
+    candles: CandleBuilder
+    storage: Storage
+    # Owned by the ingest tasks.
+    ingest: IngestStatus
