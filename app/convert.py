@@ -146,15 +146,15 @@ def trade_from_rest(symbol: str, row: Mapping[str, Any]) -> Tick:
 
 
 def _structure_decimal(value: object, _type: type) -> Decimal:
-    return parse_decimal(value, "decimal")
+    return parse_decimal(value, "value")
 
 
 def _structure_strict_int(value: object, _type: type) -> int:
-    return _require_int(value, "integer")
+    return _require_int(value, "value")
 
 
 def _structure_strict_bool(value: object, _type: type) -> bool:
-    return _require_bool(value, "boolean")
+    return _require_bool(value, "value")
 
 
 def _make_trade_converter() -> cattrs.Converter:
@@ -189,16 +189,16 @@ def structure_trade(payload: Mapping[str, Any]) -> Tick:
     try:
         tick = trade_converter.structure(payload, Tick)
     except cattrs.BaseValidationError as error:
-        reasons = "; ".join(str(leaf) for leaf in _leaf_errors(error))
+        reasons = "; ".join(cattrs.transform_error(error, path="trade", format_exception=_describe_error))
         raise FrameError(f"invalid trade: {reasons}") from None
     _require_symbol(tick.symbol)
     return tick
 
 
-def _leaf_errors(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for sub in error.exceptions for leaf in _leaf_errors(sub)]
-    return [error]
+def _describe_error(error: BaseException, expected: type | None) -> str:
+    if isinstance(error, FrameError):
+        return error.reason
+    return cattrs.v.format_exception(error, expected)
 
 
 # --- model -> API JSON -------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -13,6 +15,8 @@ def hypercorn_config(host: str, port: int) -> Config:
     config.bind = [f"{host}:{port}"]
     # Quiet by default: no access log, Hypercorn's own errors go through logging.
     config.accesslog = None
+    # Hypercorn's messages go through our logging configuration rather than a handler of its own.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
     return config
 

@@ -1,0 +1,33 @@
+# Everything runs from a local virtual environment, created on first use.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install demo run test lint bench clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install   ## the service on the shipped recording, with its own simulated exchange
+	$(BIN)/marketdata demo
+
+run: install    ## the service against the exchange configured in the environment / .env
+	$(BIN)/marketdata serve
+
+lint: install
+	$(BIN)/ruff check app tests bench
+	$(BIN)/mypy app
+
+test: lint      ## lint, types, then the whole test suite
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,101 @@
+"""The supervisor as users run it: a subprocess that starts, serves, and stops on signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+# Nothing listens here: the service keeps reconnecting, which must not stop it from serving or stopping.
+UNREACHABLE_EXCHANGE = "ws://127.0.0.1:9/ws"
+
+
+def service_command(*flags: str) -> list[str]:
+    return [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", "0",
+            "--ws-url", UNREACHABLE_EXCHANGE, "--rest-url", "http://127.0.0.1:9", "--log-level", "INFO", *flags]
+
+
+async def wait_for_line(stream: trio.abc.ReceiveStream, pattern: str, seen: list[str]) -> re.Match[str]:
+    """Read stderr lines until one matches ``pattern``; every line read is kept in ``seen``."""
+    buffer = b""
+    while True:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise AssertionError(f"process ended before {pattern!r}; output:\n" + "".join(seen))
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            text = line.decode()
+            seen.append(text + "\n")
+            match = re.search(pattern, text)
+            if match:
+                return match
+
+
+async def read_rest(stream: trio.abc.ReceiveStream, seen: list[str]) -> None:
+    while chunk := await stream.receive_some(65536):
+        seen.append(chunk.decode())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_service_serves_then_exits_0_on_signal(tmp_path: Path, signum: signal.Signals) -> None:
+    database = tmp_path / "md.sqlite3"
+    seen: list[str] = []
+    with trio.fail_after(60):
+        process = await trio.lowlevel.open_process(
+            service_command("--database-url", f"sqlite:///{database}"),
+            stderr=subprocess.PIPE, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert process.stderr is not None
+        try:
+            match = await wait_for_line(process.stderr, r"serving urls=(\S+)", seen)
+            async with httpx.AsyncClient(base_url=match.group(1)) as client:
+                response = await client.get("/health")
+            assert response.status_code in (200, 503)
+            assert "status" in response.json()
+            process.send_signal(signum)
+            await read_rest(process.stderr, seen)
+            exit_code = await process.wait()
+        finally:
+            process.kill()
+    output = "".join(seen)
+    assert exit_code == 0, output
+    assert f"received {signum.name}" in output
+    assert "stopped cleanly" in output
+    assert database.exists()
+
+
+async def test_crash_of_a_task_is_logged_and_exits_nonzero(tmp_path: Path) -> None:
+    # The HTTP task cannot bind a port that is taken: the service must stop, not run half-dead.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await trio.run_process(
+            [*service_command("--database-url", "sqlite:///:memory:"), "--port", str(port)],
+            capture_stderr=True, check=False, cwd=tmp_path,
+        )
+    output = result.stderr.decode()
+    assert result.returncode == 1, output
+    assert "service crashed" in output
+    assert "Address already in use" in output
+
+
+def test_help_of_every_command_is_useful() -> None:
+    for command in ([], ["serve"], ["simulate"], ["record"]):
+        result = subprocess.run([sys.executable, "-m", "app", *command, "--help"], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        assert "usage: marketdata" in result.stdout
+    serve_help = subprocess.run([sys.executable, "-m", "app", "serve", "--help"], capture_output=True, text=True,
+                                timeout=60, check=True).stdout
+    for variable in ("SYMBOLS", "BINANCE_WS_URL", "CANDLE_INTERVALS", "HTTP_PORT", "DATABASE_URL", "LOG_LEVEL"):
+        assert variable in serve_help
