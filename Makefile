@@ -20,7 +20,7 @@ run: install    ## the service against the exchange configured in the environmen
 	$(BIN)/marketdata serve
 
 lint: install
-	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy app
 
 test: lint      ## lint, types, then the whole test suite
