@@ -1,0 +1,335 @@
+"""Recordings of raw WebSocket frames: the file format, its reader and writer, and the ``record`` command.
+
+Format (version 1)
+------------------
+A recording is a JSON Lines text file (UTF-8, one JSON object per line), compressed with zstd (written by
+this module) or gzip, or left plain; readers detect which by the file's magic bytes.
+
+* Line 1 is a header object::
+
+    {"format": "marketdata-recording", "version": 1, "source": "wss://stream.binance.com:9443/stream?...",
+     "symbols": ["BTCUSDT", "ETHUSDT"], "started_at": "2024-08-08T23:54:15.342+00:00",
+     "synthetic": false, "note": "free text"}
+
+  ``source`` is the URL the frames came from, ``symbols`` the upper-case symbols asked for, ``started_at``
+  an ISO-8601 UTC time, ``synthetic`` true when the frames were generated rather than received from an
+  exchange. Readers ignore keys they do not know.
+* Every further line is one received frame::
+
+    {"recv_ns": 1723161255343000000, "frame": "{\\"stream\\":\\"btcusdt@trade\\",\\"data\\":{...}}"}
+
+  ``recv_ns`` is the receive time in integer nanoseconds since the Unix epoch (UTC); ``frame`` is the text
+  frame exactly as received (combined ``{"stream", "data"}`` frames or raw event objects), so replaying it
+  reproduces the original bytes. Lines are in receive order.
+
+Writing a recording from your own tool needs nothing but ``json`` and a compressor: write the header line,
+then one line per frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self, cast
+from urllib.parse import urlsplit
+
+import attrs
+import orjson
+import trio
+import trio_websocket
+import zstandard
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "marketdata-recording"
+FORMAT_VERSION = 1
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC = b"\x1f\x8b"
+DEFAULT_RECORD_URL = "wss://stream.binance.com:9443"
+
+
+class RecordingError(ValueError):
+    """A file that is not a valid recording."""
+
+
+@attrs.frozen(slots=True)
+class RecordingHeader:
+    source: str
+    symbols: tuple[str, ...]
+    started_at: str
+    synthetic: bool = False
+    note: str = ""
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "source": self.source,
+                "symbols": list(self.symbols),
+                "started_at": self.started_at,
+                "synthetic": self.synthetic,
+                "note": self.note,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, line: bytes) -> RecordingHeader:
+        try:
+            header = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise RecordingError(f"header line is not JSON: {error}") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+            raise RecordingError("first line is not a marketdata-recording header")
+        if header.get("version") != FORMAT_VERSION:
+            raise RecordingError(f"unsupported recording version {header.get('version')!r}")
+        symbols = header.get("symbols", [])
+        if not isinstance(symbols, list) or not all(isinstance(symbol, str) for symbol in symbols):
+            raise RecordingError("header 'symbols' must be a list of strings")
+        return cls(
+            source=str(header.get("source", "")),
+            symbols=tuple(symbols),
+            started_at=str(header.get("started_at", "")),
+            synthetic=bool(header.get("synthetic", False)),
+            note=str(header.get("note", "")),
+        )
+
+
+@attrs.frozen(slots=True)
+class RecordedFrame:
+    recv_ns: int
+    frame: str
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"recv_ns": self.recv_ns, "frame": self.frame})
+
+    @classmethod
+    def from_json(cls, line: bytes, line_number: int) -> RecordedFrame:
+        try:
+            record = orjson.loads(line)
+            recv_ns, frame = record["recv_ns"], record["frame"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+            raise RecordingError(f"line {line_number}: not a frame record ({error})") from None
+        if type(recv_ns) is not int or not isinstance(frame, str):
+            raise RecordingError(f"line {line_number}: recv_ns must be an integer and frame a string")
+        return cls(recv_ns=recv_ns, frame=frame)
+
+
+def iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def iso_from_ns(epoch_ns: int) -> str:
+    seconds, nanos = divmod(epoch_ns, 1_000_000_000)
+    moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _open_binary_for_read(path: Path) -> IO[bytes]:
+    raw = path.open("rb")
+    magic = raw.read(4)
+    raw.seek(0)
+    if magic.startswith(_ZSTD_MAGIC):
+        # read_across_frames: files concatenated by appending stay readable.
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+        # The zstd reader has no readline: buffer it.
+        return cast(IO[bytes], io.BufferedReader(cast(io.RawIOBase, reader)))
+    if magic.startswith(_GZIP_MAGIC):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    return raw
+
+
+class RecordingReader:
+    """Reads a recording: ``header`` at once, then frames lazily (blocking file I/O: call from a thread)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lines = _open_binary_for_read(self.path)
+        first = self._lines.readline()
+        if not first.strip():
+            self.close()
+            raise RecordingError(f"{self.path}: empty recording")
+        try:
+            self.header = RecordingHeader.from_json(first)
+        except RecordingError:
+            self.close()
+            raise
+
+    def frames(self) -> Iterator[RecordedFrame]:
+        for line_number, line in enumerate(self._lines, start=2):
+            if line.strip():
+                yield RecordedFrame.from_json(line, line_number)
+
+    def close(self) -> None:
+        self._lines.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_recording(path: Path | str) -> tuple[RecordingHeader, list[RecordedFrame]]:
+    """The whole recording in memory (blocking; shipped recordings are a few MB at most)."""
+    with RecordingReader(path) as reader:
+        return reader.header, list(reader.frames())
+
+
+class RecordingWriter:
+    """Writes a zstd-compressed recording (blocking file I/O: call from a thread)."""
+
+    def __init__(self, path: Path | str, header: RecordingHeader, *, level: int = 10) -> None:
+        self.path = Path(path)
+        self._file = self.path.open("wb")
+        self._zstd = zstandard.ZstdCompressor(level=level).stream_writer(self._file, closefd=True)
+        self._zstd.write(header.to_json() + b"\n")
+        self.frames_written = 0
+
+    def write(self, frame: RecordedFrame) -> None:
+        self._zstd.write(frame.to_json() + b"\n")
+        self.frames_written += 1
+
+    def write_many(self, frames: Iterable[RecordedFrame]) -> None:
+        for frame in frames:
+            self.write(frame)
+
+    def close(self) -> None:
+        self._zstd.close()  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def write_recording(path: Path | str, header: RecordingHeader, frames: Iterable[RecordedFrame]) -> int:
+    with RecordingWriter(path, header) as writer:
+        writer.write_many(frames)
+        return writer.frames_written
+
+
+# --- the record command ------------------------------------------------------------------------------------
+
+
+def combined_stream_url(base_url: str, symbols: Sequence[str]) -> str:
+    """``wss://host:9443`` + symbols -> the combined ``@trade`` stream URL (a URL with a path is kept as is)."""
+    parts = urlsplit(base_url)
+    if parts.path not in ("", "/"):
+        return base_url
+    streams = "/".join(f"{symbol.lower()}@trade" for symbol in symbols)
+    return f"{base_url.rstrip('/')}/stream?streams={streams}"
+
+
+@attrs.frozen(slots=True)
+class RecordOptions:
+    url: str
+    symbols: tuple[str, ...]
+    out: Path
+    duration: float | None = None
+    progress_interval: float = 5.0
+    note: str = ""
+
+
+# Frames are handed to the writer thread in batches of up to this many.
+_WRITE_BATCH = 1000
+_RECORD_BUFFER = 100_000
+
+
+async def record(options: RecordOptions, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> int:
+    """Record frames from ``options.url`` until ``duration`` elapses, the server closes, or cancellation.
+
+    Reports the connected URL through ``task_status`` once the socket is open; returns the frame count.
+    """
+    url = combined_stream_url(options.url, options.symbols)
+    header = RecordingHeader(
+        source=url, symbols=options.symbols, started_at=iso_now(), synthetic=False, note=options.note
+    )
+    writer = await trio.to_thread.run_sync(RecordingWriter, options.out, header)
+    frames_send, frames_recv = trio.open_memory_channel[RecordedFrame](_RECORD_BUFFER)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_frames, writer, frames_recv)
+            with trio.move_on_after(options.duration if options.duration is not None else float("inf")):
+                await _receive_frames(url, frames_send, options.progress_interval, task_status)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(writer.close)
+    log.info("recording finished frames=%d out=%s", writer.frames_written, options.out)
+    return writer.frames_written
+
+
+async def _receive_frames(
+    url: str,
+    frames_send: trio.MemorySendChannel[RecordedFrame],
+    progress_interval: float,
+    task_status: trio.TaskStatus[str],
+) -> None:
+    async with frames_send, trio_websocket.open_websocket_url(url) as socket:
+        log.info("recording from url=%s", url)
+        task_status.started(url)
+        received = 0
+        next_progress = trio.current_time() + progress_interval
+        while True:
+            try:
+                message = await socket.get_message()
+            except trio_websocket.ConnectionClosed as closed:
+                log.info("server closed the connection reason=%s frames=%d", closed.reason, received)
+                return
+            # Stamp first: the receive time must not include our own processing.
+            recv_ns = time.time_ns()
+            text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+            await frames_send.send(RecordedFrame(recv_ns=recv_ns, frame=text))
+            received += 1
+            if trio.current_time() >= next_progress:
+                log.info("recording progress frames=%d", received)
+                next_progress = trio.current_time() + progress_interval
+
+
+async def _write_frames(writer: RecordingWriter, frames_recv: trio.MemoryReceiveChannel[RecordedFrame]) -> None:
+    async with frames_recv:
+        async for first in frames_recv:
+            batch = [first]
+            while len(batch) < _WRITE_BATCH:
+                try:
+                    batch.append(frames_recv.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await trio.to_thread.run_sync(writer.write_many, batch)
+
+
+def record_command(args: argparse.Namespace) -> int:
+    """``marketdata record``: the entry point behind the CLI sub-command."""
+    symbols = tuple(symbol.strip().upper() for symbol in args.symbols.split(",") if symbol.strip())
+    if not symbols:
+        log.error("no symbols given")
+        return 2
+    options = RecordOptions(
+        url=args.url, symbols=symbols, out=Path(args.out), duration=args.duration, note=args.note or ""
+    )
+    try:
+        frames = trio.run(record, options)
+    except KeyboardInterrupt:
+        log.info("recording interrupted; file closed")
+        return 0
+    except (OSError, trio_websocket.HandshakeError) as error:
+        log.error("recording failed: %s", error)
+        return 1
+    except BaseExceptionGroup as group:
+        failures, others = group.split((OSError, trio_websocket.HandshakeError))
+        if others is not None or failures is None:
+            raise
+        log.error("recording failed: %s", failures.exceptions[0])
+        return 1
+    log.info("recorded frames=%d", frames)
+    return 0

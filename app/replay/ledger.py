@@ -1,0 +1,85 @@
+"""The trades the simulator has published, per symbol: the ground truth for tests and the REST side's data.
+
+Only published trades are here, so REST never shows a trade the socket has not (it is one exchange).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+
+from app.model import Tick
+
+
+class SymbolTrades:
+    """One symbol's published trades in publication order (ids and times ascending), at most ``cap``."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._ticks: list[Tick] = []
+        # Evicted trades stay in the list until compaction, so eviction is amortised O(1).
+        self._start = 0
+
+    def append(self, tick: Tick) -> None:
+        self._ticks.append(tick)
+        if len(self._ticks) - self._start > self._cap:
+            self._start += 1
+            if self._start >= self._cap:
+                del self._ticks[: self._start]
+                self._start = 0
+
+    def __len__(self) -> int:
+        return len(self._ticks) - self._start
+
+    def all(self) -> list[Tick]:
+        return self._ticks[self._start :]
+
+    def recent(self, limit: int) -> list[Tick]:
+        return self._ticks[max(self._start, len(self._ticks) - limit) :]
+
+    def from_id(self, from_id: int, limit: int) -> list[Tick]:
+        first = bisect_left(self._ticks, from_id, lo=self._start, key=_trade_id)
+        return self._ticks[first : first + limit]
+
+    def between(self, start_ms: int, end_ms: int) -> list[Tick]:
+        """Trades with ``start_ms <= trade time <= end_ms``."""
+        first = bisect_left(self._ticks, start_ms, lo=self._start, key=_trade_time)
+        last = bisect_right(self._ticks, end_ms, lo=first, key=_trade_time)
+        return self._ticks[first:last]
+
+    @property
+    def last_time_ms(self) -> int | None:
+        return self._ticks[-1].trade_time_ms if len(self) else None
+
+
+def _trade_id(tick: Tick) -> int:
+    return tick.trade_id
+
+
+def _trade_time(tick: Tick) -> int:
+    return tick.trade_time_ms
+
+
+class TradeLedger:
+    def __init__(self, cap_per_symbol: int) -> None:
+        self._cap = cap_per_symbol
+        self._symbols: dict[str, SymbolTrades] = {}
+        self.total = 0
+
+    def add(self, ticks: Iterable[Tick]) -> None:
+        for tick in ticks:
+            trades = self._symbols.get(tick.symbol)
+            if trades is None:
+                trades = self._symbols[tick.symbol] = SymbolTrades(self._cap)
+            trades.append(tick)
+            self.total += 1
+
+    def symbol(self, symbol: str) -> SymbolTrades:
+        trades = self._symbols.get(symbol)
+        if trades is None:
+            trades = self._symbols[symbol] = SymbolTrades(self._cap)
+        return trades
+
+    def count(self, symbol: str) -> int:
+        trades = self._symbols.get(symbol)
+        return 0 if trades is None else len(trades)
