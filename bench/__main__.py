@@ -1,0 +1,434 @@
+"""``python -m bench``: throughput, latency and memory of the service against the seed's design.
+
+Rows (medians over ``--repeat`` runs; progress on stderr, the table on stdout):
+
+1. ingest capacity: trades/s from the feed socket into the store with no subscriber, read from each system's
+   own counter (the project's ``ticks_published`` from ``/health``; the baseline's ``stats`` reply);
+2. end to end: trades/s delivered to 1 and to 100 subscribers of ``/ws`` (per subscriber, median of them);
+3. latency: p50/p99/p99.9 in ms from the simulator to the subscriber at 1,000 and 10,000 trades/s;
+4. scale: 1,500 symbols over 2 exchange connections, 1 million trades, resident memory sampled from /proc;
+5. candles: the aggregator's trades/s with 6 intervals (pure, in-process) and SQLite persistence rows/s.
+
+Rows 1-2 are fed by ``bench.feeder`` (the simulator's market pre-rendered and written at socket speed),
+because the simulator generates trades live and tops out below the service's capacity; rows 3-4 run the
+simulator itself (``bench.sim_process``), paced, with its synthetic market. Everything binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import attrs
+
+from bench import candles_bench
+from bench.clients import FeedSubscribers, measure_latency, percentile
+from bench.feeder import DEMO_RECORDING
+from bench.procs import (
+    Baseline,
+    Child,
+    Service,
+    combined_stream_url,
+    cpu_seconds,
+    rss_bytes,
+    start_baseline,
+    start_feeder,
+    start_service,
+    start_simulator,
+)
+
+log = logging.getLogger("bench")
+
+# The synthetic market's arrivals carry 1-8 fills each (geometric, p=0.3): 1.4285 trades per arrival on average.
+FILLS_PER_ARRIVAL = sum(0.3**k for k in range(8))
+SYSTEMS = ("project", "baseline")
+ROWS = {"1": "ingest", "2": "e2e", "3": "latency", "4": "scale", "5": "candles"}
+
+System = Service | Baseline
+
+
+@attrs.frozen
+class Plan:
+    """Sizes and durations of one bench run."""
+
+    repeat: int
+    warmup: float
+    window: float
+    feed_frames: int
+    subscriber_counts: tuple[int, ...]
+    latency_rates: tuple[int, ...]
+    latency_window: dict[int, float]
+    scale_symbols: int
+    scale_streams_per_connection: int
+    scale_trades: int
+    scale_rate: float
+    candle_ticks: int
+    persist_rows: int
+
+    @classmethod
+    def full(cls, repeat: int) -> Plan:
+        return cls(repeat=repeat, warmup=1.5, window=4.0, feed_frames=1_500_000, subscriber_counts=(1, 100),
+                   latency_rates=(1_000, 10_000), latency_window={1_000: 10.0, 10_000: 4.0}, scale_symbols=1_500,
+                   scale_streams_per_connection=750, scale_trades=1_000_000, scale_rate=12_500.0,
+                   candle_ticks=300_000, persist_rows=300_000)
+
+    @classmethod
+    def quick(cls, repeat: int) -> Plan:
+        return cls(repeat=repeat, warmup=0.7, window=1.5, feed_frames=400_000, subscriber_counts=(1, 100),
+                   latency_rates=(1_000, 10_000), latency_window={1_000: 2.0, 10_000: 1.0}, scale_symbols=1_500,
+                   scale_streams_per_connection=750, scale_trades=50_000, scale_rate=12_500.0,
+                   candle_ticks=30_000, persist_rows=30_000)
+
+    @classmethod
+    def tiny(cls) -> Plan:
+        """Minuscule sizes for the smoke test: every code path, no meaningful figure."""
+        return cls(repeat=1, warmup=0.2, window=0.3, feed_frames=20_000, subscriber_counts=(1, 3),
+                   latency_rates=(200,), latency_window={200: 0.5}, scale_symbols=20,
+                   scale_streams_per_connection=10, scale_trades=300, scale_rate=300.0, candle_ticks=2_000,
+                   persist_rows=2_000)
+
+
+@attrs.define
+class Result:
+    row: str
+    measure: str
+    unit: str
+    project: list[float] = attrs.field(factory=list)
+    baseline: list[float] = attrs.field(factory=list)
+    higher_is_better: bool = True
+    target: str = ""
+    note: str = ""
+
+    def median(self, values: Sequence[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    @property
+    def ratio(self) -> float | None:
+        project, baseline = self.median(self.project), self.median(self.baseline)
+        if project is None or baseline is None or baseline == 0:
+            return None
+        return project / baseline
+
+
+# --- systems -------------------------------------------------------------------------------------------------
+
+
+async def start_system(kind: str, workdir: Path, ws_url: str, symbols: Sequence[str],
+                       env: dict[str, str] | None = None) -> System:
+    if kind == "project":
+        return await start_service(workdir, ws_url, symbols, env)
+    return await start_baseline(workdir, ws_url, symbols)
+
+
+def drain(child: Child) -> None:
+    while not child.messages.empty():
+        child.messages.get_nowait()
+
+
+# --- row 1 and 2: capacity, fed at socket speed ----------------------------------------------------------------
+
+
+async def ingest_capacity(kind: str, plan: Plan, workdir: Path, feeder: Child, info: dict[str, object]) -> float:
+    drain(feeder)
+    system = await start_system(kind, workdir, str(info["ws_url"]), list(info["symbols"]))  # type: ignore[call-overload]
+    try:
+        await feeder.next_message("connected", within=30)
+        await feeder.send_line("go")
+        await asyncio.sleep(plan.warmup)
+        before, started = await system.ticks_ingested(), time.perf_counter()
+        await asyncio.sleep(plan.window)
+        after, ended = await system.ticks_ingested(), time.perf_counter()
+        if after >= int(info["frames"]) * 0.98:  # type: ignore[call-overload]
+            log.warning("the feeder ran dry during the window: raise feed_frames")
+        return (after - before) / (ended - started)
+    finally:
+        await system.stop()
+
+
+async def end_to_end(kind: str, subscribers: int, plan: Plan, workdir: Path, feeder: Child,
+                     info: dict[str, object]) -> tuple[float, float, int]:
+    """(median, slowest) trades/s per subscriber, and how many subscribers were cut off."""
+    drain(feeder)
+    system = await start_system(kind, workdir, str(info["ws_url"]), list(info["symbols"]))  # type: ignore[call-overload]
+    try:
+        await feeder.next_message("connected", within=30)
+        async with FeedSubscribers(system.feed_url, subscribers) as feed:
+            await feeder.send_line("go")
+            await asyncio.sleep(plan.warmup)
+            before, started = feed.totals(), time.perf_counter()
+            await asyncio.sleep(plan.window)
+            after, ended = feed.totals(), time.perf_counter()
+            cut_off = feed.cut_off()
+        if cut_off:
+            log.warning("%s: %d of %d subscribers cut off: %s", kind, len(cut_off), subscribers, cut_off[0])
+        rates = [(b - a) / (ended - started) for a, b in zip(before, after, strict=True)]
+        return statistics.median(rates), min(rates), len(cut_off)
+    finally:
+        await system.stop()
+
+
+async def capacity_rows(plan: Plan, workdir: Path, rows: set[str], source: str) -> list[Result]:
+    feeder, info = await start_feeder(workdir, source, plan.feed_frames, symbols=8)
+    log.info("feeder ready source=%s symbols=%s frames=%s", source, ",".join(info["symbols"]), info["frames"])  # type: ignore[arg-type]
+    results: list[Result] = []
+    try:
+        if "ingest" in rows:
+            result = Result("1", "ingest capacity, no subscriber", "trades/s", target=">= 50,000 (project)",
+                            note=f"feed: {source}; counters: /health ticks_published, baseline stats")
+            for number in range(plan.repeat):
+                for kind in SYSTEMS:
+                    rate = await ingest_capacity(kind, plan, workdir, feeder, info)
+                    getattr(result, kind).append(rate)
+                    log.info("ingest %s run=%d trades_per_s=%.0f", kind, number + 1, rate)
+            results.append(result)
+        if "e2e" in rows:
+            for subscribers in plan.subscriber_counts:
+                label = "subscriber" if subscribers == 1 else "subscribers (each, median)"
+                result = Result("2", f"end to end -> {subscribers} {label}", "trades/s",
+                                target=">= 1.5x baseline" if subscribers == 1 else "")
+                slowest: list[float] = []
+                cut: list[int] = []
+                for number in range(plan.repeat):
+                    for kind in SYSTEMS:
+                        median, minimum, cut_off = await end_to_end(kind, subscribers, plan, workdir, feeder, info)
+                        getattr(result, kind).append(median)
+                        if kind == "project":
+                            slowest.append(minimum)
+                            cut.append(cut_off)
+                        log.info("e2e %s subscribers=%d run=%d median=%.0f slowest=%.0f cut_off=%d", kind,
+                                 subscribers, number + 1, median, minimum, cut_off)
+                if subscribers > 1:
+                    result.note = f"project slowest subscriber {statistics.median(slowest):,.0f}/s; cut off {max(cut)}"
+                results.append(result)
+    finally:
+        await feeder.stop()
+    return results
+
+
+# --- row 3: latency through the simulator -------------------------------------------------------------------------
+
+
+async def latency_rows(plan: Plan, workdir: Path) -> list[Result]:
+    results: list[Result] = []
+    for rate in plan.latency_rates:
+        arrivals = rate / FILLS_PER_ARRIVAL
+        simulator, info = await start_simulator(workdir, ["--synthetic", "--symbols", "8", "--rate", f"{arrivals:.3f}"])
+        symbols = list(info["symbols"])  # type: ignore[call-overload]
+        tap_url = combined_stream_url(str(info["ws_base_url"]), symbols)
+        per_quantile = {q: Result("3", f"latency p{q} at {rate:,}/s", "ms", higher_is_better=False)
+                        for q in ("50", "99", "99.9")}
+        per_quantile["99"].target = "< 5 ms at 1,000/s (project)" if rate == 1_000 else ""
+        observed: list[float] = []
+        missing = 0
+        try:
+            for number in range(plan.repeat):
+                for kind in SYSTEMS:
+                    system = await start_system(kind, workdir, str(info["ws_url"]), symbols)
+                    try:
+                        probe = await measure_latency(tap_url, system.feed_url, plan.warmup,
+                                                      plan.latency_window[rate])
+                    finally:
+                        await system.stop()
+                    latencies = probe.latencies_ms()
+                    if not latencies:
+                        raise RuntimeError(f"{kind}: no trade reached the subscriber at {rate}/s")
+                    observed.append(len(probe.tap) / plan.latency_window[rate])
+                    missing = max(missing, probe.missing())
+                    for quantile, result in per_quantile.items():
+                        getattr(result, kind).append(percentile(latencies, float(quantile) / 100))
+                    log.info("latency %s rate=%d run=%d samples=%d p50=%.2f p99=%.2f p99.9=%.2f missing=%d", kind,
+                             rate, number + 1, len(latencies), percentile(latencies, 0.5),
+                             percentile(latencies, 0.99), percentile(latencies, 0.999), probe.missing())
+        finally:
+            await simulator.stop()
+        per_quantile["50"].note = f"simulator sent {statistics.median(observed):,.0f} trades/s"
+        if missing:
+            per_quantile["99.9"].note = f"up to {missing} trades never reached a subscriber"
+        results.extend(per_quantile.values())
+    return results
+
+
+# --- row 4: scale and memory --------------------------------------------------------------------------------------
+
+
+async def scale_row(plan: Plan, workdir: Path) -> list[Result]:
+    arrivals = plan.scale_rate / FILLS_PER_ARRIVAL
+    simulator, info = await start_simulator(
+        workdir, ["--synthetic", "--symbols", str(plan.scale_symbols), "--rate", f"{arrivals:.3f}"]
+    )
+    symbols = list(info["symbols"])  # type: ignore[call-overload]
+    env = {"MAX_STREAMS_PER_CONNECTION": str(plan.scale_streams_per_connection)}
+    samples: list[tuple[int, int, float]] = []  # (trades delivered, rss bytes, seconds)
+    try:
+        service = await start_system("project", workdir, str(info["ws_url"]), symbols, env)
+        assert isinstance(service, Service)
+        try:
+            cpu_before = cpu_seconds(service.pid)
+            started = time.perf_counter()
+            deadline = started + plan.scale_trades / plan.scale_rate * 2 + 30
+            async with FeedSubscribers(service.feed_url, 1) as feed:
+                while True:
+                    delivered = feed.totals()[0]
+                    samples.append((delivered, rss_bytes(service.pid), time.perf_counter() - started))
+                    if delivered >= plan.scale_trades or feed.cut_off() or time.perf_counter() > deadline:
+                        break
+                    await asyncio.sleep(0.25)
+                cut_off = feed.cut_off()
+            elapsed = time.perf_counter() - started
+            cpu = (cpu_seconds(service.pid) - cpu_before) / elapsed
+            ingested = await service.ticks_ingested()
+        finally:
+            await service.stop()
+    finally:
+        await simulator.stop()
+    delivered = samples[-1][0]
+    if cut_off or delivered < plan.scale_trades:
+        log.warning("scale: %d of %d trades delivered; cut off: %s", delivered, plan.scale_trades, cut_off)
+    # Memory after the first fifth (caches and buffers warmed up) against the end.
+    warm = next((rss for count, rss, _ in samples if count >= delivered * 0.2), samples[0][1])
+    final = samples[-1][1]
+    peak = max(rss for _, rss, _ in samples)
+    growth = final - warm
+    flat = growth <= max(10 * 2**20, 0.05 * warm)
+    mb = 2**20
+    return [
+        Result("4", f"scale: {len(symbols):,} symbols / {plan.scale_streams_per_connection} per connection",
+               "trades/s", project=[delivered / elapsed],
+               note=f"{delivered:,} trades delivered to 1 subscriber ({ingested:,} ingested) in {elapsed:.0f} s; "
+               f"service CPU {cpu:.0%} of a core"),
+        Result("4", "scale: RSS after 20% / at end / peak", "MB", project=[final / mb], higher_is_better=False,
+               target="flat (growth <= max(10 MB, 5%))",
+               note=f"{warm / mb:.1f} / {final / mb:.1f} / {peak / mb:.1f} MB: growth {growth / mb:+.1f} MB -> "
+               + ("flat" if flat else "NOT flat")),
+    ]
+
+
+# --- row 5: candles and persistence --------------------------------------------------------------------------------
+
+
+async def candle_rows(plan: Plan, workdir: Path) -> list[Result]:
+    figures = [await asyncio.to_thread(candles_bench.measure, plan.candle_ticks, plan.persist_rows, workdir)
+               for _ in range(plan.repeat)]
+    log.info("candles %s", figures)
+    return [
+        Result("5", "candle aggregator, 6 intervals (in-process)", "trades/s",
+               project=[f.aggregator_per_s for f in figures], baseline=[f.baseline_aggregator_per_s for f in figures],
+               note=f"intervals {','.join(candles_bench.INTERVALS)}; baseline: float OHLC callback"),
+        Result("5", "persistence: ticks to SQLite (file, WAL)", "rows/s", project=[f.tick_rows_per_s for f in figures]),
+        Result("5", "persistence: candles to SQLite (file, WAL)", "rows/s",
+               project=[f.candle_rows_per_s for f in figures]),
+    ]
+
+
+# --- the table -----------------------------------------------------------------------------------------------------
+
+
+def _number(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:.2f}"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _spread(values: Sequence[float], unit: str) -> str:
+    if len(values) < 2:
+        return ""
+    return f"{_number(min(values), unit)}-{_number(max(values), unit)}"
+
+
+def render_table(results: Sequence[Result], header: str) -> str:
+    columns = ("row", "measure", "unit", "project", "(min-max)", "baseline", "(min-max)", "proj/base", "target")
+    lines = [
+        [r.row, r.measure, r.unit, _number(r.median(r.project), r.unit), _spread(r.project, r.unit),
+         _number(r.median(r.baseline), r.unit), _spread(r.baseline, r.unit),
+         "" if r.ratio is None else f"{r.ratio:.2f}x" + ("" if r.higher_is_better else " (lower=better)"),
+         r.target]
+        for r in results
+    ]
+    widths = [max(len(column), *(len(line[i]) for line in lines)) if lines else len(column)
+              for i, column in enumerate(columns)]
+    out = [header, "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(),
+           "  ".join("-" * w for w in widths)]
+    out += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    notes = [f"  row {r.row} {r.measure}: {r.note}" for r in results if r.note]
+    if notes:
+        out += ["", "notes:", *notes]
+    return "\n".join(out)
+
+
+# --- entry point ---------------------------------------------------------------------------------------------------
+
+
+def parse_rows(only: str | None) -> set[str]:
+    if not only:
+        return set(ROWS.values())
+    chosen = set()
+    for part in only.split(","):
+        name = ROWS.get(part.strip(), part.strip())
+        if name not in ROWS.values():
+            choices = f"{', '.join(ROWS)} or {', '.join(ROWS.values())}"
+            raise SystemExit(f"--only: unknown row {part!r}; choose from {choices}")
+        chosen.add(name)
+    return chosen
+
+
+async def run_bench(plan: Plan, rows: set[str], workdir: Path, source: str) -> list[Result]:
+    steps: list[tuple[str, Callable[[], Awaitable[list[Result]]]]] = []
+    if rows & {"ingest", "e2e"}:
+        steps.append(("capacity", lambda: capacity_rows(plan, workdir, rows, source)))
+    if "latency" in rows:
+        steps.append(("latency", lambda: latency_rows(plan, workdir)))
+    if "scale" in rows:
+        steps.append(("scale", lambda: scale_row(plan, workdir)))
+    if "candles" in rows:
+        steps.append(("candles", lambda: candle_rows(plan, workdir)))
+    results: list[Result] = []
+    for name, step in steps:
+        started = time.perf_counter()
+        log.info("step %s", name)
+        results.extend(await step())
+        log.info("step %s done seconds=%.1f", name, time.perf_counter() - started)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a sanity run in under a minute")
+    parser.add_argument("--repeat", type=int, help="runs per measurement; the table shows medians (default 3, "
+                        "1 with --quick)")
+    parser.add_argument("--only", metavar="ROW", help="comma-separated rows: 1-5 or ingest,e2e,latency,scale,candles")
+    parser.add_argument("--source", choices=("recording", "synthetic"),
+                        help="the market feeding rows 1-2 (default: the shipped recording if present)")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.tiny:
+        plan = Plan.tiny()
+    elif args.quick:
+        plan = Plan.quick(args.repeat or 1)
+    else:
+        plan = Plan.full(args.repeat or 3)
+    source = args.source or ("recording" if DEMO_RECORDING.is_file() else "synthetic")
+    rows = parse_rows(args.only)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="marketdata-bench-") as directory:
+        results = asyncio.run(run_bench(plan, rows, Path(directory), source))
+    elapsed = time.perf_counter() - started
+    header = (f"marketdata bench ({'quick' if args.quick else 'tiny' if args.tiny else 'full'}, "
+              f"medians of {plan.repeat}, {elapsed:.0f} s)")
+    print(render_table(results, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

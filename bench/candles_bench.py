@@ -1,0 +1,101 @@
+"""Row 5: the candle aggregator (pure, in-process) and SQLite persistence, on the simulator's synthetic trades."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attrs
+import trio
+
+from app.intervals import Interval
+from app.model import Candle, Tick
+from app.replay.sources import SyntheticMarket
+from app.store.candles import CandleBuilder
+from app.store.sqlite import SQLiteStorage
+from bench import baseline_seed
+
+INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
+WRITE_BATCH = 10_000
+
+
+@attrs.frozen
+class CandleFigures:
+    aggregator_per_s: float
+    baseline_aggregator_per_s: float
+    tick_rows_per_s: float
+    candle_rows_per_s: float
+
+
+def synthetic_ticks(count: int, symbols: int = 8) -> list[Tick]:
+    # 1,000 arrivals/s of market time: the trades span minutes, so candles open and close.
+    market = SyntheticMarket(symbols=symbols, rate=1_000.0, seed=5, start_ms=1_723_161_255_000)
+    ticks: list[Tick] = []
+    for scheduled in market:
+        assert scheduled.event.tick is not None
+        ticks.append(scheduled.event.tick)
+        if len(ticks) >= count:
+            return ticks
+    return ticks
+
+
+def time_aggregator(ticks: list[Tick]) -> float:
+    builder = CandleBuilder(tuple(Interval(name) for name in INTERVALS))
+    update = builder.update
+    started = time.perf_counter()
+    for tick in ticks:
+        update(tick)
+    return len(ticks) / (time.perf_counter() - started)
+
+
+def time_baseline_aggregator(ticks: list[Tick]) -> float:
+    seed_ticks = [
+        baseline_seed.Tick(t.symbol, float(t.price), float(t.quantity),
+                           datetime.fromtimestamp(t.trade_time_ms / 1000, UTC),
+                           datetime.fromtimestamp(t.event_time_ms / 1000, UTC), t.trade_id, t.is_buyer_maker)
+        for t in ticks
+    ]
+    aggregator = baseline_seed.OHLCAggregator(INTERVALS)
+    started = time.perf_counter()
+    for tick in seed_ticks:
+        aggregator.on_tick(tick)
+    return len(seed_ticks) / (time.perf_counter() - started)
+
+
+def _candles(ticks: list[Tick]) -> list[Candle]:
+    """One closed 1m candle per tick, each with its own open time: distinct rows, not updates."""
+    return [
+        Candle(symbol=tick.symbol, interval="1m", open_time_ms=index * 60_000, close_time_ms=index * 60_000 + 59_999,
+               open=tick.price, high=tick.price, low=tick.price, close=tick.price, volume=tick.quantity,
+               quote_volume=tick.price * tick.quantity, trade_count=1, taker_buy_volume=tick.quantity,
+               taker_buy_quote_volume=tick.price * tick.quantity, first_trade_id=tick.trade_id,
+               last_trade_id=tick.trade_id, closed=True)
+        for index, tick in enumerate(ticks)
+    ]
+
+
+async def _time_persistence(ticks: list[Tick], path: Path) -> tuple[float, float]:
+    storage = await SQLiteStorage.open(str(path))
+    try:
+        started = time.perf_counter()
+        for start in range(0, len(ticks), WRITE_BATCH):
+            await storage.write_ticks(ticks[start : start + WRITE_BATCH])
+        tick_rate = len(ticks) / (time.perf_counter() - started)
+        candles = _candles(ticks)
+        started = time.perf_counter()
+        for start in range(0, len(candles), WRITE_BATCH):
+            await storage.write_candles(candles[start : start + WRITE_BATCH])
+        candle_rate = len(candles) / (time.perf_counter() - started)
+    finally:
+        await storage.close()
+    return tick_rate, candle_rate
+
+
+def measure(candle_ticks: int, persist_rows: int, workdir: Path) -> CandleFigures:
+    ticks = synthetic_ticks(max(candle_ticks, persist_rows))
+    aggregator = time_aggregator(ticks[:candle_ticks])
+    baseline = time_baseline_aggregator(ticks[:candle_ticks])
+    path = workdir / f"persist-{time.monotonic_ns()}.sqlite3"
+    tick_rows, candle_rows = trio.run(_time_persistence, ticks[:persist_rows], path)
+    return CandleFigures(aggregator, baseline, tick_rows, candle_rows)
