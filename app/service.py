@@ -21,8 +21,9 @@ from collections.abc import Sequence
 
 import trio
 
-from app.ingest.binance_stream import stream_trades
 from app.ingest.status import IngestStatus
+from app.ingest.subscriptions import SubscriptionManager
+from app.ingest.trades import stream_trades
 from app.model import Candle, Tick
 from app.settings import Settings
 from app.state import ServiceState
@@ -73,8 +74,11 @@ async def _supervise(
     closed_send, closed_receive = trio.open_memory_channel[Candle](CLOSED_CANDLE_BUFFER)
     aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
     persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
+    ingest_status = IngestStatus()
+    subscriptions = SubscriptionManager(settings.symbols, ingest_status)
     state = ServiceState(
-        settings=settings, hub=hub, candles=builder, storage=storage, ingest=IngestStatus()
+        settings=settings, hub=hub, candles=builder, storage=storage, ingest=ingest_status,
+        subscriptions=subscriptions,
     )
     ingest_scope = trio.CancelScope()
 
@@ -84,7 +88,7 @@ async def _supervise(
         service.start_soon(_stop_on_signal, ingest_scope, service.cancel_scope)
         async with trio.open_nursery() as pipeline:
             pipeline.start_soon(
-                _run_ingest, ingest_scope, settings, ticks_send
+                _run_ingest, ingest_scope, settings, subscriptions, storage, ticks_send
             )
             pipeline.start_soon(fan_out, ticks_receive, hub)
             pipeline.start_soon(aggregate, aggregator_input, closed_send, builder)
@@ -96,10 +100,16 @@ async def _supervise(
 
 
 async def _run_ingest(
-    scope: trio.CancelScope, settings: Settings, ticks: trio.MemorySendChannel[Tick]
+    scope: trio.CancelScope,
+    settings: Settings,
+    subscriptions: SubscriptionManager,
+    storage: Storage,
+    ticks: trio.MemorySendChannel[Tick],
 ) -> None:
     with scope:
-        await stream_trades(settings.binance_ws_url, settings.symbols, ticks, settings.stale_after_seconds)
+        # Resume where storage stopped: the trades since then are backfilled (bounded by MAX_BACKFILL_TRADES).
+        resume_from = await storage.last_trade_ids()
+        await stream_trades(settings, subscriptions, ticks, resume_from)
 
 
 async def _stop_on_signal(ingest_scope: trio.CancelScope, service_scope: trio.CancelScope) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from app.ingest.status import IngestStatus
+from app.ingest.subscriptions import SubscriptionManager
 from app.settings import Settings
 from app.store.candles import CandleBuilder
 from app.store.latest import TickHub
@@ -21,3 +22,7 @@ class ServiceState:
     storage: Storage
     # Owned by the ingest tasks.
     ingest: IngestStatus
+    # The live symbol set (POST/DELETE /api/symbols); attached to the running ingest by stream_trades.
+    subscriptions: SubscriptionManager = attrs.field(
+        default=attrs.Factory(lambda self: SubscriptionManager(self.settings.symbols, self.ingest), takes_self=True)
+    )

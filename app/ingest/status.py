@@ -10,6 +10,9 @@ import attrs
 
 from app.model import Gap
 
+# Unrepaired gaps kept per symbol for the health endpoint (the counters keep the full totals).
+GAPS_KEPT = 1000
+
 
 @attrs.define
 class SymbolStatus:
@@ -24,8 +27,19 @@ class SymbolStatus:
     gaps_repaired: int = 0
     trades_backfilled: int = 0
     backfilling: bool = False
-    # Gaps that could not be repaired; never silently forgotten.
+    # Gaps that could not be repaired; never silently forgotten (the newest GAPS_KEPT; totals below).
     unrepaired_gaps: list[Gap] = attrs.Factory(list)
+    gaps_unrepaired: int = 0
+    trades_lost: int = 0
+    # False once the symbol was unsubscribed (the entry is kept for its history).
+    subscribed: bool = True
+
+    def record_gap(self, gap: Gap) -> None:
+        self.unrepaired_gaps.append(gap)
+        if len(self.unrepaired_gaps) > GAPS_KEPT:
+            del self.unrepaired_gaps[: len(self.unrepaired_gaps) - GAPS_KEPT]
+        self.gaps_unrepaired += 1
+        self.trades_lost += gap.missing_count
 
 
 @attrs.define
@@ -37,17 +51,41 @@ class ConnectionStatus:
     # trio.current_time() of the last frame received on this connection.
     last_frame_at: float | None = None
     reconnects: int = 0
+    # trio.current_time() when the current connection opened.
+    connected_at: float | None = None
+    frames_received: int = 0
+    control_messages_sent: int = 0
 
 
 @attrs.define
 class IngestStatus:
     symbols: dict[str, SymbolStatus] = attrs.Factory(dict)
     connections: dict[str, ConnectionStatus] = attrs.Factory(dict)
+    # Frames that are not valid JSON or not a valid trade of a known kind.
     parse_errors: int = 0
+    # {"error": {...}, "id": N} replies to our control requests.
     error_replies: int = 0
+    # Well-formed events of kinds this client does not consume (skipped).
+    unknown_events: int = 0
+    # Trades of symbols no longer subscribed (in flight while unsubscribing): dropped.
+    ticks_ignored: int = 0
+    connect_attempts: int = 0
+    connect_failures: int = 0
+    # Connections replaced because they delivered nothing for stale_after_seconds.
+    stale_connections: int = 0
+    server_shutdowns: int = 0
+    # Replacements opened before the old connection was closed (24 h cut, serverShutdown).
+    connection_switches: int = 0
+    rest_requests: int = 0
+    rest_rate_limited: int = 0
+    rest_errors: int = 0
 
     def symbol(self, symbol: str) -> SymbolStatus:
         status = self.symbols.get(symbol)
         if status is None:
             status = self.symbols[symbol] = SymbolStatus(symbol)
         return status
+
+    @property
+    def gaps_unrepaired(self) -> int:
+        return sum(status.gaps_unrepaired for status in self.symbols.values())

@@ -1,0 +1,66 @@
+"""When to try connecting again: exponential backoff with full jitter, and Binance's connection-attempt budget.
+
+Both are pure (the caller passes ``now`` and a random source), so they are tested without a clock; the
+connection task sleeps for what they return.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+import attrs
+
+BACKOFF_START_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 30.0
+# A connection that stayed up and delivered for this long resets the backoff to its start.
+HEALTHY_AFTER_SECONDS = 60.0
+# Binance: 300 connection attempts per 5 minutes per IP. Keep a margin for other clients on the same IP.
+CONNECT_ATTEMPTS_PER_WINDOW = 250
+CONNECT_WINDOW_SECONDS = 300.0
+
+
+@attrs.define
+class Backoff:
+    """Full-jitter exponential backoff ("AWS architecture blog": sleep = uniform(0, min(cap, start * 2**n)))."""
+
+    start: float = BACKOFF_START_SECONDS
+    cap: float = BACKOFF_CAP_SECONDS
+    healthy_after: float = HEALTHY_AFTER_SECONDS
+    rng: random.Random = attrs.field(factory=random.Random)
+    failures: int = 0
+
+    def ceiling(self) -> float:
+        """The upper bound of the next delay."""
+        return min(self.cap, self.start * 2.0 ** min(self.failures, 64))
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; each call counts one more failure."""
+        delay = self.rng.uniform(0.0, self.ceiling())
+        self.failures += 1
+        return delay
+
+    def connection_ended(self, healthy_seconds: float) -> None:
+        """A connection ended after delivering for ``healthy_seconds``: a long healthy run resets the backoff."""
+        if healthy_seconds >= self.healthy_after:
+            self.failures = 0
+
+
+@attrs.define
+class AttemptBudget:
+    """At most ``limit`` connection attempts in any ``window`` seconds (a sliding window, shared by all shards)."""
+
+    limit: int = CONNECT_ATTEMPTS_PER_WINDOW
+    window: float = CONNECT_WINDOW_SECONDS
+    _attempts: deque[float] = attrs.field(factory=deque, init=False)
+
+    def wait_before_attempt(self, now: float) -> float:
+        """Seconds to wait before the next attempt may start (0 when one may start now)."""
+        while self._attempts and self._attempts[0] <= now - self.window:
+            self._attempts.popleft()
+        if len(self._attempts) < self.limit:
+            return 0.0
+        return self._attempts[0] + self.window - now
+
+    def record(self, now: float) -> None:
+        self._attempts.append(now)

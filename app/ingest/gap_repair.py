@@ -1,0 +1,262 @@
+"""The sequencer task: every trade of every subscribed symbol exactly once, in id order, gaps repaired over REST.
+
+All ticks (live ones from every connection, backfilled ones from REST) meet here, in one task that owns the
+per-symbol ``TradeSequence`` state, so ordering needs no locks: a tick is emitted only when it is the next id
+due. A hole (after a reconnect, a stall, a dropped frame, or at start-up from a persisted trade id) starts one
+repair task for that symbol, which fetches the missing ids over REST and feeds them back through the inbox;
+live ticks of that symbol wait behind the hole meanwhile, other symbols flow on. What cannot be repaired is
+given up explicitly: a ``Gap`` in the status, a WARNING, counters; never silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import attrs
+import trio
+
+from app.ingest.rest import TRADES_PAGE_LIMIT, BinanceRest, RestError
+from app.ingest.sequence import TradeSequence
+from app.ingest.status import IngestStatus
+from app.model import Gap, Tick
+
+log = logging.getLogger(__name__)
+
+INBOX_BUFFER = 4096
+# Live ticks held behind one hole before the hole is given up (bounds memory while REST is slow).
+DEFAULT_MAX_HELD = 200_000
+
+
+@attrs.define(eq=False)
+class RepairJob:
+    sequence: TradeSequence
+    first_id: int
+    last_id: int
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+
+
+@attrs.frozen(slots=True, eq=False)
+class BackfillPage:
+    job: RepairJob
+    ticks: list[Tick]
+
+
+@attrs.frozen(slots=True, eq=False)
+class RepairEnded:
+    job: RepairJob
+    # Why the rest of the range could not be fetched; None when REST served all of it.
+    error: str | None
+
+
+InboxItem = Tick | BackfillPage | RepairEnded
+
+
+class TradeSequencer:
+    """Owns the per-symbol sequences; ``run`` is the task, ``track``/``forget`` change the symbol set."""
+
+    def __init__(
+        self,
+        status: IngestStatus,
+        rest: BinanceRest | None,
+        *,
+        max_backfill_trades: int,
+        max_held: int = DEFAULT_MAX_HELD,
+    ) -> None:
+        self._status = status
+        self._rest = rest
+        self._max_backfill = max_backfill_trades
+        self._max_held = max_held
+        self.sequences: dict[str, TradeSequence] = {}
+        self._repairs: dict[str, RepairJob] = {}
+        self._nursery: trio.Nursery | None = None
+        self._inbox_send: trio.MemorySendChannel[InboxItem] | None = None
+
+    def track(self, symbol: str, last_trade_id: int | None = None) -> None:
+        """Accept ticks of ``symbol`` from now on; ``last_trade_id`` (persisted) makes the next id due known."""
+        if symbol in self.sequences:
+            return
+        status = self._status.symbol(symbol)
+        status.subscribed = True
+        if last_trade_id is not None and status.last_trade_id is None:
+            status.last_trade_id = last_trade_id
+        next_id = None if last_trade_id is None else last_trade_id + 1
+        self.sequences[symbol] = TradeSequence(symbol, next_id, status)
+
+    def forget(self, symbol: str) -> None:
+        """Stop sequencing ``symbol`` (unsubscribed): its in-flight ticks are dropped, its repair cancelled."""
+        sequence = self.sequences.pop(symbol, None)
+        if sequence is None:
+            return
+        sequence.status.subscribed = False
+        sequence.status.backfilling = False
+        job = self._repairs.pop(symbol, None)
+        if job is not None:
+            job.scope.cancel()
+        if sequence.held:
+            log.info("unsubscribed symbol=%s dropped_held=%d", symbol, len(sequence.held))
+
+    async def run(
+        self,
+        inbox: trio.MemoryReceiveChannel[InboxItem],
+        inbox_send: trio.MemorySendChannel[InboxItem],
+        ticks: trio.MemorySendChannel[Tick],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Sequence ``inbox`` into ``ticks`` until cancelled. ``inbox_send`` is cloned for the repair tasks."""
+        sequences = self.sequences
+        status = self._status
+        current_time = trio.current_time
+        async with trio.open_nursery() as nursery, inbox_send:
+            self._nursery = nursery
+            self._inbox_send = inbox_send
+            task_status.started()
+            while True:
+                try:
+                    item = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    item = await inbox.receive()
+                if type(item) is Tick:
+                    sequence = sequences.get(item.symbol)
+                    if sequence is None:
+                        status.ticks_ignored += 1
+                        continue
+                    symbol_status = sequence.status
+                    symbol_status.ticks_received += 1
+                    symbol_status.last_tick_at = current_time()
+                    if item.trade_id == sequence.next_id and not sequence.held:
+                        # The hot path: the tick due, nothing held.
+                        sequence.next_id = item.trade_id + 1
+                        symbol_status.ticks_emitted += 1
+                        symbol_status.last_trade_id = item.trade_id
+                        try:
+                            ticks.send_nowait(item)
+                        except trio.WouldBlock:
+                            await ticks.send(item)
+                        continue
+                    await self._emit(sequence, sequence.offer(item), ticks)
+                    if sequence.held:
+                        await self._check_hole(sequence, ticks)
+                elif type(item) is BackfillPage:
+                    await self._on_page(item, ticks)
+                else:
+                    assert type(item) is RepairEnded
+                    await self._on_repair_ended(item, ticks)
+
+    async def _emit(self, sequence: TradeSequence, ready: list[Tick], ticks: trio.MemorySendChannel[Tick]) -> None:
+        if not ready:
+            return
+        status = sequence.status
+        status.ticks_emitted += len(ready)
+        status.last_trade_id = ready[-1].trade_id
+        for tick in ready:
+            try:
+                ticks.send_nowait(tick)
+            except trio.WouldBlock:
+                await ticks.send(tick)
+
+    async def _check_hole(self, sequence: TradeSequence, ticks: trio.MemorySendChannel[Tick]) -> None:
+        """Start a repair for the sequence's hole unless one runs; give the hole up if too much is held."""
+        symbol = sequence.symbol
+        status = sequence.status
+        job = self._repairs.get(symbol)
+        if job is not None:
+            if len(sequence.held) <= self._max_held:
+                return
+            del self._repairs[symbol]
+            job.scope.cancel()
+            status.backfilling = False
+            await self._give_up(sequence, f"more than {self._max_held} live trades waited for the backfill", ticks)
+        while (hole := sequence.hole()) is not None:
+            first, last = hole
+            status.gaps_found += 1
+            if self._rest is None:
+                await self._give_up(sequence, "no REST endpoint to backfill from", ticks)
+                continue
+            if last - first + 1 > self._max_backfill:
+                keep_from = last - self._max_backfill + 1
+                self._record_gap(sequence, first, keep_from - 1, f"more than MAX_BACKFILL_TRADES={self._max_backfill}")
+                sequence.advance_to(keep_from)  # releases nothing: the first held tick is above ``last``
+                first = keep_from
+            job = RepairJob(sequence, first, last)
+            self._repairs[symbol] = job
+            status.backfilling = True
+            log.info("gap found symbol=%s first_id=%d last_id=%d", symbol, first, last)
+            assert self._nursery is not None and self._inbox_send is not None
+            self._nursery.start_soon(self._repair, job, self._rest, self._inbox_send.clone())
+            return
+
+    async def _on_page(self, page: BackfillPage, ticks: trio.MemorySendChannel[Tick]) -> None:
+        sequence = page.job.sequence
+        if self._repairs.get(sequence.symbol) is not page.job:
+            return  # a cancelled repair or a forgotten symbol
+        sequence.status.trades_backfilled += len(page.ticks)
+        for tick in page.ticks:
+            await self._emit(sequence, sequence.offer(tick), ticks)
+        if len(sequence.held) > self._max_held:
+            await self._check_hole(sequence, ticks)
+
+    async def _on_repair_ended(self, ended: RepairEnded, ticks: trio.MemorySendChannel[Tick]) -> None:
+        job = ended.job
+        sequence = job.sequence
+        if self._repairs.get(sequence.symbol) is not job:
+            return
+        del self._repairs[sequence.symbol]
+        sequence.status.backfilling = False
+        hole = sequence.hole()
+        if hole is not None and hole[0] <= job.last_id:
+            # REST did not serve part of the range it was asked for.
+            last_given_up = min(hole[1], job.last_id)
+            reason = ended.error or "trades not served by REST (too old or unknown)"
+            self._record_gap(sequence, hole[0], last_given_up, reason)
+            await self._emit(sequence, sequence.advance_to(last_given_up + 1), ticks)
+        elif ended.error is None:
+            sequence.status.gaps_repaired += 1
+            log.info("gap repaired symbol=%s first_id=%d last_id=%d", sequence.symbol, job.first_id, job.last_id)
+        # Live ticks held meanwhile may sit behind another hole.
+        await self._check_hole(sequence, ticks)
+
+    async def _give_up(self, sequence: TradeSequence, reason: str, ticks: trio.MemorySendChannel[Tick]) -> None:
+        hole = sequence.hole()
+        if hole is None:
+            return
+        self._record_gap(sequence, hole[0], hole[1], reason)
+        await self._emit(sequence, sequence.advance_to(hole[1] + 1), ticks)
+
+    def _record_gap(self, sequence: TradeSequence, first: int, last: int, reason: str) -> None:
+        gap = Gap(
+            symbol=sequence.symbol,
+            first_trade_id=first,
+            last_trade_id=last,
+            reason=reason,
+            detected_at_ms=_now_ms(),
+        )
+        sequence.status.record_gap(gap)
+        log.warning("unrepaired gap symbol=%s first_id=%d last_id=%d missing=%d reason=%s",
+                    gap.symbol, first, last, gap.missing_count, reason)
+
+    async def _repair(self, job: RepairJob, rest: BinanceRest, inbox: trio.MemorySendChannel[InboxItem]) -> None:
+        symbol = job.sequence.symbol
+        error: str | None = None
+        async with inbox:
+            with job.scope:
+                next_id = job.first_id
+                try:
+                    while next_id <= job.last_id:
+                        page = await rest.historical_trades(
+                            symbol, next_id, min(TRADES_PAGE_LIMIT, job.last_id - next_id + 1)
+                        )
+                        page = [tick for tick in page if tick.trade_id <= job.last_id]
+                        if not page or page[-1].trade_id < next_id:
+                            break  # REST has nothing from next_id on: the range ends here
+                        await inbox.send(BackfillPage(job, page))
+                        next_id = page[-1].trade_id + 1
+                except RestError as rest_error:
+                    error = f"backfill failed: {rest_error}"
+                    log.warning("backfill failed symbol=%s from_id=%d error=%s", symbol, next_id, rest_error)
+                await inbox.send(RepairEnded(job, error))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

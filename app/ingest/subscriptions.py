@@ -1,0 +1,160 @@
+"""The subscribed symbol set, as the web layer changes it (``POST/DELETE /api/symbols``).
+
+``SubscriptionManager`` is created by the supervisor with the configured symbols and handed to both the web
+layer (through ``ServiceState.subscriptions``) and ``stream_trades``, which attaches the running client to it.
+``add`` validates the symbol against Binance's ``exchangeInfo`` and returns once the SUBSCRIBE is acknowledged
+on an open connection; ``remove`` once the UNSUBSCRIBE is. Changes are serialised, so concurrent calls for the
+same symbol get clear answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+import trio
+
+from app.ingest.binance_stream import StreamClient
+from app.ingest.control import ControlError
+from app.ingest.exchange_info import SymbolDirectory
+from app.ingest.gap_repair import TradeSequencer
+from app.ingest.rest import RestError
+from app.ingest.status import IngestStatus
+from app.ingest.urls import trade_stream
+
+log = logging.getLogger(__name__)
+
+_SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
+
+
+class SubscriptionError(Exception):
+    """A subscription change that was refused or could not be made; the message says why."""
+
+
+class UnknownSymbolError(SubscriptionError):
+    def __init__(self, symbol: str, detail: str = "Binance does not list it") -> None:
+        super().__init__(f"unknown symbol {symbol!r}: {detail}")
+        self.symbol = symbol
+
+
+class AlreadySubscribedError(SubscriptionError):
+    def __init__(self, symbol: str) -> None:
+        super().__init__(f"{symbol} is already subscribed")
+        self.symbol = symbol
+
+
+class NotSubscribedError(SubscriptionError):
+    def __init__(self, symbol: str) -> None:
+        super().__init__(f"{symbol} is not subscribed")
+        self.symbol = symbol
+
+
+class ExchangeUnavailableError(SubscriptionError):
+    """The exchange could not be asked (exchangeInfo or the stream is down, or no ack came): try again later."""
+
+
+class SubscriptionManager:
+    def __init__(self, symbols: Iterable[str], status: IngestStatus) -> None:
+        self.status = status
+        self._symbols: dict[str, None] = dict.fromkeys(symbols)
+        self._client: StreamClient | None = None
+        self._sequencer: TradeSequencer | None = None
+        self._directory: SymbolDirectory | None = None
+        self._lock = trio.Lock()
+
+    def symbols(self) -> tuple[str, ...]:
+        """The desired symbols, in the order they were added."""
+        return tuple(self._symbols)
+
+    def attach(self, client: StreamClient, sequencer: TradeSequencer, directory: SymbolDirectory | None) -> None:
+        self._client, self._sequencer, self._directory = client, sequencer, directory
+
+    def detach(self) -> None:
+        self._client = self._sequencer = self._directory = None
+
+    async def add(self, symbol: str) -> None:
+        """Subscribes ``symbol`` (case-insensitive) on an open connection, without reconnecting."""
+        symbol = _normalise(symbol)
+        async with self._lock:
+            if symbol in self._symbols:
+                raise AlreadySubscribedError(symbol)
+            client, sequencer = self._running()
+            await self._validate(symbol)
+            self._symbols[symbol] = None
+            sequencer.track(symbol)
+            try:
+                await client.subscribe(trade_stream(symbol))
+            except trio.Cancelled:
+                # The caller went away: not subscribed (whatever the connection still sends is dropped).
+                self._undo_add(symbol, client, sequencer)
+                client.discard(trade_stream(symbol))
+                raise
+            except (ControlError, trio.TooSlowError) as error:
+                self._undo_add(symbol, client, sequencer)
+                await client.unsubscribe(trade_stream(symbol))
+                if isinstance(error, ControlError):
+                    raise SubscriptionError(f"the exchange refused to subscribe {symbol}: {error}") from None
+                raise ExchangeUnavailableError(f"no connection acknowledged {symbol} in time") from None
+            log.info("subscribed symbol=%s symbols=%d", symbol, len(self._symbols))
+
+    async def remove(self, symbol: str) -> None:
+        """Unsubscribes ``symbol``; its ticks stop at once (in-flight ones are dropped)."""
+        symbol = _normalise(symbol)
+        async with self._lock:
+            if symbol not in self._symbols:
+                raise NotSubscribedError(symbol)
+            client, sequencer = self._running()
+            del self._symbols[symbol]
+            sequencer.forget(symbol)
+            await client.unsubscribe(trade_stream(symbol))
+            log.info("unsubscribed symbol=%s symbols=%d", symbol, len(self._symbols))
+
+    async def drop_unlisted(self) -> None:
+        """Checks the configured symbols against exchangeInfo and unsubscribes those Binance does not list.
+
+        Runs in the background at start-up so an unreachable REST API delays nothing; when exchangeInfo cannot
+        be fetched the symbols stay (they may well exist).
+        """
+        for symbol in self.symbols():
+            try:
+                await self._validate(symbol)
+            except UnknownSymbolError as error:
+                log.error("configured symbol dropped: %s", error)
+                async with self._lock:
+                    if symbol in self._symbols:
+                        client, sequencer = self._running()
+                        del self._symbols[symbol]
+                        sequencer.forget(symbol)
+                        await client.unsubscribe(trade_stream(symbol))
+            except ExchangeUnavailableError as error:
+                log.warning("configured symbols not validated: %s", error)
+                return
+
+    def _undo_add(self, symbol: str, client: StreamClient, sequencer: TradeSequencer) -> None:
+        del self._symbols[symbol]
+        sequencer.forget(symbol)
+
+    def _running(self) -> tuple[StreamClient, TradeSequencer]:
+        if self._client is None or self._sequencer is None:
+            raise ExchangeUnavailableError("ingestion is not running")
+        return self._client, self._sequencer
+
+    async def _validate(self, symbol: str) -> None:
+        if self._directory is None:
+            return
+        try:
+            status = await self._directory.status_of(symbol)
+        except RestError as error:
+            raise ExchangeUnavailableError(f"cannot check {symbol} against exchangeInfo: {error}") from None
+        if status is None:
+            raise UnknownSymbolError(symbol)
+        if status != "TRADING":
+            raise UnknownSymbolError(symbol, f"its status is {status}, not TRADING")
+
+
+def _normalise(symbol: str) -> str:
+    normalised = symbol.strip().upper()
+    if not _SYMBOL.match(normalised):
+        raise UnknownSymbolError(symbol, "a symbol is 2-20 letters or digits, e.g. BTCUSDT")
+    return normalised

@@ -1,0 +1,73 @@
+"""``stream_trades``: the ingest task the supervisor starts, wiring the client, the sequencer and REST.
+
+    connections (StreamClient shards) ──ticks──▶ inbox ──▶ TradeSequencer ──ticks──▶ ``ticks`` (downstream)
+                                     REST backfill ──pages──▶ inbox
+
+The output carries, per symbol, every trade exactly once and in trade-id order; it is closed when the task
+ends. Ingest waits when ``ticks`` is full; it never drops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import trio
+
+from app.ingest.binance_stream import StreamClient
+from app.ingest.exchange_info import SymbolDirectory
+from app.ingest.gap_repair import INBOX_BUFFER, InboxItem, TradeSequencer
+from app.ingest.rest import BinanceRest
+from app.ingest.subscriptions import SubscriptionManager
+from app.ingest.urls import trade_stream
+from app.model import Tick
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def stream_trades(
+    settings: Settings,
+    subscriptions: SubscriptionManager,
+    ticks: trio.MemorySendChannel[Tick],
+    resume_from: Mapping[str, int] | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Streams the subscribed symbols' trades into ``ticks`` until cancelled.
+
+    ``resume_from`` maps symbols to the last trade id already stored: their trades from the next id on are
+    backfilled (at most ``settings.max_backfill_trades``; beyond that a gap is reported).
+    """
+    status = subscriptions.status
+    resume = dict(resume_from or {})
+    rest = BinanceRest(settings.binance_rest_url, status)
+    async with ticks:
+        try:
+            directory = SymbolDirectory(rest)
+            sequencer = TradeSequencer(status, rest, max_backfill_trades=settings.max_backfill_trades)
+            symbols = subscriptions.symbols()
+            for symbol in symbols:
+                sequencer.track(symbol, resume.get(symbol))
+            inbox_send, inbox_receive = trio.open_memory_channel[InboxItem](INBOX_BUFFER)
+            client = StreamClient(
+                settings.binance_ws_url,
+                status,
+                inbox_send,
+                max_streams_per_connection=settings.max_streams_per_connection,
+                stale_after_seconds=settings.stale_after_seconds,
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sequencer.run, inbox_receive, inbox_send, ticks)
+                await nursery.start(client.run, [trade_stream(symbol) for symbol in symbols])
+                subscriptions.attach(client, sequencer, directory)
+                log.info("ingest started symbols=%d resume=%d", len(symbols), len(resume))
+                nursery.start_soon(subscriptions.drop_unlisted)
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    subscriptions.detach()
+        finally:
+            with trio.CancelScope(shield=True):
+                await rest.aclose()
