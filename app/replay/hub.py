@@ -51,6 +51,8 @@ class Termination:
 
 
 RESET = Termination(None, "reset")
+# Queued behind a connection's pending frames: the writer sends those, then the close frame goes out.
+CLOSE_MARKER: list[str] = []
 
 
 @attrs.define(slots=True)
@@ -88,9 +90,18 @@ class Client:
     last_frame: str | None = None
 
     def terminate(self, termination: Termination) -> None:
-        """Ends the connection (the first reason wins); the handler carries it out."""
+        """Ends the connection (the first reason wins); the handler carries it out.
+
+        A reset is immediate; a close frame follows the frames already queued, as on a real socket.
+        """
         if self.termination is None:
             self.termination = termination
+            if termination.code is not None:
+                try:
+                    self.outbox.send_nowait(CLOSE_MARKER)
+                    return
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
         self.scope.cancel()
 
     def render(self, event: MarketEvent) -> str:
@@ -158,6 +169,8 @@ class Hub:
 
     def send_to(self, client: Client, frames: list[str]) -> None:
         """Queue frames for one client; a client whose queue is full is too slow and is dropped (reset)."""
+        if client.termination is not None:
+            return  # ending: nothing more goes out after its close
         try:
             client.outbox.send_nowait(frames)
         except trio.WouldBlock:

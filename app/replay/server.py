@@ -18,7 +18,7 @@ from wsproto.events import Ping, Pong, TextMessage
 
 from app.replay.config import Limits
 from app.replay.faults import FaultDice, malformed_frame, reset_tcp
-from app.replay.hub import RESET, Client, Hub, Termination
+from app.replay.hub import CLOSE_MARKER, RESET, Client, Hub, Termination
 from app.replay.protocol import (
     Request,
     RequestError,
@@ -109,7 +109,8 @@ async def _serve_connection(hub: Hub, dice: FaultDice, stream: trio.SocketStream
         finally:
             hub.remove_client(client)
             with trio.CancelScope(shield=True):
-                await _finish(hub, client, socket)
+                await _finish(hub, client, socket, outbox_recv)
+            outbox_recv.close()
             nursery.cancel_scope.cancel()
 
 
@@ -128,7 +129,9 @@ async def _handshake(hub: Hub, socket: SimWebSocket) -> Target | None:
     return None
 
 
-async def _finish(hub: Hub, client: Client, socket: SimWebSocket) -> None:
+async def _finish(
+    hub: Hub, client: Client, socket: SimWebSocket, outbox: trio.MemoryReceiveChannel[list[str]]
+) -> None:
     termination = client.termination
     if termination is not None and termination.code is None:
         hub.counters.connections_reset += 1
@@ -138,8 +141,21 @@ async def _finish(hub: Hub, client: Client, socket: SimWebSocket) -> None:
     code, reason = (1000, None) if termination is None else (termination.code, termination.reason)
     log.debug("client=%d closing code=%s reason=%s", client.id, code, reason)
     with trio.move_on_after(_CLOSE_TIMEOUT):
+        # A close frame follows whatever was queued before it, as on a real socket.
+        pending = _drain(outbox)
+        if pending:
+            await _send(hub, client, socket, pending)
         await socket.aclose(code or 1000, reason)
     await socket.socket_stream.aclose()
+
+
+def _drain(outbox: trio.MemoryReceiveChannel[list[str]]) -> list[str]:
+    frames: list[str] = []
+    while True:
+        try:
+            frames.extend(outbox.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return frames
 
 
 async def _run_client(
@@ -164,7 +180,9 @@ async def _run_client(
             nursery.start_soon(_keep_alive, hub, client, socket, limits)
             nursery.start_soon(_age_limit, client, limits.max_connection_age)
             await _read_requests(hub, client, socket)
-            nursery.cancel_scope.cancel()
+            if client.termination is None or client.termination.code is None:
+                nursery.cancel_scope.cancel()
+            # Otherwise the writer flushes what is queued, then ends the connection.
 
 
 def _count_incoming(hub: Hub, client: Client, limits: Limits) -> None:
@@ -223,27 +241,41 @@ async def _write_frames(
     hub: Hub, dice: FaultDice, client: Client, socket: SimWebSocket, outbox: trio.MemoryReceiveChannel[list[str]]
 ) -> None:
     drop_after = dice.faults.drop_after_frames
-    async with outbox:
-        async for batch in outbox:
-            frames = list(batch)
-            while len(frames) < _WRITE_BATCH:
-                try:
-                    frames.extend(outbox.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            if drop_after is not None and client.frames_sent + len(frames) >= drop_after:
-                del frames[max(0, drop_after - client.frames_sent) :]
-                await _send(hub, client, socket, frames)
+    # The handler closes ``outbox`` after flushing it, so no ``async with`` here.
+    while True:
+        frames, closing = _take(outbox, await outbox.receive())
+        if drop_after is not None and client.frames_sent + len(frames) >= drop_after:
+            del frames[max(0, drop_after - client.frames_sent) :]
+            await _send(hub, client, socket, frames)
+            client.terminate(RESET)
+            return
+        if dice.active:
+            frames, drop = _roll_dice(hub, dice, client, frames)
+            await _send(hub, client, socket, frames)
+            if drop:
                 client.terminate(RESET)
                 return
-            if dice.active:
-                frames, drop = _roll_dice(hub, dice, client, frames)
-                await _send(hub, client, socket, frames)
-                if drop:
-                    client.terminate(RESET)
-                    return
-            else:
-                await _send(hub, client, socket, frames)
+        else:
+            await _send(hub, client, socket, frames)
+        if closing:
+            client.scope.cancel()  # the handler sends the close frame
+            return
+
+
+def _take(outbox: trio.MemoryReceiveChannel[list[str]], first: list[str]) -> tuple[list[str], bool]:
+    """The first batch and whatever else is queued, up to a close marker (then True)."""
+    if first is CLOSE_MARKER:
+        return [], True
+    frames = list(first)
+    while len(frames) < _WRITE_BATCH:
+        try:
+            batch = outbox.receive_nowait()
+        except trio.WouldBlock:
+            break
+        if batch is CLOSE_MARKER:
+            return frames, True
+        frames.extend(batch)
+    return frames, False
 
 
 def _roll_dice(hub: Hub, dice: FaultDice, client: Client, frames: list[str]) -> tuple[list[str], bool]:
@@ -273,6 +305,7 @@ async def _send(hub: Hub, client: Client, socket: SimWebSocket, frames: list[str
     client.frames_sent += len(frames)
     client.last_frame = frames[-1]
     hub.counters.frames_sent += len(frames)
+    hub.changed()
 
 
 async def _keep_alive(hub: Hub, client: Client, socket: SimWebSocket, limits: Limits) -> None:

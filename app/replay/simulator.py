@@ -108,6 +108,10 @@ class Simulator:
         )
 
     @property
+    def stalled(self) -> bool:
+        return self._hub.stalled()
+
+    @property
     def source_done(self) -> bool:
         return self._hub.source_done.is_set()
 
