@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 MAX_CONNECTION_AGE_SECONDS = 23.5 * 3600
 # Old and new connection both run this long after a switch, so the old one drains what it already holds.
 SWITCH_OVERLAP_SECONDS = 2.0
-CONNECT_TIMEOUT_SECONDS = 10.0
+# trio-websocket 0.12 notices a TCP reset during the opening handshake only at this timeout.
+CONNECT_TIMEOUT_SECONDS = 5.0
 DISCONNECT_TIMEOUT_SECONDS = 2.0
 # Messages trio-websocket buffers per connection before it stops reading the socket.
 MESSAGE_QUEUE_SIZE = 256
@@ -130,6 +131,7 @@ class StreamClient:
         max_connection_age: float = MAX_CONNECTION_AGE_SECONDS,
         switch_overlap: float = SWITCH_OVERLAP_SECONDS,
         ack_timeout: float = ACK_TIMEOUT_SECONDS,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         healthy_after: float = 60.0,
         attempt_budget: AttemptBudget | None = None,
         rng: random.Random | None = None,
@@ -143,6 +145,7 @@ class StreamClient:
         self._max_age = max_connection_age
         self._switch_overlap = switch_overlap
         self._ack_timeout = ack_timeout
+        self._connect_timeout = connect_timeout
         self._healthy_after = healthy_after
         self._budget = attempt_budget if attempt_budget is not None else AttemptBudget()
         self._rng = rng if rng is not None else random.Random()
@@ -295,7 +298,7 @@ class StreamClient:
             with handle.scope:
                 async with trio_websocket.open_websocket_url(
                     url,
-                    connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                    connect_timeout=self._connect_timeout,
                     disconnect_timeout=DISCONNECT_TIMEOUT_SECONDS,
                     message_queue_size=MESSAGE_QUEUE_SIZE,
                 ) as socket:
