@@ -78,12 +78,10 @@ async def running_ingest(
     buffer: int = 1024,
     **settings: object,
 ) -> AsyncIterator[Ingest]:
-    config = Settings(
-        symbols=tuple(symbols),
-        binance_ws_url=simulator.ws_url,
-        binance_rest_url=simulator.rest_url,
-        **settings,  # type: ignore[arg-type]
-    )
+    fields: dict[str, object] = {
+        "symbols": tuple(symbols), "binance_ws_url": simulator.ws_url, "binance_rest_url": simulator.rest_url,
+    }
+    config = Settings(**{**fields, **settings})  # type: ignore[arg-type]
     status = IngestStatus()
     ingest = Ingest(SubscriptionManager(config.symbols, status), status)
     ticks_send, ticks_receive = trio.open_memory_channel[Tick](buffer)

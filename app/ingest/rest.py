@@ -131,6 +131,13 @@ class BinanceRest:
         rate_limit_waited = 0.0
         transient_failures = 0
         while True:
+            blocked_for = max(self._blocked_until - trio.current_time(), 0.0)
+            if rate_limit_waited + blocked_for > self._max_rate_limit_wait:
+                # Waiting that long would hold the live ticks behind this gap for too long: give it up.
+                if self.banned_until == self._blocked_until:
+                    raise RestUnavailable(f"GET {path}: IP banned (HTTP 418) for another {blocked_for:.0f} s", 418)
+                raise RestUnavailable(f"GET {path}: rate limited (HTTP 429) for another {blocked_for:.0f} s", 429)
+            rate_limit_waited += blocked_for
             await self._respect_limits(weight)
             self._status.rest_requests += 1
             try:
@@ -157,9 +164,6 @@ class BinanceRest:
                     log.warning("rest banned status=418 retry_after=%.0f path=%s", delay, path)
                     raise RestUnavailable(f"GET {path}: this IP is banned for {delay:.0f} s (HTTP 418)", 418)
                 log.warning("rest rate limited status=429 retry_after=%.1f path=%s", delay, path)
-                rate_limit_waited += delay
-                if rate_limit_waited > self._max_rate_limit_wait:
-                    raise RestUnavailable(f"GET {path}: still rate limited after {rate_limit_waited:.0f} s", 429)
                 continue
             if response.status_code >= 500:
                 self._status.rest_errors += 1

@@ -62,10 +62,19 @@ class SubscriptionManager:
         self._sequencer: TradeSequencer | None = None
         self._directory: SymbolDirectory | None = None
         self._lock = trio.Lock()
+        self._changed = trio.Event()
 
     def symbols(self) -> tuple[str, ...]:
         """The desired symbols, in the order they were added."""
         return tuple(self._symbols)
+
+    async def wait_changed(self) -> None:
+        """Returns at the next change of the symbol set."""
+        await self._changed.wait()
+
+    def _set_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def attach(self, client: StreamClient, sequencer: TradeSequencer, directory: SymbolDirectory | None) -> None:
         self._client, self._sequencer, self._directory = client, sequencer, directory
@@ -96,6 +105,7 @@ class SubscriptionManager:
                 if isinstance(error, ControlError):
                     raise SubscriptionError(f"the exchange refused to subscribe {symbol}: {error}") from None
                 raise ExchangeUnavailableError(f"no connection acknowledged {symbol} in time") from None
+            self._set_changed()
             log.info("subscribed symbol=%s symbols=%d", symbol, len(self._symbols))
 
     async def remove(self, symbol: str) -> None:
@@ -107,6 +117,7 @@ class SubscriptionManager:
             client, sequencer = self._running()
             del self._symbols[symbol]
             sequencer.forget(symbol)
+            self._set_changed()
             await client.unsubscribe(trade_stream(symbol))
             log.info("unsubscribed symbol=%s symbols=%d", symbol, len(self._symbols))
 
@@ -126,6 +137,7 @@ class SubscriptionManager:
                         client, sequencer = self._running()
                         del self._symbols[symbol]
                         sequencer.forget(symbol)
+                        self._set_changed()
                         await client.unsubscribe(trade_stream(symbol))
             except ExchangeUnavailableError as error:
                 log.warning("configured symbols not validated: %s", error)
