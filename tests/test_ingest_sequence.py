@@ -75,6 +75,26 @@ def test_held_ticks_below_an_advance_are_dropped() -> None:
     assert ids(seq.held) == [30]
 
 
+def test_an_anchoring_sequence_holds_until_it_knows_where_the_stream_starts() -> None:
+    seq = sequence()
+    seq.anchoring = True
+    assert seq.offer(tick(105)) == []
+    assert seq.offer(tick(106)) == []
+    assert seq.hole() is None  # nothing to repair until the start is known
+    assert seq.anchor(101) == []
+    assert seq.hole() == (101, 104)
+    assert ids(seq.offer(tick(101))) == [101]
+
+
+def test_anchoring_at_the_first_held_tick_releases_everything_held() -> None:
+    seq = sequence()
+    seq.anchoring = True
+    seq.offer(tick(7))
+    seq.offer(tick(8))
+    assert ids(seq.anchor(7)) == [7, 8]
+    assert seq.next_id == 9 and not seq.anchoring
+
+
 @st.composite
 def deliveries(draw: st.DrawFn) -> tuple[int, int, list[int]]:
     """A consecutive id range and a live delivery: some ids lost, some repeated, local reordering."""

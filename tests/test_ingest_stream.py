@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 
 import trio
 import trio.testing
@@ -53,6 +54,26 @@ async def test_reconnect_after_reset_loses_no_trade(simulator: Simulator) -> Non
             assert status.gaps_repaired == 1 and status.trades_backfilled >= 2500
             assert status.unrepaired_gaps == []
             assert ingest.status.connections["shard-0"].reconnects == 1
+
+
+async def test_trades_of_a_new_symbol_lost_before_its_first_tick_are_found(simulator: Simulator) -> None:
+    # Trades older than the subscription are not wanted; those after it are, even if the connection drops
+    # before the first one arrives (nothing says where the symbol's stream starts until then).
+    now_ms = time.time_ns() // 1_000_000
+    simulator.publish(make_ticks("ETHUSDT", 1, 20, t0_ms=now_ms - 3_600_000))
+    with trio.fail_after(10):
+        async with running_ingest(simulator, ["BTCUSDT", "ETHUSDT"]) as ingest:
+            await simulator.wait_subscribed("ethusdt@trade")
+            simulator.publish(make_ticks("BTCUSDT", 1, 1))
+            await ingest.wait_received(1)
+            simulator.reset_connections()
+            after_subscription = make_ticks("ETHUSDT", 21, 30, t0_ms=now_ms + 1000)
+            simulator.publish(after_subscription[:29])  # REST only
+            await _reconnected(simulator, 2)
+            simulator.publish(after_subscription[29:])
+            await ingest.wait_last_id("ETHUSDT", 50)
+            assert trades(ingest.of("ETHUSDT")) == trades(after_subscription)
+            assert ingest.status.symbols["ETHUSDT"].trades_backfilled == 29
 
 
 async def test_a_normal_close_as_at_24_hours_reconnects_and_repairs(simulator: Simulator) -> None:

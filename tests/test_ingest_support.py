@@ -19,14 +19,14 @@ from app.settings import Settings
 T0_MS = 1_723_161_255_342
 
 
-def make_tick(symbol: str, trade_id: int) -> Tick:
-    """A distinct, deterministic trade: price, quantity and times all derive from the id."""
+def make_tick(symbol: str, trade_id: int, t0_ms: int = T0_MS) -> Tick:
+    """A distinct, deterministic trade: price, quantity and times all derive from the id (and ``t0_ms``)."""
     return Tick(
         symbol=symbol,
         price=Decimal(60_000 + trade_id % 997) + Decimal(trade_id % 100) / 100,
         quantity=Decimal(trade_id % 13 + 1) / 1000,
-        trade_time_ms=T0_MS + trade_id,
-        event_time_ms=T0_MS + trade_id + 1,
+        trade_time_ms=t0_ms + trade_id,
+        event_time_ms=t0_ms + trade_id + 1,
         trade_id=trade_id,
         is_buyer_maker=trade_id % 3 == 0,
     )
@@ -38,8 +38,8 @@ def trades(ticks: Iterable[Tick]) -> list[tuple[str, int, Decimal, Decimal, int,
     return [(t.symbol, t.trade_id, t.price, t.quantity, t.trade_time_ms, t.is_buyer_maker) for t in ticks]
 
 
-def make_ticks(symbol: str, first: int, count: int) -> list[Tick]:
-    return [make_tick(symbol, trade_id) for trade_id in range(first, first + count)]
+def make_ticks(symbol: str, first: int, count: int, t0_ms: int = T0_MS) -> list[Tick]:
+    return [make_tick(symbol, trade_id, t0_ms) for trade_id in range(first, first + count)]
 
 
 @attrs.define

@@ -22,7 +22,7 @@ import trio_websocket
 
 from app.ingest.backoff import AttemptBudget, Backoff
 from app.ingest.connection import ACK_TIMEOUT_SECONDS, StreamConnection
-from app.ingest.control import ControlError
+from app.ingest.control import ControlError, ControlTimeout
 from app.ingest.status import ConnectionStatus, IngestStatus
 from app.ingest.urls import combined_stream_url, uses_microseconds
 from app.model import Tick
@@ -199,6 +199,10 @@ class StreamClient:
             try:
                 await connection.subscribe([stream])
                 return
+            except ControlTimeout as error:
+                # A connection that does not answer is broken: replace it (the next one carries the stream).
+                connection.abort(f"control request unanswered: {error}")
+                await shard.wait_changed()
             except trio_websocket.ConnectionClosed:
                 # The connection is going; the next one subscribes the shard's streams when it opens.
                 await shard.wait_changed()
@@ -319,6 +323,8 @@ class StreamClient:
         finally:
             if shard.active is connection and connection is not None:
                 shard.set_active(None)
+            if connection is not None and connection.end_reason:
+                self._status.disconnects += 1
             if connection is not None:
                 # Another connection of the shard (a switch) may still be up.
                 status.connected = shard.active is not None
@@ -328,6 +334,7 @@ class StreamClient:
 
     async def _serve_connection(self, shard: Shard, handle: ConnectionHandle, connection: StreamConnection) -> None:
         async with trio.open_nursery() as nursery:
+            connection.scope = nursery.cancel_scope
             nursery.start_soon(self._receive, connection, nursery.cancel_scope)
             nursery.start_soon(self._watchdog, connection, nursery.cancel_scope)
             nursery.start_soon(self._retire_when_due, connection, handle)
@@ -348,14 +355,30 @@ class StreamClient:
     async def _reconcile(self, shard: Shard, connection: StreamConnection) -> None:
         """Brings the connection's streams to the shard's desired set (which may change meanwhile)."""
         while True:
-            missing = [stream for stream in shard.streams if stream not in connection.subscribed]
+            missing = [
+                stream for stream in shard.streams
+                if stream not in connection.subscribed and stream not in connection.rejected
+            ]
             unwanted = [stream for stream in connection.subscribed if stream not in shard.streams]
             if not missing and not unwanted:
                 return
             if missing:
-                await connection.subscribe(missing)
+                try:
+                    await connection.subscribe(missing)
+                except ControlTimeout:
+                    raise
+                except ControlError as error:
+                    # One refused stream must not cost the others their connection.
+                    refused = [stream for stream in missing if stream not in connection.subscribed]
+                    connection.rejected.update(refused)
+                    log.error("streams refused shard=%s streams=%s error=%s", shard.name, ",".join(refused), error)
             if unwanted:
-                await connection.unsubscribe(unwanted)
+                try:
+                    await connection.unsubscribe(unwanted)
+                except ControlTimeout:
+                    raise
+                except ControlError as error:
+                    log.warning("unsubscribe refused shard=%s error=%s", shard.name, error)
 
     async def _watchdog(self, connection: StreamConnection, scope: trio.CancelScope) -> None:
         """Cancels a connection that delivered nothing for ``stale_after`` seconds while streams are subscribed."""

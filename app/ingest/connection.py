@@ -58,6 +58,10 @@ class StreamConnection:
         self.socket = socket
         # Streams in the URL count as subscribed from the handshake on.
         self.subscribed: set[str] = set(url_streams)
+        # Streams the server refused with an error reply: not asked for again on this connection.
+        self.rejected: set[str] = set()
+        # The scope of everything serving this connection (set by the client): cancelling it ends the connection.
+        self.scope: trio.CancelScope | None = None
         self.status = status
         self._ingest = ingest
         self._microseconds = microseconds
@@ -71,6 +75,12 @@ class StreamConnection:
         # Why the connection ended, for the log line and tests.
         self.end_reason = ""
         self._parse_log = LogThrottle()
+
+    def abort(self, reason: str) -> None:
+        if not self.end_reason:
+            self.end_reason = reason
+        if self.scope is not None:
+            self.scope.cancel()
 
     # --- control requests ---
 

@@ -24,6 +24,8 @@ from app.model import Gap, Tick
 log = logging.getLogger(__name__)
 
 INBOX_BUFFER = 4096
+# Trade times come from the exchange's clock: look this much further back when anchoring a new symbol.
+CLOCK_SKEW_MS = 1000
 # Live ticks held behind one hole before the hole is given up (bounds memory while REST is slow).
 DEFAULT_MAX_HELD = 200_000
 
@@ -43,13 +45,21 @@ class BackfillPage:
 
 
 @attrs.frozen(slots=True, eq=False)
+class Anchored:
+    """Where a freshly subscribed symbol's stream starts: its first trade at or after the subscription."""
+
+    job: RepairJob
+    first_id: int
+
+
+@attrs.frozen(slots=True, eq=False)
 class RepairEnded:
     job: RepairJob
     # Why the rest of the range could not be fetched; None when REST served all of it.
     error: str | None
 
 
-InboxItem = Tick | BackfillPage | RepairEnded
+InboxItem = Tick | BackfillPage | Anchored | RepairEnded
 
 
 class TradeSequencer:
@@ -69,6 +79,8 @@ class TradeSequencer:
         self._max_held = max_held
         self.sequences: dict[str, TradeSequence] = {}
         self._repairs: dict[str, RepairJob] = {}
+        # Fresh symbols (no next id yet): wall-clock ms of the subscription, and the disconnect count then.
+        self._fresh: dict[str, tuple[int, int]] = {}
         self._nursery: trio.Nursery | None = None
         self._inbox_send: trio.MemorySendChannel[InboxItem] | None = None
 
@@ -82,10 +94,15 @@ class TradeSequencer:
             status.last_trade_id = last_trade_id
         next_id = None if last_trade_id is None else last_trade_id + 1
         self.sequences[symbol] = TradeSequence(symbol, next_id, status)
+        if next_id is None:
+            # Without a persisted id the stream starts at the first trade received, unless a connection is
+            # lost before it arrives: then the trades since now are looked up (``_anchor``).
+            self._fresh[symbol] = (_now_ms() - CLOCK_SKEW_MS, self._status.disconnects)
 
     def forget(self, symbol: str) -> None:
         """Stop sequencing ``symbol`` (unsubscribed): its in-flight ticks are dropped, its repair cancelled."""
         sequence = self.sequences.pop(symbol, None)
+        self._fresh.pop(symbol, None)
         if sequence is None:
             return
         sequence.status.subscribed = False
@@ -135,14 +152,75 @@ class TradeSequencer:
                         except trio.WouldBlock:
                             await ticks.send(item)
                         continue
+                    if sequence.next_id is None:
+                        self._start_stream(sequence, item)
                     await self._emit(sequence, sequence.offer(item), ticks)
                     if sequence.held:
                         await self._check_hole(sequence, ticks)
                 elif type(item) is BackfillPage:
                     await self._on_page(item, ticks)
+                elif type(item) is Anchored:
+                    await self._on_anchored(item, ticks)
                 else:
                     assert type(item) is RepairEnded
                     await self._on_repair_ended(item, ticks)
+
+    def _start_stream(self, sequence: TradeSequence, first: Tick) -> None:
+        """The first trade of a fresh symbol: anchor it if a connection was lost since the subscription."""
+        fresh = self._fresh.pop(sequence.symbol, None)
+        if sequence.anchoring or fresh is None or self._rest is None:
+            return
+        since_ms, disconnects = fresh
+        if self._status.disconnects == disconnects:
+            return  # nothing can have been missed: the stream starts here
+        sequence.anchoring = True
+        job = RepairJob(sequence, first.trade_id, first.trade_id - 1)
+        self._repairs[sequence.symbol] = job
+        sequence.status.backfilling = True
+        log.info("anchoring symbol=%s first_live_id=%d", sequence.symbol, first.trade_id)
+        assert self._nursery is not None and self._inbox_send is not None
+        self._nursery.start_soon(self._anchor, job, since_ms, self._rest, self._inbox_send.clone())
+
+    async def _anchor(
+        self, job: RepairJob, since_ms: int, rest: BinanceRest, inbox: trio.MemorySendChannel[InboxItem]
+    ) -> None:
+        """Pages back from the first live trade to the first trade at or after the subscription time."""
+        symbol = job.sequence.symbol
+        before_id = job.first_id
+        first_id = before_id
+        pages: list[list[Tick]] = []
+        fetched = 0
+        error: str | None = None
+        async with inbox:
+            with job.scope:
+                try:
+                    while before_id > 0 and fetched < self._max_backfill:
+                        from_id = max(0, before_id - TRADES_PAGE_LIMIT)
+                        page = await rest.historical_trades(symbol, from_id, before_id - from_id)
+                        page = [tick for tick in page if tick.trade_id < before_id]
+                        newer = [tick for tick in page if tick.trade_time_ms >= since_ms]
+                        if not newer:
+                            break
+                        pages.append(newer)
+                        first_id = newer[0].trade_id
+                        fetched += len(page)
+                        if len(newer) < len(page) or page[0].trade_id > from_id:
+                            break  # the subscription time lies within this page, or REST has nothing older
+                        before_id = from_id
+                except RestError as rest_error:
+                    error = f"trades since the subscription could not be checked: {rest_error}"
+                    log.warning("anchoring failed symbol=%s error=%s", symbol, rest_error)
+                await inbox.send(Anchored(job, first_id))
+                for page in reversed(pages):
+                    await inbox.send(BackfillPage(job, page))
+                await inbox.send(RepairEnded(job, error))
+
+    async def _on_anchored(self, anchored: Anchored, ticks: trio.MemorySendChannel[Tick]) -> None:
+        job = anchored.job
+        if self._repairs.get(job.sequence.symbol) is not job:
+            return
+        job.first_id = anchored.first_id
+        await self._emit(job.sequence, job.sequence.anchor(anchored.first_id), ticks)
 
     async def _emit(self, sequence: TradeSequence, ready: list[Tick], ticks: trio.MemorySendChannel[Tick]) -> None:
         if not ready:
@@ -167,6 +245,9 @@ class TradeSequencer:
             del self._repairs[symbol]
             job.scope.cancel()
             status.backfilling = False
+            if sequence.anchoring:
+                log.warning("anchoring given up symbol=%s: too many live trades held", symbol)
+                await self._emit(sequence, sequence.anchor(sequence.held[0].trade_id), ticks)
             await self._give_up(sequence, f"more than {self._max_held} live trades waited for the backfill", ticks)
         while (hole := sequence.hole()) is not None:
             first, last = hole
@@ -211,7 +292,7 @@ class TradeSequencer:
             reason = ended.error or "trades not served by REST (too old or unknown)"
             self._record_gap(sequence, hole[0], last_given_up, reason)
             await self._emit(sequence, sequence.advance_to(last_given_up + 1), ticks)
-        elif ended.error is None:
+        elif ended.error is None and job.first_id <= job.last_id:
             sequence.status.gaps_repaired += 1
             log.info("gap repaired symbol=%s first_id=%d last_id=%d", sequence.symbol, job.first_id, job.last_id)
         # Live ticks held meanwhile may sit behind another hole.

@@ -27,11 +27,17 @@ class TradeSequence:
     status: SymbolStatus
     # Ticks with ids above a hole, ascending and unique.
     held: list[Tick] = attrs.Factory(list)
+    # No next id known yet, and trades since the subscription may have been missed (a connection was lost
+    # before the first trade arrived): ticks are held until ``anchor`` says where the stream starts.
+    anchoring: bool = False
 
     def offer(self, tick: Tick) -> list[Tick]:
         """The ticks that may be emitted now, in order (``tick`` itself when it is the one due)."""
         trade_id = tick.trade_id
         if self.next_id is None:
+            if self.anchoring:
+                self._hold(tick)
+                return []
             self.next_id = trade_id
         if trade_id == self.next_id:
             self.next_id = trade_id + 1
@@ -42,16 +48,33 @@ class TradeSequence:
         if trade_id < self.next_id:
             self.status.duplicates_dropped += 1
             return []
+        self._hold(tick)
+        return []
+
+    def _hold(self, tick: Tick) -> None:
         held = self.held
+        trade_id = tick.trade_id
         if not held or trade_id > held[-1].trade_id:
             held.append(tick)
-            return []
+            return
         index = bisect_left(held, trade_id, key=_trade_id)
         if held[index].trade_id == trade_id:
             self.status.duplicates_dropped += 1
         else:
             held.insert(index, tick)
-        return []
+
+    def anchor(self, first_id: int) -> list[Tick]:
+        """Ends anchoring: the stream starts at ``first_id``. Returns the ticks now releasable."""
+        self.anchoring = False
+        if self.next_id is not None:
+            return []
+        self.next_id = first_id
+        held = self.held
+        if held and held[0].trade_id < first_id:
+            del held[: bisect_left(held, first_id, key=_trade_id)]
+        ready: list[Tick] = []
+        self._release(ready)
+        return ready
 
     def hole(self) -> tuple[int, int] | None:
         """The missing ids ``(first, last)`` before the first held tick, or None when nothing is held."""

@@ -71,6 +71,8 @@ class IngestStatus:
     ticks_ignored: int = 0
     connect_attempts: int = 0
     connect_failures: int = 0
+    # Open connections lost without our asking (reset, close frame, stall, error).
+    disconnects: int = 0
     # Connections replaced because they delivered nothing for stale_after_seconds.
     stale_connections: int = 0
     server_shutdowns: int = 0
