@@ -2,44 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-import orjson
-from quart import Response
+from quart import websocket
 from quart_trio import QuartTrio
 
-from app.convert import api_converter
 from app.state import ServiceState
+from app.web.errors import register_error_handlers
+from app.web.feed import FeedLimits, FeedStats, serve_feed
+from app.web.metrics import metrics_registry
+from app.web.routes import register_routes
+
+# Request bodies are one small JSON object; anything larger is refused with 413.
+MAX_BODY_BYTES = 64 * 1024
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(api_converter.unstructure(body)), status=status,
-                    content_type="application/json")
-
-
-def error_response(status: int, code: str, message: str) -> Response:
-    return json_response({"error": {"code": code, "message": message}}, status)
-
-
-def create_app(state: ServiceState) -> QuartTrio:
+def create_app(state: ServiceState, feed_limits: FeedLimits | None = None) -> QuartTrio:
     app = QuartTrio("marketdata")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    feed_stats = FeedStats()
+    limits = feed_limits or FeedLimits()
+    register_error_handlers(app)
+    register_routes(app, state, metrics_registry(state, feed_stats))
 
-    @app.get("/api/ticks")
-    async def all_ticks() -> Response:
-        return json_response(state.hub.latest())
-
-    @app.get("/api/ticks/<symbol>")
-    async def one_tick(symbol: str) -> Response:
-        symbol = symbol.upper()
-        if symbol not in state.settings.symbols:
-            return error_response(404, "unknown_symbol", f"{symbol} is not subscribed")
-        tick = state.hub.latest_for(symbol)
-        if tick is None:
-            return error_response(404, "no_data", f"no trade received for {symbol} yet")
-        return json_response(tick)
-
-    @app.get("/health")
-    async def health() -> Response:
-        return json_response({"status": "ok", "ticks_published": state.hub.ticks_published})
+    @app.websocket("/ws")
+    async def feed() -> None:
+        # The object itself, not the context-local proxy: the feed's tasks use it directly.
+        await serve_feed(state, feed_stats, limits, cast(Any, websocket)._get_current_object())
 
     return app

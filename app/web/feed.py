@@ -1,0 +1,503 @@
+"""The WebSocket feed at ``/ws``: clients subscribe to ticks and candles; data is coalesced per wake-up.
+
+Protocol (JSON text frames)::
+
+    → {"op": "subscribe", "channel": "ticks", "symbols": ["BTCUSDT"]}            ("*" or ["*"]: every symbol)
+    → {"op": "subscribe", "channel": "candles", "symbols": ["BTCUSDT"], "interval": "1m"}
+    → {"op": "unsubscribe", ...the same fields...}
+    → {"op": "ping"}
+    ← {"op": "subscribed" | "unsubscribed", "channel": ..., "symbols": [...], ("interval": ...)}
+    ← {"op": "pong"}
+    ← {"channel": "ticks", "data": [tick, ...]}
+    ← {"channel": "candles", "interval": "1m", "data": [candle, ...]}
+    ← {"op": "error", "code": "...", "message": "..."}                 (the connection stays open)
+
+An ``"id"`` in a client message is echoed in its reply. On a candle subscription the open candle of each symbol
+is sent first, then every update: open candles (``"closed": false``), closed ones and revisions.
+
+Per connection: a reader task handles client messages; one pump task per source (the hub's tick channel, the
+candle channel of each interval) moves batches into the connection's outbox; one sender task turns everything
+pending into as few frames as possible (one per channel per wake-up: outbound frames are the most expensive
+thing in the process). A client that does not read lets the outbox grow; past ``FeedLimits.max_pending`` items
+it is cut off with close code 1013 and a reason, so it never holds memory or slows anyone else. A connection
+with no subscription costs its tasks only: sources are subscribed on demand.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import attrs
+import orjson
+import trio
+from quart import Websocket
+
+from app.convert import api_converter
+from app.model import Candle, Tick
+from app.state import ServiceState
+from app.store.latest import OverflowPolicy
+from app.web.params import SYMBOL_PATTERN
+from app.web.symbols import served_symbols
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# WebSocket close codes (RFC 6455 and IANA registry).
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_GOING_AWAY = 1001
+MAX_SYMBOLS_PER_MESSAGE = 1024
+# Items per data frame: ~200 bytes per tick keeps frames well under the 1 MiB message limit most clients have.
+MAX_ITEMS_PER_FRAME = 2_000
+
+
+@attrs.frozen(slots=True)
+class FeedLimits:
+    # Batches a subscription's source channel holds; the pump drains it promptly, so this rarely fills.
+    source_buffer: int = 256
+    # Ticks and candle updates waiting for a slow client before it is cut off.
+    max_pending: int = 50_000
+    # After a cut-off, how long the close frame may take to get through before the connection is dropped.
+    close_timeout_seconds: float = 5.0
+
+
+@attrs.define
+class FeedStats:
+    """Plain counters for /metrics, bumped by the feed's tasks."""
+
+    connections: int = 0
+    connections_total: int = 0
+    subscribers_cut_off: int = 0
+    tick_frames: int = 0
+    candle_frames: int = 0
+    ticks_sent: int = 0
+    candles_sent: int = 0
+    messages_rejected: int = 0
+    # Exchange event time -> send time of the newest tick of each tick frame.
+    last_lag_seconds: float | None = None
+    lag_seconds_total: float = 0.0
+    lag_samples: int = 0
+
+
+class ClientError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@attrs.define
+class Selection:
+    """The symbols one channel is subscribed to: every symbol (``"*"``), a set, or none."""
+
+    everything: bool = False
+    symbols: set[str] = attrs.Factory(set)
+
+    @property
+    def empty(self) -> bool:
+        return not self.everything and not self.symbols
+
+    def source_filter(self) -> frozenset[str] | None:
+        return None if self.everything else frozenset(self.symbols)
+
+    def wants(self, symbol: str) -> bool:
+        return self.everything or symbol in self.symbols
+
+
+@attrs.frozen(slots=True)
+class Request:
+    op: str
+    channel: str
+    # None: "*".
+    symbols: tuple[str, ...] | None
+    interval: str | None
+    request_id: object
+
+
+class Pump(Generic[T]):
+    """Moves batches from one source channel into the connection's outbox.
+
+    Retiring a pump (unsubscribe, or a changed symbol set) closes its channel at once, so the source stops
+    delivering to it, and keeps what was buffered; the pump appends that after any batch it was already handed,
+    and the pump replacing it starts only then: batches stay in order, none lost, none twice.
+    """
+
+    def __init__(
+        self,
+        channel: trio.MemoryReceiveChannel[Sequence[T]],
+        deliver: Callable[[Sequence[T]], None],
+        on_source_end: Callable[[], None],
+        previous: Pump[T] | None,
+    ) -> None:
+        self._channel = channel
+        self._deliver = deliver
+        self._on_source_end = on_source_end
+        self._previous = previous
+        self._carry: list[Sequence[T]] = []
+        self._retired = False
+        self.done = trio.Event()
+
+    async def run(self) -> None:
+        try:
+            if self._previous is not None:
+                await self._previous.done.wait()
+                self._previous = None
+            while True:
+                try:
+                    batch = await self._channel.receive()
+                except trio.ClosedResourceError:
+                    break  # retired
+                except trio.EndOfChannel:
+                    if not self._retired:
+                        self._on_source_end()
+                    break
+                self._deliver(batch)
+            for batch in self._carry:
+                self._deliver(batch)
+            self._carry.clear()
+        finally:
+            self._channel.close()
+            self.done.set()
+
+    def retire(self) -> None:
+        self._retired = True
+        while True:
+            try:
+                self._carry.append(self._channel.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._channel.close()
+
+
+class FeedSession:
+    """One WebSocket client: its subscriptions, its outbox, and the tasks that serve it."""
+
+    def __init__(
+        self, state: ServiceState, stats: FeedStats, limits: FeedLimits, websocket: Websocket, number: int
+    ) -> None:
+        self._state = state
+        self._stats = stats
+        self._limits = limits
+        self._websocket = websocket
+        self._name = f"ws:{number}"
+        self._nursery: trio.Nursery | None = None
+        self._tick_selection = Selection()
+        self._tick_pump: Pump[Tick] | None = None
+        self._candle_selections: dict[str, Selection] = {}
+        self._candle_pumps: dict[str, Pump[Candle]] = {}
+        # The outbox: replies first, then data, all sent by the sender task.
+        self._replies: list[bytes] = []
+        self._ticks: list[Tick] = []
+        self._candles: dict[str, dict[tuple[str, int], Candle]] = {}
+        self._pending = 0
+        self._wake = trio.Event()
+        self._close: tuple[int, str] | None = None
+
+    async def run(self) -> None:
+        self._stats.connections += 1
+        self._stats.connections_total += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._read_loop)
+                await self._send_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._retire_all()
+            self._stats.connections -= 1
+
+    # --- reading client messages ---------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            message = await self._websocket.receive()
+            self._handle(message)
+
+    def _handle(self, message: str | bytes) -> None:
+        request_id: object = None
+        try:
+            if isinstance(message, bytes):
+                raise ClientError("invalid_message", "binary frames are not supported; send JSON text")
+            try:
+                document = orjson.loads(message)
+            except orjson.JSONDecodeError as error:
+                raise ClientError("invalid_json", f"not valid JSON: {error}") from None
+            if not isinstance(document, dict):
+                raise ClientError("invalid_message", "expected a JSON object with an \"op\"")
+            request_id = document.get("id")
+            if document.get("op") == "ping":
+                self._reply({"op": "pong"}, request_id)
+                return
+            request = self._parse_request(document, request_id)
+            if request.op == "subscribe":
+                self._subscribe(request)
+            else:
+                self._unsubscribe(request)
+        except ClientError as error:
+            self._stats.messages_rejected += 1
+            self._reply({"op": "error", "code": error.code, "message": error.message}, request_id)
+
+    def _parse_request(self, document: dict[str, Any], request_id: object) -> Request:
+        op = document.get("op")
+        if op not in ("subscribe", "unsubscribe"):
+            raise ClientError("unknown_op", f"unknown op {op!r}; expected subscribe, unsubscribe or ping")
+        if request_id is not None and not isinstance(request_id, int | str):
+            raise ClientError("invalid_message", "id must be a string or an integer")
+        channel = document.get("channel")
+        if channel not in ("ticks", "candles"):
+            raise ClientError("unknown_channel", f"unknown channel {channel!r}; expected ticks or candles")
+        interval = document.get("interval")
+        if channel == "ticks":
+            if interval is not None:
+                raise ClientError("invalid_message", "interval applies to the candles channel only")
+        else:
+            configured = [interval.name for interval in self._state.settings.candle_intervals]
+            if interval not in configured:
+                raise ClientError("unknown_interval",
+                                  f"unknown interval {interval!r}; configured: {', '.join(configured)}")
+        unknown = set(document) - {"op", "channel", "symbols", "interval", "id"}
+        if unknown:
+            raise ClientError("invalid_message", f"unknown field(s): {', '.join(sorted(unknown))}")
+        symbols = self._parse_symbols(document.get("symbols"), op == "subscribe")
+        return Request(op, channel, symbols, interval, request_id)
+
+    def _parse_symbols(self, value: object, subscribing: bool) -> tuple[str, ...] | None:
+        if value == "*" or value == ["*"]:
+            return None
+        if not isinstance(value, list) or not value:
+            raise ClientError("invalid_symbols", 'symbols must be a non-empty list of symbols, or "*"')
+        if len(value) > MAX_SYMBOLS_PER_MESSAGE:
+            raise ClientError("invalid_symbols", f"at most {MAX_SYMBOLS_PER_MESSAGE} symbols per message")
+        symbols: list[str] = []
+        for item in value:
+            if not isinstance(item, str) or not SYMBOL_PATTERN.match(item.upper()):
+                raise ClientError("invalid_symbols", f"{item!r} is not a symbol (e.g. BTCUSDT)")
+            symbols.append(item.upper())
+        if subscribing:
+            served = set(served_symbols(self._state))
+            unknown = [symbol for symbol in symbols if symbol not in served]
+            if unknown:
+                raise ClientError("unknown_symbol",
+                                  f"not served: {', '.join(unknown)}; served: {', '.join(sorted(served))}")
+        return tuple(dict.fromkeys(symbols))
+
+    def _subscribe(self, request: Request) -> None:
+        if request.channel == "ticks":
+            selection = self._tick_selection
+        else:
+            assert request.interval is not None
+            selection = self._candle_selections.setdefault(request.interval, Selection())
+        before = selection.source_filter() if not selection.empty else frozenset[str]()
+        if request.symbols is None:
+            selection.everything = True
+            selection.symbols.clear()
+        elif not selection.everything:
+            selection.symbols.update(request.symbols)
+        self._ack("subscribed", request)
+        if request.channel == "candles":
+            assert request.interval is not None
+            self._send_open_candles(request.interval, request.symbols)
+        if selection.source_filter() != before:
+            self._resubscribe(request.channel, request.interval)
+
+    def _unsubscribe(self, request: Request) -> None:
+        if request.channel == "ticks":
+            selection = self._tick_selection
+        else:
+            assert request.interval is not None
+            selection = self._candle_selections.setdefault(request.interval, Selection())
+        if request.symbols is None:
+            selection.everything = False
+            selection.symbols.clear()
+        elif selection.everything:
+            raise ClientError("invalid_request",
+                              'subscribed to "*": unsubscribe "*", then subscribe the symbols you want')
+        else:
+            selection.symbols.difference_update(request.symbols)
+        self._ack("unsubscribed", request)
+        self._resubscribe(request.channel, request.interval)
+
+    def _ack(self, op: str, request: Request) -> None:
+        reply: dict[str, object] = {
+            "op": op,
+            "channel": request.channel,
+            "symbols": ["*"] if request.symbols is None else list(request.symbols),
+        }
+        if request.interval is not None:
+            reply["interval"] = request.interval
+        self._reply(reply, request.request_id)
+
+    def _reply(self, reply: dict[str, object], request_id: object) -> None:
+        if request_id is not None:
+            reply["id"] = request_id
+        self._replies.append(orjson.dumps(reply))
+        self._wake.set()
+
+    def _send_open_candles(self, interval: str, symbols: Sequence[str] | None) -> None:
+        wanted = served_symbols(self._state) if symbols is None else symbols
+        candles = [self._state.candles.open_candle(symbol, interval) for symbol in wanted]
+        self._add_candles(interval, [candle for candle in candles if candle is not None])
+
+    # --- sources -------------------------------------------------------------------------------------------
+
+    def _resubscribe(self, channel: str, interval: str | None) -> None:
+        """Replaces the source subscription of a channel after its symbol set changed (or ends it)."""
+        assert self._nursery is not None
+        if channel == "ticks":
+            old_ticks = self._tick_pump
+            if old_ticks is not None:
+                old_ticks.retire()
+            self._tick_pump = None
+            if not self._tick_selection.empty:
+                tick_subscriber, tick_channel = self._state.hub.subscribe_handle(
+                    self._name, self._limits.source_buffer, OverflowPolicy.CUT_OFF,
+                    symbols=self._tick_selection.source_filter(),
+                )
+                self._tick_pump = Pump(tick_channel, self._add_ticks,
+                                       lambda: self._source_ended(tick_subscriber.cut_off_reason), old_ticks)
+                self._nursery.start_soon(self._tick_pump.run)
+            return
+        assert interval is not None
+        old_candles = self._candle_pumps.pop(interval, None)
+        if old_candles is not None:
+            old_candles.retire()
+        selection = self._candle_selections[interval]
+        if selection.empty:
+            del self._candle_selections[interval]
+            return
+        candle_subscriber, candle_channel = self._state.candles.subscribe_candles_handle(
+            self._name, self._limits.source_buffer, OverflowPolicy.CUT_OFF, selection.source_filter(), interval
+        )
+        pump = Pump(candle_channel, lambda batch: self._add_candles(interval, batch),
+                    lambda: self._source_ended(candle_subscriber.cut_off_reason), old_candles)
+        self._candle_pumps[interval] = pump
+        self._nursery.start_soon(pump.run)
+
+    def _retire_all(self) -> None:
+        if self._tick_pump is not None:
+            self._tick_pump.retire()
+            self._tick_pump = None
+        for pump in self._candle_pumps.values():
+            pump.retire()
+        self._candle_pumps.clear()
+
+    def _source_ended(self, cut_off_reason: str | None) -> None:
+        """A source ended our channel: it cut us off for falling behind, or the service is stopping."""
+        if self._close is not None:
+            return
+        if cut_off_reason is not None:
+            self._stats.subscribers_cut_off += 1
+            self._end(CLOSE_TRY_AGAIN_LATER, f"cut off: {cut_off_reason}; reconnect and resubscribe")
+        else:
+            self._end(CLOSE_GOING_AWAY, "the service is shutting down")
+
+    # --- the outbox ----------------------------------------------------------------------------------------
+
+    def _add_ticks(self, batch: Sequence[Tick]) -> None:
+        if self._close is not None:
+            return
+        self._ticks.extend(batch)
+        self._grew(len(batch))
+
+    def _add_candles(self, interval: str, batch: Sequence[Candle]) -> None:
+        if self._close is not None or not batch:
+            return
+        pending = self._candles.setdefault(interval, {})
+        added = 0
+        for candle in batch:
+            key = (candle.symbol, candle.open_time_ms)
+            known = pending.get(key)
+            if known is None:
+                added += 1
+            elif _candle_version(candle) < _candle_version(known):
+                continue  # an older state arriving after a newer one (a snapshot): keep the newer
+            # Only the latest state of each candle is sent: updates of one open candle coalesce.
+            pending[key] = candle
+        self._grew(added)
+
+    def _grew(self, added: int) -> None:
+        self._pending += added
+        if self._pending > self._limits.max_pending:
+            self._stats.subscribers_cut_off += 1
+            log.warning("websocket_cut_off client=%s pending=%d limit=%d", self._name, self._pending,
+                        self._limits.max_pending)
+            self._end(CLOSE_TRY_AGAIN_LATER,
+                      f"cut off: fell behind by more than {self._limits.max_pending} items; reconnect and resubscribe")
+        self._wake.set()
+
+    def _end(self, code: int, reason: str) -> None:
+        """Stops feeding this client; the sender closes the connection with ``code`` and ``reason``."""
+        # A close frame's reason is at most 123 bytes.
+        self._close = (code, reason.encode()[:123].decode(errors="ignore"))
+        self._retire_all()
+        self._ticks.clear()
+        self._candles.clear()
+        self._pending = 0
+        self._wake.set()
+
+    # --- sending -------------------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while self._close is None:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            for frame in self._take_frames():
+                if self._close is not None:
+                    break
+                await self._websocket.send(frame)
+        code, reason = self._close
+        with trio.move_on_after(self._limits.close_timeout_seconds):
+            await self._websocket.close(code, reason)
+
+    def _take_frames(self) -> list[str]:
+        frames = [reply.decode() for reply in self._replies]
+        self._replies.clear()
+        if self._ticks:
+            ticks, self._ticks = self._ticks, []
+            selection = self._tick_selection
+            if not selection.everything:
+                ticks = [tick for tick in ticks if tick.symbol in selection.symbols]
+            for start in range(0, len(ticks), MAX_ITEMS_PER_FRAME):
+                frames.append(self._tick_frame(ticks[start : start + MAX_ITEMS_PER_FRAME]))
+        if self._candles:
+            pending, self._candles = self._candles, {}
+            for interval, by_key in pending.items():
+                interval_selection = self._candle_selections.get(interval)
+                if interval_selection is None:
+                    continue
+                candles = [candle for candle in by_key.values() if interval_selection.wants(candle.symbol)]
+                for start in range(0, len(candles), MAX_ITEMS_PER_FRAME):
+                    frames.append(self._candle_frame(interval, candles[start : start + MAX_ITEMS_PER_FRAME]))
+        self._pending = 0
+        return frames
+
+    def _tick_frame(self, ticks: list[Tick]) -> str:
+        self._stats.tick_frames += 1
+        self._stats.ticks_sent += len(ticks)
+        lag = time.time() - ticks[-1].event_time_ms / 1000
+        self._stats.last_lag_seconds = lag
+        self._stats.lag_seconds_total += lag
+        self._stats.lag_samples += 1
+        return orjson.dumps({"channel": "ticks", "data": api_converter.unstructure(ticks)}).decode()
+
+    def _candle_frame(self, interval: str, candles: list[Candle]) -> str:
+        self._stats.candle_frames += 1
+        self._stats.candles_sent += len(candles)
+        body = {"channel": "candles", "interval": interval, "data": api_converter.unstructure(candles)}
+        return orjson.dumps(body).decode()
+
+
+def _candle_version(candle: Candle) -> tuple[int, bool, int]:
+    return candle.revision, candle.closed, candle.trade_count
+
+
+async def serve_feed(
+    state: ServiceState, stats: FeedStats, limits: FeedLimits, websocket: Websocket
+) -> None:
+    """The ``/ws`` handler body: accept, then serve the client until it leaves or is cut off."""
+    await websocket.accept()
+    number = stats.connections_total
+    await FeedSession(state, stats, limits, websocket, number).run()

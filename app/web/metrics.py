@@ -1,0 +1,206 @@
+"""Prometheus metrics, read from the tasks' plain counters at scrape time.
+
+Nothing here runs on the hot path: the ingest, store and feed tasks only bump ints; ``ServiceCollector`` turns
+them into metric families when ``/metrics`` is scraped, on a registry that belongs to one app (no global
+registry, so several services in one process, as in the tests, do not collide).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector
+
+from app.state import ServiceState
+from app.web.feed import FeedStats
+from app.web.health import assess_health, channel_depths
+
+PREFIX = "marketdata"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _counter(name: str, documentation: str, labels: list[str] | None = None) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
+
+
+def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
+
+
+class ServiceCollector(Collector):
+    def __init__(self, state: ServiceState, feed: FeedStats) -> None:
+        self._state = state
+        self._feed = feed
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._ingest_metrics()
+        yield from self._store_metrics()
+        yield from self._feed_metrics()
+
+    def _ingest_metrics(self) -> Iterator[Metric]:
+        ingest = self._state.ingest
+        per_symbol = {
+            "ticks_received": ("Trades received from the exchange (live and backfilled).", "ticks_received"),
+            "ticks_emitted": ("Trades passed downstream after de-duplication and gap repair.", "ticks_emitted"),
+            "duplicate_ticks_dropped": ("Trades dropped because their id was already emitted.", "duplicates_dropped"),
+            "gaps_found": ("Trade-id gaps detected.", "gaps_found"),
+            "gaps_repaired": ("Trade-id gaps repaired by REST backfill.", "gaps_repaired"),
+            "backfilled_trades": ("Trades fetched over REST to repair gaps.", "trades_backfilled"),
+            "gaps_unrepaired": ("Trade-id gaps that could not be repaired.", "gaps_unrepaired"),
+            "trades_lost": ("Trades in unrepaired gaps (missing for good).", "trades_lost"),
+        }
+        for name, (documentation, attribute) in per_symbol.items():
+            family = _counter(name, documentation, ["symbol"])
+            for symbol, status in ingest.symbols.items():
+                family.add_metric([symbol], getattr(status, attribute))
+            yield family
+        unrepaired = _gauge("unrepaired_gaps", "Gaps that could not be repaired (their trades are missing).",
+                            ["symbol"])
+        backfilling = _gauge("backfilling", "1 while the symbol is backfilling missed trades.", ["symbol"])
+        for symbol, status in ingest.symbols.items():
+            unrepaired.add_metric([symbol], len(status.unrepaired_gaps))
+            backfilling.add_metric([symbol], 1 if status.backfilling else 0)
+        yield unrepaired
+        yield backfilling
+
+        parse_errors = _counter("parse_errors", "Frames from the exchange that could not be parsed.")
+        parse_errors.add_metric([], ingest.parse_errors)
+        yield parse_errors
+        for name, documentation, value in (
+            ("exchange_error_replies", "Error replies from the exchange to control requests.", ingest.error_replies),
+            ("unknown_events", "Well-formed exchange events of kinds not consumed (skipped).", ingest.unknown_events),
+            ("ticks_ignored", "Trades of symbols no longer subscribed (in flight while unsubscribing).",
+             ingest.ticks_ignored),
+            ("connect_attempts", "Connection attempts to the exchange.", ingest.connect_attempts),
+            ("connect_failures", "Failed connection attempts to the exchange.", ingest.connect_failures),
+            ("stale_connections", "Connections replaced because they went silent.", ingest.stale_connections),
+            ("connection_switches", "Connections replaced make-before-break (24 h limit, serverShutdown).",
+             ingest.connection_switches),
+            ("rest_requests", "REST requests to the exchange (backfill, exchangeInfo).", ingest.rest_requests),
+            ("rest_rate_limited", "REST answers 429/418 (rate limited).", ingest.rest_rate_limited),
+            ("rest_errors", "Failed REST requests.", ingest.rest_errors),
+        ):
+            family = _counter(name, documentation)
+            family.add_metric([], value)
+            yield family
+
+        reconnects = _counter("reconnects", "Reconnects of an exchange connection.", ["connection"])
+        connected = _gauge("connection_up", "1 while the exchange connection is open.", ["connection"])
+        frame_age = _gauge("connection_last_frame_age_seconds", "Seconds since the connection's last frame.",
+                           ["connection"])
+        now = trio.current_time()
+        for name, connection in ingest.connections.items():
+            reconnects.add_metric([name], connection.reconnects)
+            connected.add_metric([name], 1 if connection.connected else 0)
+            if connection.last_frame_at is not None:
+                frame_age.add_metric([name], max(0.0, now - connection.last_frame_at))
+        yield reconnects
+        yield connected
+        yield frame_age
+
+        healthy = _gauge("healthy", "1 when /health answers 200.")
+        healthy.add_metric([], 1 if assess_health(self._state, now).ok else 0)
+        yield healthy
+
+    def _store_metrics(self) -> Iterator[Metric]:
+        hub = self._state.hub
+        published = _counter("ticks_published", "Trades published to subscribers by the fan-out.")
+        published.add_metric([], hub.ticks_published)
+        yield published
+        cut_off = _counter("subscribers_cut_off",
+                           "Subscribers disconnected because they fell behind, by where it was detected.", ["stage"])
+        cut_off.add_metric(["ticks"], hub.subscribers_cut_off)
+        cut_off.add_metric(["candles"], self._state.candles.subscribers_cut_off)
+        cut_off.add_metric(["websocket"], self._feed.subscribers_cut_off)
+        yield cut_off
+        alarms = _counter("backpressure_alarms", "Times an internal consumer's full buffer made the fan-out wait.")
+        alarms.add_metric([], hub.backpressure_alarms)
+        yield alarms
+        counters = self._state.candles.counters
+        for name, documentation, value in (
+            ("candle_revisions", "Closed candles corrected by a late trade (after a repaired gap).",
+             counters.revisions),
+            ("candles_closed", "Candles closed (every interval).", counters.candles_closed),
+            ("empty_candles", "Candles closed without a trade.", counters.empty_candles),
+            ("late_trades", "Trades for already-closed candles.", counters.late_trades),
+            ("late_trades_unrevisable", "Late trades for candles no longer in memory (not corrected).",
+             counters.late_trades_unrevisable),
+            ("candle_updates_published", "Candle updates handed to candle subscribers.",
+             self._state.candles.candles_published),
+        ):
+            family = _counter(name, documentation)
+            family.add_metric([], value)
+            yield family
+        persist = self._state.persist
+        for name, documentation, value in (
+            ("ticks_persisted", "Ticks committed to the database.", persist.ticks_persisted),
+            ("candles_persisted", "Candles committed to the database.", persist.candles_persisted),
+            ("database_write_failures", "Database writes that failed (and were retried).", persist.write_failures),
+            ("ticks_pruned", "Ticks deleted past the retention.", persist.ticks_pruned),
+        ):
+            family = _counter(name, documentation)
+            family.add_metric([], value)
+            yield family
+
+        depth = _gauge("channel_depth", "Batches waiting in a subscriber channel (websocket_max: the fullest "
+                       "WebSocket client's).", ["channel"])
+        capacity = _gauge("channel_capacity", "Buffer size of a subscriber channel, in batches.", ["channel"])
+        feed_depth = 0
+        for channel in channel_depths(self._state):
+            if channel.name.startswith("ws:"):
+                feed_depth = max(feed_depth, channel.used)
+                continue
+            depth.add_metric([channel.name], channel.used)
+            capacity.add_metric([channel.name], channel.size)
+        depth.add_metric(["websocket_max"], feed_depth)
+        yield depth
+        yield capacity
+
+    def _feed_metrics(self) -> Iterator[Metric]:
+        feed = self._feed
+        connections = _gauge("websocket_connections", "Open WebSocket feed connections.")
+        connections.add_metric([], feed.connections)
+        yield connections
+        frames = _counter("websocket_frames_sent", "Data frames sent to WebSocket subscribers.", ["channel"])
+        frames.add_metric(["ticks"], feed.tick_frames)
+        frames.add_metric(["candles"], feed.candle_frames)
+        yield frames
+        items = _counter("websocket_items_sent", "Ticks and candles sent to WebSocket subscribers.", ["channel"])
+        items.add_metric(["ticks"], feed.ticks_sent)
+        items.add_metric(["candles"], feed.candles_sent)
+        yield items
+        rejected = _counter("websocket_messages_rejected", "Client messages answered with an error.")
+        rejected.add_metric([], feed.messages_rejected)
+        yield rejected
+
+        lag = _gauge("end_to_end_lag_last_seconds",
+                     "Exchange event time to WebSocket send time, newest tick of the last tick frame sent.")
+        if feed.last_lag_seconds is not None:
+            lag.add_metric([], feed.last_lag_seconds)
+        yield lag
+        yield SummaryMetricFamily(
+            f"{PREFIX}_end_to_end_lag_seconds",
+            "Exchange event time to WebSocket send time, newest tick of each tick frame.",
+            count_value=feed.lag_samples,
+            sum_value=feed.lag_seconds_total,
+        )
+        age = _gauge("last_tick_age_seconds", "Wall-clock seconds since the exchange time of the latest trade.",
+                     ["symbol"])
+        wall_ms = time.time() * 1000
+        for symbol, tick in self._state.hub.latest().items():
+            age.add_metric([symbol], max(0.0, (wall_ms - tick.event_time_ms) / 1000))
+        yield age
+
+
+def metrics_registry(state: ServiceState, feed: FeedStats) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(state, feed))
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,163 @@
+"""The REST routes: ticks, candles, symbols, health, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import trio
+from prometheus_client import CollectorRegistry
+from quart import Quart, Response, request
+
+from app.convert import api_converter, iso_utc
+from app.intervals import Interval
+from app.model import Candle
+from app.state import ServiceState
+from app.web.errors import ApiError
+from app.web.health import assess_health
+from app.web.metrics import CONTENT_TYPE, render_metrics
+from app.web.openapi import openapi_document
+from app.web.params import parse_interval, parse_limit, parse_symbol, parse_symbol_body, parse_time_range
+from app.web.symbols import add_symbol, remove_symbol, served_symbols
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(api_converter.unstructure(body)), status=status, content_type="application/json")
+
+
+def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry) -> None:
+    document = orjson.dumps(openapi_document(state.settings))
+
+    @app.get("/api/ticks")
+    async def all_ticks() -> Response:
+        latest = state.hub.latest()
+        served = served_symbols(state)
+        return json_response({symbol: latest[symbol] for symbol in served if symbol in latest})
+
+    @app.get("/api/ticks/<symbol>")
+    async def one_tick(symbol: str) -> Response:
+        symbol = parse_symbol(symbol)
+        if symbol not in served_symbols(state):
+            raise ApiError(404, "unknown_symbol", f"{symbol} is not subscribed")
+        tick = state.hub.latest_for(symbol)
+        if tick is None:
+            raise ApiError(404, "no_data", f"no trade received for {symbol} yet")
+        return json_response(tick)
+
+    @app.get("/api/candles/<symbol>")
+    async def candles(symbol: str) -> Response:
+        symbol = parse_symbol(symbol)
+        interval = parse_interval(request.args.get("interval"), state.settings.candle_intervals)
+        limit = parse_limit(request.args.get("limit"))
+        start_ms, end_ms = parse_time_range(request.args.get("start"), request.args.get("end"))
+        result = await _candles(state, symbol, interval, start_ms, end_ms, limit)
+        if not result and symbol not in served_symbols(state):
+            raise ApiError(404, "unknown_symbol", f"{symbol} is not subscribed and has no stored candles")
+        return json_response(result)
+
+    @app.get("/api/symbols")
+    async def symbols() -> Response:
+        return json_response({"symbols": [_symbol_row(state, symbol) for symbol in served_symbols(state)]})
+
+    @app.post("/api/symbols")
+    async def subscribe() -> Response:
+        body = await request.get_data()
+        symbol = parse_symbol_body(body.encode() if isinstance(body, str) else body)
+        await add_symbol(state, symbol)
+        return json_response({"symbol": symbol, "subscribed": True}, 201)
+
+    @app.delete("/api/symbols/<symbol>")
+    async def unsubscribe(symbol: str) -> Response:
+        symbol = parse_symbol(symbol)
+        await remove_symbol(state, symbol)
+        return json_response({"symbol": symbol, "subscribed": False})
+
+    @app.get("/health")
+    async def health() -> Response:
+        report = assess_health(state, trio.current_time())
+        return json_response(report.body, 200 if report.ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(render_metrics(registry), content_type=CONTENT_TYPE)
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return Response(document, content_type="application/json")
+
+
+async def _candles(
+    state: ServiceState, symbol: str, interval: Interval, start_ms: int | None, end_ms: int | None, limit: int
+) -> list[Candle]:
+    """Closed candles from memory (the newest) and the database (older ones), plus the open candle.
+
+    As Binance's klines: ``start_ms <= open_time <= end_ms``; with a start the first ``limit`` from it,
+    without one the last ``limit``; oldest first.
+    """
+    builder = state.candles
+    if start_ms is not None:
+        # The first ``limit`` candles from start open no later than this: bounding ``end`` makes "the last
+        # ``limit`` in range" and "the first ``limit`` from start" the same set, whichever the storage returns.
+        first_open = interval.open_time(start_ms)
+        if first_open < start_ms:
+            first_open = interval.next_open_time(first_open)
+        last_open = _open_time_after(interval, first_open, limit - 1)
+        end_ms = last_open if end_ms is None else min(end_ms, last_open)
+    name = interval.name
+    by_open_time: dict[int, Candle] = {}
+    oldest_in_memory = builder.oldest_recent_open_ms(symbol, name)
+    memory_covers = oldest_in_memory is not None and (start_ms is None or start_ms >= oldest_in_memory)
+    recent = builder.recent_closed(symbol, name, start_ms, end_ms, limit)
+    if not (memory_covers and (start_ms is not None or len(recent) >= limit)):
+        for candle in await state.storage.candles(symbol, name, start_ms, end_ms, limit):
+            by_open_time[candle.open_time_ms] = candle
+    for candle in recent:
+        stored = by_open_time.get(candle.open_time_ms)
+        if stored is None or candle.revision >= stored.revision:
+            by_open_time[candle.open_time_ms] = candle
+    current = builder.open_candle(symbol, name)
+    if (
+        current is not None
+        and current.open_time_ms not in by_open_time
+        and (start_ms is None or current.open_time_ms >= start_ms)
+        and (end_ms is None or current.open_time_ms <= end_ms)
+    ):
+        by_open_time[current.open_time_ms] = current
+    ordered = [by_open_time[open_time] for open_time in sorted(by_open_time)]
+    return ordered[:limit] if start_ms is not None else ordered[-limit:]
+
+
+def _open_time_after(interval: Interval, open_time_ms: int, steps: int) -> int:
+    if interval.name != "1M":
+        return open_time_ms + steps * interval.nominal_ms
+    for _ in range(steps):
+        open_time_ms = interval.next_open_time(open_time_ms)
+    return open_time_ms
+
+
+def _symbol_row(state: ServiceState, symbol: str) -> dict[str, object]:
+    status = state.ingest.symbols.get(symbol)
+    tick = state.hub.latest_for(symbol)
+    now = trio.current_time()
+    row: dict[str, object] = {
+        "symbol": symbol,
+        "last_trade_id": tick.trade_id if tick is not None else None,
+        "last_trade_time": iso_utc(tick.trade_time_ms) if tick is not None else None,
+        "last_tick_age_seconds": None,
+        "ticks_received": 0,
+        "gaps_found": 0,
+        "gaps_repaired": 0,
+        "unrepaired_gaps": [],
+        "backfilling": False,
+    }
+    if status is not None:
+        if status.last_trade_id is not None:
+            row["last_trade_id"] = status.last_trade_id
+        if status.last_tick_at is not None:
+            row["last_tick_age_seconds"] = round(max(0.0, now - status.last_tick_at), 3)
+        row["ticks_received"] = status.ticks_received
+        row["gaps_found"] = status.gaps_found
+        row["gaps_repaired"] = status.gaps_repaired
+        row["unrepaired_gaps"] = api_converter.unstructure(status.unrepaired_gaps)
+        row["backfilling"] = status.backfilling
+    return row

@@ -1,0 +1,234 @@
+"""The WebSocket feed at /ws through real sockets: trio-websocket clients against Hypercorn on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from web_harness import Harness, make_ticks, running_web, wait_until
+
+from app.web.feed import FeedLimits
+
+
+def decode(message: str | bytes) -> Any:
+    return json.loads(message, parse_float=Decimal)
+
+
+async def send(ws: WebSocketConnection, message: object) -> None:
+    await ws.send_message(json.dumps(message))
+
+
+async def request(ws: WebSocketConnection, message: object) -> Any:
+    await send(ws, message)
+    return decode(await ws.get_message())
+
+
+async def receive_ticks(ws: WebSocketConnection, count: int) -> tuple[list[Any], int]:
+    """Data frames until ``count`` ticks arrived: (ticks, frames)."""
+    ticks: list[Any] = []
+    frames = 0
+    while len(ticks) < count:
+        message = decode(await ws.get_message())
+        assert message["channel"] == "ticks", message
+        ticks.extend(message["data"])
+        frames += 1
+    return ticks, frames
+
+
+async def assert_quiet(ws: WebSocketConnection) -> None:
+    """Nothing but the pong comes back: a ping round trip proves no data frame was pending before it."""
+    assert await request(ws, {"op": "ping", "id": "quiet?"}) == {"op": "pong", "id": "quiet?"}
+
+
+async def test_subscribe_ticks_acks_then_streams_that_symbol_only_in_order() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            ack = await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": ["btcusdt"], "id": 1})
+            assert ack == {"op": "subscribed", "channel": "ticks", "symbols": ["BTCUSDT"], "id": 1}
+            btc = make_ticks("BTCUSDT", 500, 50)
+            await web.publish(make_ticks("ETHUSDT", 10, 20, price="2683.80"))
+            await web.publish(btc)
+            ticks, _ = await receive_ticks(ws, 50)
+            await assert_quiet(ws)
+    assert [tick["trade_id"] for tick in ticks] == list(range(500, 550))
+    assert ticks[0] == {
+        "symbol": "BTCUSDT", "price": btc[0].price, "quantity": btc[0].quantity,
+        "timestamp": "2024-08-08T23:55:00.000+00:00", "event_time": "2024-08-08T23:55:00.001+00:00",
+        "trade_id": 500, "is_buyer_maker": True,
+    }
+
+
+async def test_star_subscribes_every_symbol_and_unsubscribe_stops_the_data() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            assert (await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": "*"}))["symbols"] == ["*"]
+            await web.publish([*make_ticks("BTCUSDT", 1, 3), *make_ticks("ETHUSDT", 1, 3, price="2683.80")])
+            ticks, _ = await receive_ticks(ws, 6)
+            assert [(tick["symbol"], tick["trade_id"]) for tick in ticks] == [
+                ("BTCUSDT", 1), ("BTCUSDT", 2), ("BTCUSDT", 3), ("ETHUSDT", 1), ("ETHUSDT", 2), ("ETHUSDT", 3)]
+            ack = await request(ws, {"op": "unsubscribe", "channel": "ticks", "symbols": ["*"]})
+            assert ack == {"op": "unsubscribed", "channel": "ticks", "symbols": ["*"]}
+            await web.publish_and_settle(make_ticks("BTCUSDT", 4, 3))
+            await assert_quiet(ws)
+            assert web.state.hub.subscriber_count == 1  # only the harness's candle builder
+
+
+async def test_changing_the_symbol_set_loses_and_repeats_nothing() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": ["BTCUSDT"]})
+            await web.publish(make_ticks("BTCUSDT", 1, 100))
+            # Subscribe more while BTC ticks are in flight: every BTC tick still arrives once, in order.
+            await send(ws, {"op": "subscribe", "channel": "ticks", "symbols": ["ETHUSDT"]})
+            await web.publish(make_ticks("BTCUSDT", 101, 100))
+            await web.publish(make_ticks("ETHUSDT", 1, 10, price="2683.80"))
+            received: list[Any] = []
+            acks = 0
+            while len(received) < 210:
+                message = decode(await ws.get_message())
+                if message.get("op") == "subscribed":
+                    acks += 1
+                    continue
+                received.extend(message["data"])
+            await assert_quiet(ws)
+    assert acks == 1
+    btc = [tick["trade_id"] for tick in received if tick["symbol"] == "BTCUSDT"]
+    eth = [tick["trade_id"] for tick in received if tick["symbol"] == "ETHUSDT"]
+    assert btc == list(range(1, 201))
+    assert eth == list(range(1, 11))
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("{oops", "invalid_json"),
+        ("[1, 2]", "invalid_message"),
+        ('"subscribe"', "invalid_message"),
+        ('{"op": "shout"}', "unknown_op"),
+        ('{"channel": "ticks", "symbols": "*"}', "unknown_op"),
+        ('{"op": "subscribe", "channel": "trades", "symbols": "*"}', "unknown_channel"),
+        ('{"op": "subscribe", "channel": "ticks"}', "invalid_symbols"),
+        ('{"op": "subscribe", "channel": "ticks", "symbols": []}', "invalid_symbols"),
+        ('{"op": "subscribe", "channel": "ticks", "symbols": "BTCUSDT"}', "invalid_symbols"),
+        ('{"op": "subscribe", "channel": "ticks", "symbols": [7]}', "invalid_symbols"),
+        ('{"op": "subscribe", "channel": "ticks", "symbols": ["BTC-USDT"]}', "invalid_symbols"),
+        ('{"op": "subscribe", "channel": "ticks", "symbols": ["SOLUSDT"]}', "unknown_symbol"),
+        ('{"op": "subscribe", "channel": "ticks", "symbols": ["*"], "interval": "1m"}', "invalid_message"),
+        ('{"op": "subscribe", "channel": "ticks", "symbols": ["*"], "depth": 5}', "invalid_message"),
+        ('{"op": "subscribe", "channel": "ticks", "symbols": ["*"], "id": [1]}', "invalid_message"),
+        ('{"op": "subscribe", "channel": "candles", "symbols": ["BTCUSDT"]}', "unknown_interval"),
+        ('{"op": "subscribe", "channel": "candles", "symbols": ["BTCUSDT"], "interval": "7m"}', "unknown_interval"),
+        ('{"op": "subscribe", "channel": "candles", "symbols": ["BTCUSDT"], "interval": "1h"}', "unknown_interval"),
+    ],
+)
+async def test_bad_messages_get_an_error_and_the_connection_stays_open(message: str, code: str) -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            await ws.send_message(message)
+            reply = decode(await ws.get_message())
+            assert reply["op"] == "error" and reply["code"] == code, reply
+            assert reply["message"]
+            # Still open and working.
+            ack = await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": ["BTCUSDT"]})
+            assert ack["op"] == "subscribed"
+
+
+async def test_binary_frames_and_unsubscribing_one_symbol_from_star_are_refused() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            await ws.send_message(b'{"op": "ping"}')
+            assert decode(await ws.get_message())["code"] == "invalid_message"
+            await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": "*"})
+            reply = await request(ws, {"op": "unsubscribe", "channel": "ticks", "symbols": ["BTCUSDT"], "id": "u1"})
+            assert (reply["op"], reply["code"], reply["id"]) == ("error", "invalid_request", "u1")
+
+
+async def test_pending_ticks_are_coalesced_into_few_frames() -> None:
+    with trio.fail_after(30):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": "*"})
+            # Published faster than one frame per tick could go out: frames carry many ticks each.
+            await web.publish(make_ticks("BTCUSDT", 1, 20_000))
+            ticks, frames = await receive_ticks(ws, 20_000)
+            await assert_quiet(ws)
+    assert [tick["trade_id"] for tick in ticks] == list(range(1, 20_001))
+    assert frames < 2_000, frames
+
+
+async def metric(client: httpx.AsyncClient, line_prefix: str) -> float:
+    text = (await client.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(line_prefix + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {line_prefix} in metrics:\n{text}")
+
+
+async def open_slow_client(nursery: trio.Nursery, web: Harness) -> WebSocketConnection:
+    """A client with a tiny receive window that does not read: the server's sends soon block."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = web.base_url.removeprefix("http://").split(":")
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    return await trio_websocket.wrap_client_stream(nursery, stream, host, "/ws", message_queue_size=1)
+
+
+async def test_a_client_that_cannot_keep_up_is_cut_off_with_1013_and_others_get_everything() -> None:
+    limits = FeedLimits(max_pending=2_000, close_timeout_seconds=10)
+    with trio.fail_after(60):
+        async with running_web(feed_limits=limits) as web, httpx.AsyncClient(base_url=web.base_url) as client:
+            async with trio.open_nursery() as nursery, open_websocket_url(web.ws_url, disconnect_timeout=5) as fast:
+                slow = await open_slow_client(nursery, web)
+                for ws in (slow, fast):
+                    await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": "*"})
+                received: list[Any] = []
+
+                async def read_fast() -> None:
+                    while True:
+                        message = decode(await fast.get_message())
+                        received.extend(tick["trade_id"] for tick in message["data"])
+
+                nursery.start_soon(read_fast)
+                published = 0
+                # Publish until the slow client is cut off (bounded: 100 batches of 5,000 ticks).
+                for _ in range(100):
+                    await web.publish_and_settle(make_ticks("BTCUSDT", published + 1, 5_000))
+                    published += 5_000
+                    if await metric(client, 'marketdata_subscribers_cut_off_total{stage="websocket"}') >= 1:
+                        break
+                else:
+                    raise AssertionError("the slow client was never cut off")
+                # The slow client now reads what reached it, then the close frame with the reason.
+                slow_ticks = 0
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        slow_ticks += len(decode(await slow.get_message())["data"])
+                assert closed.value.reason.code == 1013
+                assert "fell behind" in (closed.value.reason.reason or "")
+                assert 0 < slow_ticks < published
+                # The fast client got every tick, in order, cut-off or not.
+                await wait_until(lambda: len(received) >= published)
+                assert received == list(range(1, published + 1))
+                assert await metric(client, "marketdata_websocket_connections") == 1
+                nursery.cancel_scope.cancel()
+
+
+async def test_idle_connections_cost_no_hub_subscription() -> None:
+    with trio.fail_after(60):
+        async with running_web() as web, httpx.AsyncClient(base_url=web.base_url) as client:
+            async with trio.open_nursery() as nursery:
+                clients = [await trio_websocket.connect_websocket_url(nursery, web.ws_url) for _ in range(300)]
+                assert await request(clients[-1], {"op": "ping"}) == {"op": "pong"}
+                assert await metric(client, "marketdata_websocket_connections") == 300
+                assert web.state.hub.subscriber_count == 1  # the candle builder only
+                await web.publish_and_settle(make_ticks("BTCUSDT", 1, 1000))
+                for ws in clients:
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
