@@ -78,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands from other modules, each adding its own sub-parser."""
+    from app.demo import add_demo_command
     from app.replay.cli import add_record_command, add_simulate_command
 
+    add_demo_command(commands)
     add_simulate_command(commands)
     add_record_command(commands)
 
