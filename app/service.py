@@ -3,10 +3,12 @@
 Data flow (each arrow is a bounded Trio memory channel, closed by its sender)::
 
     stream_trades ──ticks──▶ fan_out (TickHub: latest tick per symbol)
-                                ├──tick batches──▶ aggregate (CandleBuilder) ──closed candles──▶ persist_candles
+                                ├──tick batches──▶ aggregate (CandleFeed) ──closed candles──▶ persist_candles
+                                │                        └──candle updates──▶ WebSocket feed subscribers
                                 ├──tick batches──▶ persist_ticks
                                 └──tick batches──▶ WebSocket feed subscribers (cut off when slow)
-    serve_http (Hypercorn + Quart) reads the hub, the candle builder and storage.
+    serve_http (Hypercorn + Quart) reads the hub, the candle feed and storage.
+    prune_ticks deletes ticks past the retention; at start-up ``restore`` rebuilds candles from storage.
 
 Shutdown: SIGINT/SIGTERM cancels ingestion only; the closed channels then drain the pipeline in order
 (fan-out, aggregator, writers), and only then is the HTTP server stopped. A second signal, or a drain that
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
@@ -27,9 +30,10 @@ from app.ingest.trades import stream_trades
 from app.model import Candle, Tick
 from app.settings import Settings
 from app.state import ServiceState
-from app.store.candles import CandleBuilder, aggregate
+from app.store.aggregator import CandleFeed, aggregate, feed_is_live, wall_clock_ms
 from app.store.latest import OverflowPolicy, TickHub, fan_out
-from app.store.persist import persist_candles, persist_ticks
+from app.store.persist import PersistStatus, persist_candles, persist_ticks, prune_ticks
+from app.store.restore import restore
 from app.store.sqlite import SQLiteStorage
 from app.store.storage import Storage
 from app.web.app import create_app
@@ -38,10 +42,11 @@ from app.web.server import serve_http
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_SECONDS = 10.0
-# Buffers of internal subscribers, in batches (of up to 1024 ticks each).
-AGGREGATOR_BUFFER = 4096
-PERSISTENCE_BUFFER = 4096
-CLOSED_CANDLE_BUFFER = 65_536
+# Buffers of internal subscribers, in batches (of up to 512 ticks each): at most 131,072 ticks waiting each.
+AGGREGATOR_BUFFER = 256
+PERSISTENCE_BUFFER = 256
+# Batches of closed candles (one batch per aggregator round) waiting for the database writer.
+CLOSED_CANDLE_BUFFER = 1024
 
 
 async def open_storage(settings: Settings) -> Storage:
@@ -69,16 +74,20 @@ async def _supervise(
     settings: Settings, storage: Storage, task_status: trio.TaskStatus[Sequence[str]]
 ) -> None:
     hub = TickHub()
-    builder = CandleBuilder(settings.candle_intervals)
+    candle_feed = CandleFeed(settings.candle_intervals)
+    # Before any tick: reload candles and rebuild open ones from stored ticks; store candles lost in a crash.
+    restored = await restore(storage, candle_feed.builder, settings.symbols)
+    await storage.write_candles(restored.recovered)
+    persist_status = PersistStatus()
     ticks_send, ticks_receive = trio.open_memory_channel[Tick](settings.tick_buffer)
-    closed_send, closed_receive = trio.open_memory_channel[Candle](CLOSED_CANDLE_BUFFER)
+    closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](CLOSED_CANDLE_BUFFER)
     aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
     persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
     ingest_status = IngestStatus()
     subscriptions = SubscriptionManager(settings.symbols, ingest_status)
     state = ServiceState(
-        settings=settings, hub=hub, candles=builder, storage=storage, ingest=ingest_status,
-        subscriptions=subscriptions,
+        settings=settings, hub=hub, candles=candle_feed, storage=storage, ingest=ingest_status,
+        subscriptions=subscriptions, persist=persist_status,
     )
     ingest_scope = trio.CancelScope()
 
@@ -86,14 +95,20 @@ async def _supervise(
         urls = await service.start(serve_http, create_app(state), settings.http_host, settings.http_port)
         log.info("serving urls=%s", ",".join(urls))
         service.start_soon(_stop_on_signal, ingest_scope, service.cancel_scope)
+        service.start_soon(
+            partial(prune_ticks, storage, persist_status, settings.tick_retention_days, clock_ms=wall_clock_ms,
+                    keep_from_ms=candle_feed.builder.earliest_open_time_ms)
+        )
         async with trio.open_nursery() as pipeline:
             pipeline.start_soon(
                 _run_ingest, ingest_scope, settings, subscriptions, storage, ticks_send
             )
             pipeline.start_soon(fan_out, ticks_receive, hub)
-            pipeline.start_soon(aggregate, aggregator_input, closed_send, builder)
-            pipeline.start_soon(persist_ticks, persistence_input, storage)
-            pipeline.start_soon(persist_candles, closed_receive, storage)
+            pipeline.start_soon(
+                partial(aggregate, aggregator_input, closed_send, candle_feed, is_live=feed_is_live(ingest_status))
+            )
+            pipeline.start_soon(persist_ticks, persistence_input, storage, persist_status)
+            pipeline.start_soon(persist_candles, closed_receive, storage, persist_status)
             task_status.started(urls)
         log.info("pipeline drained; stopping the HTTP server")
         service.cancel_scope.cancel()

@@ -7,8 +7,9 @@ import attrs
 from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
 from app.settings import Settings
-from app.store.candles import CandleBuilder
+from app.store.aggregator import CandleFeed
 from app.store.latest import TickHub
+from app.store.persist import PersistStatus
 from app.store.storage import Storage
 
 
@@ -17,8 +18,8 @@ class ServiceState:
     settings: Settings
     # Owned by fan_out.
     hub: TickHub
-    # Owned by aggregate.
-    candles: CandleBuilder
+    # Owned by aggregate: open candles, recent closed ones, candle updates (subscribe_candles).
+    candles: CandleFeed
     storage: Storage
     # Owned by the ingest tasks.
     ingest: IngestStatus
@@ -26,3 +27,5 @@ class ServiceState:
     subscriptions: SubscriptionManager = attrs.field(
         default=attrs.Factory(lambda self: SubscriptionManager(self.settings.symbols, self.ingest), takes_self=True)
     )
+    # Owned by the persistence tasks: what has been committed.
+    persist: PersistStatus = attrs.Factory(PersistStatus)

@@ -1,92 +1,380 @@
-"""Candles with Binance's kline semantics: a pure builder, and the task that feeds it from the tick channel."""
+"""Candles with Binance's kline semantics: a pure builder (no Trio, no clock).
+
+Rules (Binance's, see BINANCE.md):
+
+* Open time aligned in UTC (``app.intervals``); close time = next open time - 1 ms.
+* Open/close are the prices of the first/last trade *by trade id*; high/low, base volume, quote volume
+  (sum of price * qty, exact), trade count, taker-buy base/quote volume (trades with ``m == false``: the buyer was
+  the taker), first and last trade id.
+* An interval without trades still has a candle, as Binance's klines do: ``first_trade_id = last_trade_id = -1``,
+  no volume, ``trade_count = 0``, open = high = low = close = the previous candle's close. Such a candle is
+  produced only once something passes its interval: a later trade, or the clock (``close_due``). A series
+  starts with its first trade; nothing is invented before it.
+* A trade for an interval that is already closed (only after a repaired gap) revises that candle: the corrected
+  candle is returned with ``revision`` incremented, and empty candles after it whose prices derive from its close
+  are revised too. Only candles still in the bounded in-memory ring can be revised; older ones are counted in
+  ``late_trades_unrevisable``.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+import bisect
+import decimal
+from collections import deque
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
 
 import attrs
-import trio
 
 from app.intervals import Interval
 from app.model import Candle, Tick
 
-log = logging.getLogger(__name__)
+# Exact arithmetic: 60 digits never round for Binance's 8-decimal prices and quantities, and if anything ever
+# would, Inexact raises instead of silently corrupting a volume (the default context keeps only 28 digits).
+EXACT = decimal.Context(prec=60, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
+_ZERO = Decimal(0)
+NO_TRADE_ID = -1
+
+# Closed candles kept in memory per (symbol, interval) for the API and for revisions.
+DEFAULT_RECENT_LIMIT = 1000
 
 
-def open_candle(tick: Tick, interval: Interval) -> Candle:
-    open_time = interval.open_time(tick.trade_time_ms)
-    taker_buy = not tick.is_buyer_maker
-    quote = tick.price * tick.quantity
-    return Candle(
-        symbol=tick.symbol,
-        interval=interval.name,
-        open_time_ms=open_time,
-        close_time_ms=interval.close_time(open_time),
-        open=tick.price,
-        high=tick.price,
-        low=tick.price,
-        close=tick.price,
-        volume=tick.quantity,
-        quote_volume=quote,
-        trade_count=1,
-        taker_buy_volume=tick.quantity if taker_buy else tick.quantity * 0,
-        taker_buy_quote_volume=quote if taker_buy else quote * 0,
-        first_trade_id=tick.trade_id,
-        last_trade_id=tick.trade_id,
-        closed=False,
+class _Bar:
+    """A candle being built (mutable, so a trade costs no object allocation)."""
+
+    __slots__ = (
+        "close",
+        "close_time_ms",
+        "first_trade_id",
+        "high",
+        "last_trade_id",
+        "low",
+        "open",
+        "open_time_ms",
+        "quote_volume",
+        "taker_buy_quote_volume",
+        "taker_buy_volume",
+        "trade_count",
+        "volume",
     )
 
+    def __init__(self, open_time_ms: int, close_time_ms: int, previous_close: Decimal) -> None:
+        self.open_time_ms = open_time_ms
+        self.close_time_ms = close_time_ms
+        self.open = self.high = self.low = self.close = previous_close
+        self.volume = self.quote_volume = self.taker_buy_volume = self.taker_buy_quote_volume = _ZERO
+        self.trade_count = 0
+        self.first_trade_id = self.last_trade_id = NO_TRADE_ID
 
-def add_trade(candle: Candle, tick: Tick) -> Candle:
-    quote = tick.price * tick.quantity
-    taker_buy = not tick.is_buyer_maker
-    return attrs.evolve(
-        candle,
-        high=max(candle.high, tick.price),
-        low=min(candle.low, tick.price),
-        close=tick.price,
-        volume=candle.volume + tick.quantity,
-        quote_volume=candle.quote_volume + quote,
-        trade_count=candle.trade_count + 1,
-        taker_buy_volume=candle.taker_buy_volume + tick.quantity if taker_buy else candle.taker_buy_volume,
-        taker_buy_quote_volume=(
-            candle.taker_buy_quote_volume + quote if taker_buy else candle.taker_buy_quote_volume
-        ),
-        last_trade_id=tick.trade_id,
-    )
+    @classmethod
+    def from_candle(cls, candle: Candle) -> _Bar:
+        bar = cls(candle.open_time_ms, candle.close_time_ms, candle.close)
+        bar.open, bar.high, bar.low = candle.open, candle.high, candle.low
+        bar.volume, bar.quote_volume = candle.volume, candle.quote_volume
+        bar.taker_buy_volume, bar.taker_buy_quote_volume = candle.taker_buy_volume, candle.taker_buy_quote_volume
+        bar.trade_count = candle.trade_count
+        bar.first_trade_id, bar.last_trade_id = candle.first_trade_id, candle.last_trade_id
+        return bar
+
+    def add(self, tick: Tick) -> None:
+        price, quantity, trade_id = tick.price, tick.quantity, tick.trade_id
+        quote = EXACT.multiply(price, quantity)
+        if self.trade_count == 0:
+            self.open = self.high = self.low = self.close = price
+            self.first_trade_id = self.last_trade_id = trade_id
+        else:
+            # By trade id, not arrival: a repaired gap delivers older trades after newer ones.
+            if trade_id < self.first_trade_id:
+                self.open, self.first_trade_id = price, trade_id
+            if trade_id > self.last_trade_id:
+                self.close, self.last_trade_id = price, trade_id
+            if price > self.high:
+                self.high = price
+            elif price < self.low:
+                self.low = price
+        self.trade_count += 1
+        self.volume = EXACT.add(self.volume, quantity)
+        self.quote_volume = EXACT.add(self.quote_volume, quote)
+        if not tick.is_buyer_maker:
+            self.taker_buy_volume = EXACT.add(self.taker_buy_volume, quantity)
+            self.taker_buy_quote_volume = EXACT.add(self.taker_buy_quote_volume, quote)
+
+    def candle(self, symbol: str, interval: str, *, closed: bool, revision: int = 0) -> Candle:
+        return Candle(
+            symbol=symbol,
+            interval=interval,
+            open_time_ms=self.open_time_ms,
+            close_time_ms=self.close_time_ms,
+            open=self.open,
+            high=self.high,
+            low=self.low,
+            close=self.close,
+            volume=self.volume,
+            quote_volume=self.quote_volume,
+            trade_count=self.trade_count,
+            taker_buy_volume=self.taker_buy_volume,
+            taker_buy_quote_volume=self.taker_buy_quote_volume,
+            first_trade_id=self.first_trade_id,
+            last_trade_id=self.last_trade_id,
+            closed=closed,
+            revision=revision,
+        )
+
+
+class _Series:
+    """One (symbol, interval): the open bar and a ring of recent closed candles, oldest first."""
+
+    __slots__ = ("closed", "current", "interval", "replay_floor_ms", "symbol")
+
+    def __init__(self, symbol: str, interval: Interval, recent_limit: int) -> None:
+        self.symbol = symbol
+        self.interval = interval
+        self.current: _Bar | None = None
+        self.closed: deque[Candle] = deque(maxlen=recent_limit)
+        # While restoring: trades before this time are already in stored candles and are skipped.
+        self.replay_floor_ms: int | None = None
+
+    def close_current(self, out: list[Candle]) -> _Bar:
+        """Closes the open bar (there must be one) and returns it."""
+        bar = self.current
+        assert bar is not None
+        candle = bar.candle(self.symbol, self.interval.name, closed=True)
+        self.closed.append(candle)
+        out.append(candle)
+        return bar
+
+    def roll_to(self, open_time_ms: int, out: list[Candle]) -> None:
+        """Closes the open bar and every empty interval before ``open_time_ms``; opens the bar there."""
+        previous = self.close_current(out)
+        interval = self.interval
+        next_open = interval.next_open_time(previous.open_time_ms)
+        while next_open < open_time_ms:
+            empty = _Bar(next_open, interval.close_time(next_open), previous.close)
+            candle = empty.candle(self.symbol, interval.name, closed=True)
+            self.closed.append(candle)
+            out.append(candle)
+            next_open = interval.next_open_time(next_open)
+        self.current = _Bar(open_time_ms, interval.close_time(open_time_ms), previous.close)
+
+
+@attrs.define
+class CandleCounters:
+    candles_closed: int = 0
+    empty_candles: int = 0
+    late_trades: int = 0
+    revisions: int = 0
+    # Late trades for candles no longer in memory: their ticks are stored, the candle is not corrected.
+    late_trades_unrevisable: int = 0
 
 
 class CandleBuilder:
-    """Open candles per (symbol, interval); ``update`` returns the candles a tick closes."""
+    """Open candles per (symbol, interval) and recent closed ones.
 
-    def __init__(self, intervals: Sequence[Interval]) -> None:
+    ``update`` and ``close_due`` return the candles that closed or were revised, in order; the open candle is
+    readable at any time with ``open_candle``.
+    """
+
+    def __init__(self, intervals: Sequence[Interval], *, recent_limit: int = DEFAULT_RECENT_LIMIT) -> None:
+        if not intervals:
+            raise ValueError("no candle interval configured")
         self.intervals = tuple(intervals)
-        self._open: dict[tuple[str, str], Candle] = {}
+        self.recent_limit = recent_limit
+        self.counters = CandleCounters()
+        self._series: dict[str, tuple[_Series, ...]] = {}
+
+    def _series_of(self, symbol: str) -> tuple[_Series, ...]:
+        series = self._series.get(symbol)
+        if series is None:
+            series = self._series[symbol] = tuple(
+                _Series(symbol, interval, self.recent_limit) for interval in self.intervals
+            )
+        return series
+
+    def _one_series(self, symbol: str, interval: str) -> _Series | None:
+        for series in self._series.get(symbol, ()):
+            if series.interval.name == interval:
+                return series
+        return None
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return tuple(self._series)
+
+    # --- feeding -------------------------------------------------------------------------------------------
 
     def update(self, tick: Tick) -> list[Candle]:
-        closed: list[Candle] = []
-        for interval in self.intervals:
-            key = (tick.symbol, interval.name)
-            candle = self._open.get(key)
-            if candle is not None and tick.trade_time_ms > candle.close_time_ms:
-                closed.append(attrs.evolve(candle, closed=True))
-                candle = None
-            self._open[key] = open_candle(tick, interval) if candle is None else add_trade(candle, tick)
-        return closed
+        """Adds one trade; returns the candles it closed (with empty ones between) or revised."""
+        out: list[Candle] = []
+        trade_time = tick.trade_time_ms
+        for series in self._series_of(tick.symbol):
+            if series.replay_floor_ms is not None and trade_time < series.replay_floor_ms:
+                continue
+            bar = series.current
+            if bar is None:
+                open_time = series.interval.open_time(trade_time)
+                bar = series.current = _Bar(open_time, series.interval.close_time(open_time), tick.price)
+            elif trade_time > bar.close_time_ms:
+                before = len(out)
+                series.roll_to(series.interval.open_time(trade_time), out)
+                self._count_closed(out, before)
+                bar = series.current
+                assert bar is not None
+            elif trade_time < bar.open_time_ms:
+                self._revise(series, tick, out)
+                continue
+            bar.add(tick)
+        return out
+
+    def update_many(self, ticks: Iterable[Tick]) -> list[Candle]:
+        out: list[Candle] = []
+        for tick in ticks:
+            out.extend(self.update(tick))
+        return out
+
+    def close_due(self, symbol: str, before_ms: int) -> list[Candle]:
+        """Closes every candle of ``symbol`` whose close time is before ``before_ms``.
+
+        The caller decides when the clock may close candles (close time plus a grace, feed healthy); the
+        interval that then opens is empty until a trade arrives, as on Binance.
+        """
+        out: list[Candle] = []
+        for series in self._series.get(symbol, ()):
+            bar = series.current
+            if bar is None or bar.close_time_ms >= before_ms:
+                continue
+            before = len(out)
+            series.roll_to(series.interval.open_time(before_ms), out)
+            self._count_closed(out, before)
+        return out
+
+    def _count_closed(self, out: list[Candle], start: int) -> None:
+        self.counters.candles_closed += len(out) - start
+        self.counters.empty_candles += sum(1 for candle in out[start:] if candle.trade_count == 0)
+
+    def next_close_ms(self, symbol: str) -> int | None:
+        """The earliest close time among the open candles of ``symbol`` (None: no open candle)."""
+        times = [series.current.close_time_ms for series in self._series.get(symbol, ()) if series.current]
+        return min(times) if times else None
+
+    def _revise(self, series: _Series, tick: Tick, out: list[Candle]) -> None:
+        self.counters.late_trades += 1
+        open_time = series.interval.open_time(tick.trade_time_ms)
+        ring = series.closed
+        index = _find(ring, open_time)
+        if index is None:
+            self.counters.late_trades_unrevisable += 1
+            return
+        old = ring[index]
+        bar = _Bar.from_candle(old)
+        bar.add(tick)
+        revised = bar.candle(series.symbol, series.interval.name, closed=True, revision=old.revision + 1)
+        ring[index] = revised
+        out.append(revised)
+        self.counters.revisions += 1
+        # Empty candles after it carry the previous close: follow a changed close forward.
+        close = revised.close
+        for later_index in range(index + 1, len(ring)):
+            later = ring[later_index]
+            if later.trade_count:
+                return
+            if later.close != close:
+                later = attrs.evolve(later, open=close, high=close, low=close, close=close,
+                                     revision=later.revision + 1)
+                ring[later_index] = later
+                out.append(later)
+                self.counters.revisions += 1
+        current = series.current
+        if current is not None and current.trade_count == 0:
+            current.open = current.high = current.low = current.close = close
+
+    # --- reading -------------------------------------------------------------------------------------------
 
     def open_candle(self, symbol: str, interval: str) -> Candle | None:
-        return self._open.get((symbol, interval))
+        """The candle being built for (symbol, interval), ``closed=False``; None before the first trade."""
+        series = self._one_series(symbol, interval)
+        if series is None or series.current is None:
+            return None
+        return series.current.candle(symbol, interval, closed=False)
+
+    def recent_closed(
+        self, symbol: str, interval: str, start_ms: int | None, end_ms: int | None, limit: int
+    ) -> list[Candle]:
+        """Closed candles (latest revision) with ``start_ms <= open_time <= end_ms``, oldest first.
+
+        As Binance's klines endpoint: with a start, the first ``limit`` from it; without, the last ``limit``.
+        Only the in-memory ring (``recent_limit`` per series) is searched; older ones are in storage.
+        """
+        series = self._one_series(symbol, interval)
+        if series is None or limit <= 0:
+            return []
+        ring = list(series.closed)
+        keys = [candle.open_time_ms for candle in ring]
+        low = 0 if start_ms is None else bisect.bisect_left(keys, start_ms)
+        high = len(ring) if end_ms is None else bisect.bisect_right(keys, end_ms)
+        if start_ms is not None:
+            return ring[low:min(high, low + limit)]
+        return ring[max(low, high - limit):high]
+
+    def oldest_recent_open_ms(self, symbol: str, interval: str) -> int | None:
+        series = self._one_series(symbol, interval)
+        if series is None or not series.closed:
+            return None
+        return series.closed[0].open_time_ms
+
+    def earliest_open_time_ms(self) -> int | None:
+        """The open time of the oldest open candle (ticks after it are needed to rebuild open candles)."""
+        times = [
+            series.current.open_time_ms
+            for all_series in self._series.values()
+            for series in all_series
+            if series.current is not None
+        ]
+        return min(times) if times else None
+
+    # --- restoring -----------------------------------------------------------------------------------------
+
+    def seed(self, symbol: str, interval: str, recent: Sequence[Candle]) -> None:
+        """Restores a series from stored closed candles (oldest first).
+
+        The series continues after the last of them: its next interval opens empty with the previous close, and
+        until ``end_replay`` trades before that are skipped (they are in the stored candles already).
+        """
+        series = next((s for s in self._series_of(symbol) if s.interval.name == interval), None)
+        if series is None:
+            raise ValueError(f"interval {interval!r} is not configured")
+        if not recent:
+            return
+        series.closed.clear()
+        series.closed.extend(recent)
+        last = recent[-1]
+        next_open = series.interval.next_open_time(last.open_time_ms)
+        series.current = _Bar(next_open, series.interval.close_time(next_open), last.close)
+        series.replay_floor_ms = next_open
+
+    def end_replay(self) -> None:
+        for all_series in self._series.values():
+            for series in all_series:
+                series.replay_floor_ms = None
 
 
-async def aggregate(
-    tick_batches: trio.MemoryReceiveChannel[Sequence[Tick]],
-    closed_candles: trio.MemorySendChannel[Candle],
-    builder: CandleBuilder,
-) -> None:
-    """Feed every tick to the builder; send each closed candle on. Closes ``closed_candles`` at the end."""
-    async with tick_batches, closed_candles:
-        async for batch in tick_batches:
-            for tick in batch:
-                for candle in builder.update(tick):
-                    await closed_candles.send(candle)
+def _find(ring: deque[Candle], open_time_ms: int) -> int | None:
+    """Index of the candle opening at ``open_time_ms``, searching from the newest (late trades are recent)."""
+    for index in range(len(ring) - 1, -1, -1):
+        candle_open = ring[index].open_time_ms
+        if candle_open == open_time_ms:
+            return index
+        if candle_open < open_time_ms:
+            return None
+    return None
+
+
+def merge_closed(candles: Sequence[Candle]) -> list[Candle]:
+    """Keeps the latest revision per (symbol, interval, open time), in first-seen order (for readers of a
+    stream of closed candles and revisions)."""
+    latest: dict[tuple[str, str, int], Candle] = {}
+    for candle in candles:
+        key = (candle.symbol, candle.interval, candle.open_time_ms)
+        if key not in latest or candle.revision >= latest[key].revision:
+            latest[key] = candle
+    return list(latest.values())
+

@@ -1,7 +1,17 @@
-"""SQLite storage: one connection, used from worker threads one call at a time, WAL mode."""
+"""SQLite storage: one connection, used from worker threads one call at a time, WAL mode.
+
+Decimals are stored as their exact text; times as integer epoch ms. The schema is versioned with
+``PRAGMA user_version`` and migrated forward by ``open`` (each migration in its own transaction); a database
+written by a newer version of the service is refused rather than misread.
+
+Durability: WAL with ``synchronous=NORMAL`` keeps every committed transaction across a process crash
+(``kill -9``); an operating-system crash or power loss may lose the last transactions (``FULL`` would not, at a
+cost per commit).
+"""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -10,12 +20,16 @@ from typing import TypeVar
 import trio
 
 from app.model import Candle, Tick
+from app.store.storage import StorageError, StorageWriteError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# Rows per executemany call; one transaction per write call.
+_CHUNK = 10_000
 
-_MIGRATIONS: dict[int, str] = {
+MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE ticks (
         symbol TEXT NOT NULL,
@@ -41,17 +55,65 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (symbol, interval, open_time_ms)
     ) WITHOUT ROWID;
     """,
+    # Restart replays one symbol's ticks from a time on.
+    2: """
+    CREATE INDEX ticks_by_symbol_time ON ticks (symbol, trade_time_ms);
+    """,
 }
+SCHEMA_VERSION = max(MIGRATIONS)
+
+_TICK_COLUMNS = "symbol, trade_id, price, quantity, trade_time_ms, event_time_ms, is_buyer_maker"
+_CANDLE_COLUMNS = (
+    "symbol, interval, open_time_ms, close_time_ms, open, high, low, close, volume, quote_volume, trade_count,"
+    " taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision"
+)
+_INSERT_CANDLE = (
+    f"INSERT INTO candles ({_CANDLE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (symbol, interval, open_time_ms) DO UPDATE SET"
+    " close_time_ms=excluded.close_time_ms, open=excluded.open, high=excluded.high, low=excluded.low,"
+    " close=excluded.close, volume=excluded.volume, quote_volume=excluded.quote_volume,"
+    " trade_count=excluded.trade_count, taker_buy_volume=excluded.taker_buy_volume,"
+    " taker_buy_quote_volume=excluded.taker_buy_quote_volume, first_trade_id=excluded.first_trade_id,"
+    " last_trade_id=excluded.last_trade_id, revision=excluded.revision"
+    " WHERE excluded.revision >= candles.revision"
+)
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    for target in range(version + 1, SCHEMA_VERSION + 1):
-        connection.executescript(f"BEGIN; {_MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;")
+def migrate(connection: sqlite3.Connection) -> int:
+    """Brings the schema to ``SCHEMA_VERSION``; returns the version found."""
+    found = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise StorageError(
+            f"database schema version {found} is newer than this service's ({SCHEMA_VERSION}); "
+            "upgrade the service or point DATABASE_URL at another file"
+        )
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        connection.executescript(f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version={version}; COMMIT;")
+        log.info("schema_migrated version=%d", version)
+    return found
+
+
+def connect(path: str) -> sqlite3.Connection:
+    try:
+        connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        migrate(connection)
+    except sqlite3.DatabaseError as error:
+        raise StorageError(f"cannot open SQLite database {path!r}: {error}") from error
     return connection
+
+
+def _tick_row(tick: Tick) -> tuple[object, ...]:
+    return (tick.symbol, tick.trade_id, str(tick.price), str(tick.quantity), tick.trade_time_ms,
+            tick.event_time_ms, int(tick.is_buyer_maker))
+
+
+def _tick_from_row(row: Sequence[object]) -> Tick:
+    symbol, trade_id, price, quantity, trade_time, event_time, maker = row
+    return Tick(str(symbol), Decimal(str(price)), Decimal(str(quantity)), _int(trade_time), _int(event_time),
+                _int(trade_id), bool(maker))
 
 
 def _candle_row(candle: Candle) -> tuple[object, ...]:
@@ -68,70 +130,136 @@ def _candle_from_row(row: Sequence[object]) -> Candle:
     (symbol, interval, open_time, close_time, open_, high, low, close, volume, quote_volume, trade_count,
      taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision) = row
     return Candle(
-        symbol=str(symbol), interval=str(interval), open_time_ms=int(open_time),  # type: ignore[call-overload]
-        close_time_ms=int(close_time),  # type: ignore[call-overload]
+        symbol=str(symbol), interval=str(interval), open_time_ms=_int(open_time), close_time_ms=_int(close_time),
         open=Decimal(str(open_)), high=Decimal(str(high)), low=Decimal(str(low)), close=Decimal(str(close)),
-        volume=Decimal(str(volume)), quote_volume=Decimal(str(quote_volume)),
-        trade_count=int(trade_count),  # type: ignore[call-overload]
+        volume=Decimal(str(volume)), quote_volume=Decimal(str(quote_volume)), trade_count=_int(trade_count),
         taker_buy_volume=Decimal(str(taker_buy_volume)),
         taker_buy_quote_volume=Decimal(str(taker_buy_quote_volume)),
-        first_trade_id=int(first_trade_id), last_trade_id=int(last_trade_id),  # type: ignore[call-overload]
-        closed=True, revision=int(revision),  # type: ignore[call-overload]
+        first_trade_id=_int(first_trade_id), last_trade_id=_int(last_trade_id),
+        closed=True, revision=_int(revision),
     )
 
 
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
 class SQLiteStorage:
+    """``Storage`` on one SQLite connection behind a ``CapacityLimiter(1)``, used from worker threads."""
+
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
-        # One thread at a time uses the connection.
         self._limiter = trio.CapacityLimiter(1)
+        self.ticks_written = 0
+        self.candles_written = 0
+        self.write_seconds = 0.0
 
     @classmethod
     async def open(cls, path: str) -> SQLiteStorage:
-        return cls(await trio.to_thread.run_sync(_connect, path))
+        """Opens (creating and migrating as needed) the database at ``path`` (``":memory:"`` for none)."""
+        return cls(await trio.to_thread.run_sync(connect, path))
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
 
+    def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        connection = self._connection
+        connection.execute("BEGIN")
+        try:
+            for start in range(0, len(rows), _CHUNK):
+                connection.executemany(sql, rows[start:start + _CHUNK])
+            connection.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise StorageWriteError(f"SQLite write failed: {error}") from error
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
     async def write_ticks(self, ticks: Sequence[Tick]) -> None:
-        rows = [
-            (t.symbol, t.trade_id, str(t.price), str(t.quantity), t.trade_time_ms, t.event_time_ms,
-             int(t.is_buyer_maker))
-            for t in ticks
-        ]
-        await self._run(self._executemany, "INSERT OR IGNORE INTO ticks VALUES (?,?,?,?,?,?,?)", rows)
+        if not ticks:
+            return
+        rows = [_tick_row(tick) for tick in ticks]
+        started = trio.current_time()
+        await self._run(self._write, f"INSERT OR IGNORE INTO ticks ({_TICK_COLUMNS}) VALUES (?,?,?,?,?,?,?)", rows)
+        self.write_seconds += trio.current_time() - started
+        self.ticks_written += len(rows)
 
     async def write_candles(self, candles: Sequence[Candle]) -> None:
+        if not candles:
+            return
         rows = [_candle_row(candle) for candle in candles]
-        await self._run(
-            self._executemany, "INSERT OR REPLACE INTO candles VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
-        )
-
-    def _executemany(self, sql: str, rows: list[tuple[object, ...]]) -> None:
-        with self._connection:
-            self._connection.execute("BEGIN")
-            self._connection.executemany(sql, rows)
+        await self._run(self._write, _INSERT_CANDLE, rows)
+        self.candles_written += len(rows)
 
     async def last_trade_ids(self) -> dict[str, int]:
-        rows = await self._run(
-            lambda: self._connection.execute("SELECT symbol, MAX(trade_id) FROM ticks GROUP BY symbol").fetchall()
-        )
+        def query() -> list[tuple[str, int]]:
+            # One index seek per symbol instead of a scan of every tick.
+            symbols = [row[0] for row in self._connection.execute(
+                "WITH RECURSIVE s(symbol) AS (SELECT MIN(symbol) FROM ticks UNION ALL"
+                " SELECT (SELECT MIN(symbol) FROM ticks WHERE symbol > s.symbol) FROM s WHERE s.symbol IS NOT NULL)"
+                " SELECT symbol FROM s WHERE symbol IS NOT NULL")]
+            return [(symbol, self._connection.execute(
+                "SELECT MAX(trade_id) FROM ticks WHERE symbol=?", (symbol,)).fetchone()[0]) for symbol in symbols]
+
+        rows = await self._run(query)
         return {str(symbol): int(trade_id) for symbol, trade_id in rows}
 
     async def candles(
         self, symbol: str, interval: str, start_ms: int | None, end_ms: int | None, limit: int
     ) -> list[Candle]:
+        low = start_ms if start_ms is not None else -(2**62)
+        high = end_ms if end_ms is not None else 2**62
+        order = "ASC" if start_ms is not None else "DESC"
+
         def query() -> list[Candle]:
             rows = self._connection.execute(
-                "SELECT * FROM candles WHERE symbol=? AND interval=? AND open_time_ms>=? AND open_time_ms<=?"
-                " ORDER BY open_time_ms DESC LIMIT ?",
-                (symbol, interval, start_ms if start_ms is not None else -1,
-                 end_ms if end_ms is not None else 2**62, limit),
+                f"SELECT {_CANDLE_COLUMNS} FROM candles WHERE symbol=? AND interval=? AND open_time_ms BETWEEN ? AND ?"
+                f" ORDER BY open_time_ms {order} LIMIT ?",
+                (symbol, interval, low, high, max(0, limit)),
             ).fetchall()
-            return [_candle_from_row(row) for row in reversed(rows)]
+            candles = [_candle_from_row(row) for row in rows]
+            return candles if order == "ASC" else candles[::-1]
 
-        result: list[Candle] = await self._run(query)
-        return result
+        return await self._run(query)
+
+    async def ticks(self, symbol: str, start_ms: int, after_trade_id: int, limit: int) -> list[Tick]:
+        def query() -> list[Tick]:
+            connection = self._connection
+            first = connection.execute(
+                "SELECT MIN(trade_id) FROM ticks WHERE symbol=? AND trade_time_ms>=?", (symbol, start_ms)
+            ).fetchone()[0]
+            if first is None:
+                return []
+            rows = connection.execute(
+                f"SELECT {_TICK_COLUMNS} FROM ticks WHERE symbol=? AND trade_id>=? AND trade_id>?"
+                " AND trade_time_ms>=? ORDER BY trade_id LIMIT ?",
+                (symbol, first, after_trade_id, start_ms, limit),
+            ).fetchall()
+            return [_tick_from_row(row) for row in rows]
+
+        return await self._run(query)
+
+    async def delete_ticks_before(self, cutoff_ms: int, limit: int) -> int:
+        def delete() -> int:
+            connection = self._connection
+            connection.execute("BEGIN")
+            try:
+                deleted = connection.execute(
+                    "DELETE FROM ticks WHERE (symbol, trade_id) IN"
+                    " (SELECT symbol, trade_id FROM ticks WHERE trade_time_ms < ? LIMIT ?)",
+                    (cutoff_ms, limit),
+                ).rowcount
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return int(deleted)
+
+        return await self._run(delete)
 
     async def close(self) -> None:
         await self._run(self._connection.close)

@@ -1,0 +1,230 @@
+"""The aggregator task around the pure ``CandleBuilder``, and the candle feed the web layer reads.
+
+``aggregate`` takes tick batches from the hub, feeds the builder, closes candles by the clock when a symbol's
+feed is live, sends every closed candle and revision to the database writer (``closed_candles``, waiting when it
+is full: candles are never dropped), and publishes candle updates to subscribers: closed candles, revisions, and
+the open candle of each series a batch touched (coalesced: one update per series per batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+
+import trio
+
+from app.ingest.status import IngestStatus
+from app.intervals import Interval
+from app.model import Candle, Tick
+from app.store.broadcast import ChannelDepth, Fanout, OverflowPolicy, Subscriber
+from app.store.candles import DEFAULT_RECENT_LIMIT, CandleBuilder, CandleCounters
+
+log = logging.getLogger(__name__)
+
+# A candle is closed by the clock this long after its close time (trades arrive with some latency).
+CLOSE_GRACE_MS = 2_000
+# How soon to look again at a symbol whose candles are due but whose feed is not live (backfilling).
+NOT_LIVE_RECHECK_MS = 1_000
+# Tick batches processed before candle updates are published (bounds the latency of updates under load).
+MAX_BATCHES_PER_ROUND = 64
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def feed_is_live(status: IngestStatus) -> Callable[[str], bool]:
+    """A symbol's candles may close by the clock only while its feed is live: it has had a trade since the
+    service started, is not backfilling, and some exchange connection is up (else trades may be in flight)."""
+
+    def is_live(symbol: str) -> bool:
+        symbol_status = status.symbols.get(symbol)
+        if symbol_status is None or symbol_status.backfilling or symbol_status.last_tick_at is None:
+            return False
+        return any(connection.connected for connection in status.connections.values())
+
+    return is_live
+
+
+class CandleFeed:
+    """The candles the web layer reads (``state.candles``): open candles, recent closed ones, and updates.
+
+    Mutated only by the ``aggregate`` task.
+    """
+
+    def __init__(self, intervals: Sequence[Interval], *, recent_limit: int = DEFAULT_RECENT_LIMIT) -> None:
+        self.builder = CandleBuilder(intervals, recent_limit=recent_limit)
+        self._feeds = {interval.name: Fanout[Candle](attrgetter("symbol"), f"candles:{interval.name}")
+                       for interval in intervals}
+        self.candles_published = 0
+
+    @property
+    def intervals(self) -> tuple[Interval, ...]:
+        return self.builder.intervals
+
+    @property
+    def counters(self) -> CandleCounters:
+        return self.builder.counters
+
+    @property
+    def revisions(self) -> int:
+        return self.builder.counters.revisions
+
+    def open_candle(self, symbol: str, interval: str) -> Candle | None:
+        return self.builder.open_candle(symbol, interval)
+
+    def recent_closed(
+        self, symbol: str, interval: str, start_ms: int | None, end_ms: int | None, limit: int
+    ) -> list[Candle]:
+        return self.builder.recent_closed(symbol, interval, start_ms, end_ms, limit)
+
+    def oldest_recent_open_ms(self, symbol: str, interval: str) -> int | None:
+        return self.builder.oldest_recent_open_ms(symbol, interval)
+
+    def subscribe_candles(
+        self,
+        name: str,
+        buffer: int,
+        policy: OverflowPolicy,
+        symbols: frozenset[str] | None,
+        interval: str,
+    ) -> trio.MemoryReceiveChannel[Sequence[Candle]]:
+        """Batches of candle updates of one interval: closed candles (``closed=True``), revisions
+        (``revision > 0``) and open-candle updates (``closed=False``, at most one per series per batch).
+
+        The channel ends when the aggregator stops or cuts the subscriber off (its buffer, in batches, full).
+        """
+        return self.subscribe_candles_handle(name, buffer, policy, symbols, interval)[1]
+
+    def subscribe_candles_handle(
+        self,
+        name: str,
+        buffer: int,
+        policy: OverflowPolicy,
+        symbols: frozenset[str] | None,
+        interval: str,
+    ) -> tuple[Subscriber[Candle], trio.MemoryReceiveChannel[Sequence[Candle]]]:
+        feed = self._feeds.get(interval)
+        if feed is None:
+            raise ValueError(f"interval {interval!r} is not configured; configured: {', '.join(self._feeds)}")
+        return feed.subscribe(name, buffer, policy, symbols)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(feed.subscribers) for feed in self._feeds.values())
+
+    @property
+    def subscribers_cut_off(self) -> int:
+        return sum(feed.cut_off for feed in self._feeds.values())
+
+    def channel_depths(self) -> list[ChannelDepth]:
+        return [depth for feed in self._feeds.values() for depth in feed.depths()]
+
+    async def publish(self, changed: Sequence[Candle], touched_symbols: set[str]) -> None:
+        """Hands subscribers the closed/revised candles and the open candle of each touched series."""
+        for name, feed in self._feeds.items():
+            if not feed.subscribers:
+                continue
+            updates = [candle for candle in changed if candle.interval == name]
+            for symbol in touched_symbols:
+                current = self.builder.open_candle(symbol, name)
+                if current is not None:
+                    updates.append(current)
+            if updates:
+                self.candles_published += len(updates)
+                await feed.publish(updates)
+
+    def close(self) -> None:
+        for feed in self._feeds.values():
+            feed.close()
+
+
+async def aggregate(
+    tick_batches: trio.MemoryReceiveChannel[Sequence[Tick]],
+    closed_candles: trio.MemorySendChannel[Sequence[Candle]],
+    candles: CandleFeed,
+    *,
+    is_live: Callable[[str], bool],
+    clock_ms: Callable[[], int] = wall_clock_ms,
+    close_grace_ms: int = CLOSE_GRACE_MS,
+) -> None:
+    """Runs until ``tick_batches`` ends; then closes ``closed_candles`` and the candle subscribers.
+
+    ``clock_ms`` gives the local wall time in epoch ms (tests drive it from trio's MockClock); ``is_live(symbol)``
+    says whether the clock may close that symbol's candles (see ``feed_is_live``).
+
+    Candles close by the *exchange's* clock: local time plus the offset between the latest trade event time
+    and the local time it was received. Against Binance the offset is the network latency plus clock skew;
+    against a replayed recording it is the recording's age, so an old recording replayed in real time still
+    closes its candles on time (instead of filling years of empty intervals).
+    """
+    builder = candles.builder
+    next_wake_ms: int | None = None
+    exchange_offset_ms = 0
+    try:
+        async with tick_batches, closed_candles:
+            while True:
+                changed: list[Candle] = []
+                touched: set[str] = set()
+                delay = None
+                if next_wake_ms is not None:
+                    delay = max(0.0, (next_wake_ms - exchange_offset_ms - clock_ms()) / 1000)
+                with trio.move_on_after(delay if delay is not None else float("inf")):
+                    try:
+                        batch = await tick_batches.receive()
+                    except trio.EndOfChannel:
+                        break
+                    _feed(builder, batch, changed, touched)
+                    exchange_offset_ms = batch[-1].event_time_ms - clock_ms()
+                    # Drain what else is waiting: ticks first, so queued trades are not mistaken for late ones.
+                    for _ in range(MAX_BATCHES_PER_ROUND - 1):
+                        try:
+                            _feed(builder, tick_batches.receive_nowait(), changed, touched)
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                exchange_now_ms = clock_ms() + exchange_offset_ms
+                next_wake_ms = _close_by_clock(builder, exchange_now_ms, close_grace_ms, is_live, changed, touched)
+                if changed:
+                    await closed_candles.send(changed)
+                await candles.publish(changed, touched)
+    finally:
+        candles.close()
+
+
+def _feed(builder: CandleBuilder, batch: Sequence[Tick], changed: list[Candle], touched: set[str]) -> None:
+    for tick in batch:
+        closed = builder.update(tick)
+        if closed:
+            changed.extend(closed)
+        touched.add(tick.symbol)
+
+
+def _close_by_clock(
+    builder: CandleBuilder,
+    now_ms: int,
+    grace_ms: int,
+    is_live: Callable[[str], bool],
+    changed: list[Candle],
+    touched: set[str],
+) -> int | None:
+    """Closes due candles of live symbols; returns when to look again (epoch ms; None: nothing open)."""
+    next_wake: int | None = None
+    for symbol in builder.symbols:
+        close_ms = builder.next_close_ms(symbol)
+        if close_ms is None:
+            continue
+        due_ms = close_ms + grace_ms
+        if due_ms <= now_ms:
+            if is_live(symbol):
+                closed = builder.close_due(symbol, now_ms - grace_ms + 1)
+                changed.extend(closed)
+                touched.add(symbol)
+                close_ms = builder.next_close_ms(symbol)
+                assert close_ms is not None
+                due_ms = close_ms + grace_ms
+            else:
+                due_ms = now_ms + NOT_LIVE_RECHECK_MS
+        next_wake = due_ms if next_wake is None else min(next_wake, due_ms)
+    return next_wake

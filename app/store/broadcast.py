@@ -1,0 +1,199 @@
+"""Fan-out of batches to subscribers, each on its own bounded channel, filtered by key (the symbol).
+
+Used by the tick hub and by the candle feed. The cost of a batch is paid per subscriber that wants something
+in it: subscribers are indexed by key, so thousands of idle ones (subscribed to symbols that are not trading)
+cost nothing, and a subscriber to every key costs one ``send_nowait`` per batch (batches are shared, never
+copied). A full channel never blocks delivery to the others; the subscriber's ``OverflowPolicy`` decides.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+import attrs
+import trio
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A subscriber whose buffer stays full logs at most one warning per this many seconds.
+ALARM_LOG_INTERVAL_SECONDS = 10.0
+# Subscribers whose receiving end was closed are swept out when the list has doubled since the last sweep.
+_MIN_SWEEP_SIZE = 64
+
+
+class OverflowPolicy(enum.Enum):
+    # External feeds: a subscriber whose buffer is full is cut off at once (its channel closed, with a reason).
+    CUT_OFF = "cut_off"
+    # The service's own consumers that must see everything (aggregator, database writer): they get a large
+    # buffer; when it is full an alarm is raised (counted, logged) and the fan-out, after serving everyone
+    # else, waits for room. Ingestion then slows down instead of losing data or growing memory.
+    BACKPRESSURE = "backpressure"
+
+
+@attrs.frozen(slots=True)
+class ChannelDepth:
+    name: str
+    # Batches waiting in the channel, and its capacity (in batches).
+    used: int
+    size: int
+
+
+@attrs.define(eq=False)
+class Subscriber(Generic[T]):
+    name: str
+    policy: OverflowPolicy
+    send_channel: trio.MemorySendChannel[Sequence[T]]
+    # None: every key (symbol).
+    keys: frozenset[str] | None
+    buffer: int
+    batches_sent: int = 0
+    overflows: int = 0
+    # Set when the fan-out cut this subscriber off (its channel then ends); None while subscribed or after it
+    # left on its own.
+    cut_off_reason: str | None = None
+    _last_alarm_log: float = -ALARM_LOG_INTERVAL_SECONDS
+
+    @property
+    def symbols(self) -> frozenset[str] | None:
+        return self.keys
+
+    def depth(self) -> ChannelDepth:
+        return ChannelDepth(self.name, self.send_channel.statistics().current_buffer_used, self.buffer)
+
+
+class Fanout(Generic[T]):
+    """Subscribers and their channels; ``publish`` is called by one task only (the owner)."""
+
+    def __init__(self, key: Callable[[T], str], label: str) -> None:
+        self._key = key
+        self._label = label
+        self._subscribers: list[Subscriber[T]] = []
+        self._everything: list[Subscriber[T]] = []
+        self._by_key: dict[str, list[Subscriber[T]]] = {}
+        self._sweep_at = _MIN_SWEEP_SIZE
+        self.closed = False
+        self.cut_off = 0
+        self.backpressure_alarms = 0
+
+    @property
+    def subscribers(self) -> tuple[Subscriber[T], ...]:
+        return tuple(self._subscribers)
+
+    def subscribe(
+        self, name: str, buffer: int, policy: OverflowPolicy, keys: frozenset[str] | None = None
+    ) -> tuple[Subscriber[T], trio.MemoryReceiveChannel[Sequence[T]]]:
+        if buffer < 1:
+            raise ValueError(f"subscriber buffer must be at least 1 batch, got {buffer}")
+        send_channel, receive_channel = trio.open_memory_channel[Sequence[T]](buffer)
+        subscriber = Subscriber(name, policy, send_channel, keys, buffer)
+        if self.closed:
+            send_channel.close()  # the service is stopping: the channel ends at once
+            return subscriber, receive_channel
+        self._subscribers.append(subscriber)
+        if keys is None:
+            self._everything.append(subscriber)
+        else:
+            for key in keys:
+                self._by_key.setdefault(key, []).append(subscriber)
+        if len(self._subscribers) >= self._sweep_at:
+            self._sweep()
+        return subscriber, receive_channel
+
+    def _sweep(self) -> None:
+        """Drops subscribers that closed their end but never got a batch since (their symbols were idle)."""
+        for subscriber in [s for s in self._subscribers if s.send_channel.statistics().open_receive_channels == 0]:
+            self._remove(subscriber)
+        self._sweep_at = max(_MIN_SWEEP_SIZE, 2 * len(self._subscribers))
+
+    async def publish(self, batch: Sequence[T]) -> None:
+        if not self._subscribers or not batch:
+            return
+        deliveries: list[tuple[Subscriber[T], Sequence[T]]] = [(s, batch) for s in self._everything]
+        if self._by_key:
+            groups: dict[str, list[T]] = {}
+            key = self._key
+            for item in batch:
+                item_key = key(item)
+                group = groups.get(item_key)
+                if group is None:
+                    groups[item_key] = [item]
+                else:
+                    group.append(item)
+            several: dict[Subscriber[T], list[T]] = {}
+            for item_key, items in groups.items():
+                for subscriber in self._by_key.get(item_key, ()):
+                    if len(groups) == 1 or len(subscriber.keys or ()) == 1:
+                        deliveries.append((subscriber, items))
+                    else:
+                        several.setdefault(subscriber, []).extend(items)
+            deliveries.extend((subscriber, items) for subscriber, items in several.items())
+        waiting: list[tuple[Subscriber[T], Sequence[T]]] = []
+        for subscriber, delivered in deliveries:
+            try:
+                subscriber.send_channel.send_nowait(delivered)
+                subscriber.batches_sent += 1
+            except trio.WouldBlock:
+                if subscriber.policy is OverflowPolicy.CUT_OFF:
+                    self._cut_off(subscriber)
+                else:
+                    waiting.append((subscriber, delivered))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._remove(subscriber)  # it closed its end: it left
+        # Everyone else has this batch already; only now wait for the full internal consumers.
+        for subscriber, pending in waiting:
+            self._alarm(subscriber)
+            try:
+                await subscriber.send_channel.send(pending)
+                subscriber.batches_sent += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._remove(subscriber)
+
+    def _cut_off(self, subscriber: Subscriber[T]) -> None:
+        subscriber.overflows += 1
+        self.cut_off += 1
+        subscriber.cut_off_reason = (
+            f"fell behind: its buffer of {subscriber.buffer} batches was full; cut off"
+        )
+        log.warning("subscriber_cut_off source=%s name=%s buffer=%d", self._label, subscriber.name,
+                    subscriber.buffer)
+        self._remove(subscriber)
+
+    def _alarm(self, subscriber: Subscriber[T]) -> None:
+        subscriber.overflows += 1
+        self.backpressure_alarms += 1
+        now = trio.current_time()
+        if now - subscriber._last_alarm_log >= ALARM_LOG_INTERVAL_SECONDS:
+            subscriber._last_alarm_log = now
+            log.warning("subscriber_backpressure source=%s name=%s buffer=%d overflows=%d: the fan-out waits",
+                        self._label, subscriber.name, subscriber.buffer, subscriber.overflows)
+
+    def _remove(self, subscriber: Subscriber[T]) -> None:
+        subscriber.send_channel.close()
+        if subscriber not in self._subscribers:
+            return
+        self._subscribers.remove(subscriber)
+        if subscriber.keys is None:
+            self._everything.remove(subscriber)
+        else:
+            for key in subscriber.keys:
+                listed = self._by_key[key]
+                listed.remove(subscriber)
+                if not listed:
+                    del self._by_key[key]
+
+    def depths(self) -> list[ChannelDepth]:
+        return [subscriber.depth() for subscriber in self._subscribers]
+
+    def close(self) -> None:
+        """Ends every subscriber's channel (after the last batch); later subscribers get an ended channel."""
+        self.closed = True
+        for subscriber in self._subscribers:
+            subscriber.send_channel.close()
+        self._subscribers.clear()
+        self._everything.clear()
+        self._by_key.clear()
