@@ -232,3 +232,61 @@ async def test_idle_connections_cost_no_hub_subscription() -> None:
                 for ws in clients:
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
+
+
+async def receive_candles(ws: WebSocketConnection, until: Any) -> list[Any]:
+    """Candle updates until ``until(update)`` holds for one; every update received, in order."""
+    updates: list[Any] = []
+    while True:
+        message = decode(await ws.get_message())
+        assert message["channel"] == "candles", message
+        updates.extend(message["data"])
+        if any(until(update) for update in message["data"]):
+            return updates
+
+
+async def test_candle_subscription_sends_the_open_candle_then_updates_and_closed_candles() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            first_minute = make_ticks("BTCUSDT", 1, 3, step_ms=10_000)
+            await web.publish_and_settle(first_minute)
+            ack = await request(ws, {"op": "subscribe", "channel": "candles", "symbols": ["BTCUSDT"],
+                                     "interval": "1m"})
+            assert ack == {"op": "subscribed", "channel": "candles", "symbols": ["BTCUSDT"], "interval": "1m"}
+            snapshot = decode(await ws.get_message())
+            assert snapshot["channel"] == "candles" and snapshot["interval"] == "1m"
+            assert [(c["trade_count"], c["closed"]) for c in snapshot["data"]] == [(3, False)]
+            # A trade in the next minute closes the first candle and opens the next.
+            await web.publish(make_ticks("BTCUSDT", 4, 1, start_ms=first_minute[0].trade_time_ms + 60_000))
+            await web.publish(make_ticks("ETHUSDT", 1, 1, price="2683.80"))  # not subscribed
+            updates = await receive_candles(ws, lambda candle: candle["first_trade_id"] == 4)
+            await assert_quiet(ws)
+    closed = [candle for candle in updates if candle["closed"]]
+    assert len(closed) == 1
+    assert (closed[0]["first_trade_id"], closed[0]["last_trade_id"], closed[0]["trade_count"]) == (1, 3, 3)
+    assert closed[0]["volume"] == sum(tick.quantity for tick in first_minute)
+    assert updates[-1]["closed"] is False and updates[-1]["trade_count"] == 1
+    assert {candle["symbol"] for candle in updates} == {"BTCUSDT"}
+    assert {candle["interval"] for candle in updates} == {"1m"}
+
+
+async def test_candles_of_several_intervals_come_in_separate_frames_and_unsubscribe_per_interval() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            for interval in ("1m", "5m"):
+                await request(ws, {"op": "subscribe", "channel": "candles", "symbols": "*", "interval": interval})
+            await web.publish(make_ticks("ETHUSDT", 1, 2, price="2683.80"))
+            seen: dict[str, int] = {}
+            while set(seen) != {"1m", "5m"}:
+                message = decode(await ws.get_message())
+                assert {candle["interval"] for candle in message["data"]} == {message["interval"]}
+                seen[message["interval"]] = message["data"][-1]["last_trade_id"]
+            ack = await request(ws, {"op": "unsubscribe", "channel": "candles", "symbols": "*", "interval": "5m"})
+            assert ack["op"] == "unsubscribed"
+            await web.publish(make_ticks("ETHUSDT", 3, 1, price="2683.80"))
+            message = decode(await ws.get_message())
+            assert message["interval"] == "1m" and message["data"][-1]["last_trade_id"] == 3
+            await web.publish_and_settle(make_ticks("ETHUSDT", 4, 1, price="2683.80"))
+            message = decode(await ws.get_message())
+            assert message["interval"] == "1m"
+            await assert_quiet(ws)
