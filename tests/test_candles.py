@@ -172,3 +172,13 @@ def test_every_interval_name_builds() -> None:
     builder = CandleBuilder([Interval(name) for name in INTERVAL_NAMES])
     builder.update(tick(T0, 1))
     assert all(builder.open_candle("BTCUSDT", name) is not None for name in INTERVAL_NAMES)
+
+
+def test_a_trade_already_in_a_complete_closed_candle_is_not_counted_twice() -> None:
+    """After a restart the ingest resumes from the last stored tick, which may be behind the stored candles."""
+    builder = CandleBuilder([Interval("1m")])
+    builder.update_many([tick(T0 + 1, 10), tick(T0 + 2, 11), tick(T0 + MINUTE, 12)])
+    assert builder.update(tick(T0 + 2, 11)) == []
+    assert builder.counters.duplicate_trades == 1 and builder.counters.late_trades == 0
+    (closed,) = builder.recent_closed("BTCUSDT", "1m", None, None, 5)
+    assert closed.trade_count == 2 and closed.revision == 0

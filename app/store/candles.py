@@ -165,6 +165,8 @@ class CandleCounters:
     revisions: int = 0
     # Late trades for candles no longer in memory: their ticks are stored, the candle is not corrected.
     late_trades_unrevisable: int = 0
+    # Trades already counted in a closed candle (re-sent after a restart); ignored.
+    duplicate_trades: int = 0
 
 
 class CandleBuilder:
@@ -257,14 +259,19 @@ class CandleBuilder:
         return min(times) if times else None
 
     def _revise(self, series: _Series, tick: Tick, out: list[Candle]) -> None:
-        self.counters.late_trades += 1
         open_time = series.interval.open_time(tick.trade_time_ms)
         ring = series.closed
         index = _find(ring, open_time)
-        if index is None:
+        old = ring[index] if index is not None else None
+        if old is not None and _holds(old, tick.trade_id):
+            # Already counted: after a restart the ingest resumes from the last stored *tick*, which can be
+            # behind the last stored candle. Trade ids are consecutive, so a candle without holes is complete.
+            self.counters.duplicate_trades += 1
+            return
+        self.counters.late_trades += 1
+        if index is None or old is None:
             self.counters.late_trades_unrevisable += 1
             return
-        old = ring[index]
         bar = _Bar.from_candle(old)
         bar.add(tick)
         revised = bar.candle(series.symbol, series.interval.name, closed=True, revision=old.revision + 1)
@@ -355,6 +362,12 @@ class CandleBuilder:
         for all_series in self._series.values():
             for series in all_series:
                 series.replay_floor_ms = None
+
+
+def _holds(candle: Candle, trade_id: int) -> bool:
+    """True when ``candle`` has no missing trade id and ``trade_id`` is one of its trades."""
+    first, last = candle.first_trade_id, candle.last_trade_id
+    return candle.trade_count > 0 and first <= trade_id <= last and candle.trade_count == last - first + 1
 
 
 def _find(ring: deque[Candle], open_time_ms: int) -> int | None:
