@@ -9,7 +9,6 @@ frame per trade alike; the latency clients parse and match trades by (symbol, tr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 
@@ -87,9 +86,9 @@ class FeedSubscribers:
     async def __aexit__(self, *exc_info: object) -> None:
         for task in self._tasks:
             task.cancel()
+        # Abort, not close: a closing handshake would queue behind megabytes of unread frames.
         for websocket in self._connections:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(websocket.close(), 2)
+            websocket.transport.abort()
 
     def totals(self) -> list[int]:
         return [tally.ticks for tally in self.tallies]
@@ -154,8 +153,7 @@ async def measure_latency(stream_url: str, feed_url: str, warmup: float, duratio
     finally:
         for task in tasks:
             task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(feed.close(), 2)
+        feed.transport.abort()
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise RuntimeError(f"latency client failed: {task.exception()!r}")

@@ -156,24 +156,31 @@ class Feeder:
         self.connections += 1
         log.info("connection streams=%d", len(streams))
         print(json.dumps({"connected": self.connections, "streams": len(streams)}), flush=True)
-        control = asyncio.create_task(self._read_control(reader, writer))
+        subscribed = set(streams)
+        has_streams = asyncio.Event()
+        if subscribed:
+            has_streams.set()
+        control = asyncio.create_task(self._read_control(reader, writer, subscribed, has_streams))
         try:
             if self.hold:
                 await self.release.wait()
-            data = memoryview(self.stream_bytes(streams))
+            # A client that subscribes with SUBSCRIBE instead of the URL gets its streams once it has asked.
+            await has_streams.wait()
+            data = memoryview(self.stream_bytes(frozenset(subscribed)))
             for offset in range(0, len(data), _CHUNK):
                 if control.done():
                     break
                 writer.write(data[offset : offset + _CHUNK])
                 await writer.drain()
             await control
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             pass
         finally:
             control.cancel()
             writer.close()
 
-    async def _read_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, subscribed: set[str],
+                            has_streams: asyncio.Event) -> None:
         """Client frames (masked): pong to ping, a result to a live method, stop on close."""
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
@@ -196,7 +203,15 @@ class Feeder:
                     with contextlib.suppress(ValueError):
                         message = json.loads(payload)
                         if isinstance(message, dict) and "method" in message:
-                            writer.write(ws_frame(json.dumps({"result": None, "id": message.get("id")}).encode()))
+                            result: list[str] | None = None
+                            if message["method"] == "SUBSCRIBE":
+                                subscribed.update(message.get("params") or ())
+                                if subscribed:
+                                    has_streams.set()
+                            elif message["method"] == "LIST_SUBSCRIPTIONS":
+                                result = sorted(subscribed)
+                            reply = {"result": result, "id": message.get("id")}
+                            writer.write(ws_frame(json.dumps(reply).encode()))
 
 
 async def serve_frames(feeder: Feeder, host: str, port: int, symbols: Sequence[str]) -> None:

@@ -168,6 +168,16 @@ class Service:
 
     async def stop(self) -> None:
         await self.child.stop()
+        warnings = service_warnings(self.child.log_path)
+        if warnings:
+            log.info("service log: %d warnings; first: %s", len(warnings), warnings[0][:240])
+
+
+def service_warnings(log_path: Path) -> list[str]:
+    """WARNING lines of a service log, less the ones every shutdown writes."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    return [line for line in lines
+            if " WARNING " in line and "received SIGTERM" not in line and "reason=cancelled" not in line]
 
 
 def _find_counter(body: object) -> int | None:
@@ -184,13 +194,18 @@ def _find_counter(body: object) -> int | None:
     return None
 
 
+# The feeder serves no REST: a closed loopback port makes the service's REST calls fail at once.
+NO_REST_URL = "http://127.0.0.1:9"
+
+
 async def start_service(
-    workdir: Path, ws_url: str, symbols: Sequence[str], env: Mapping[str, str] | None = None
+    workdir: Path, ws_url: str, symbols: Sequence[str], env: Mapping[str, str] | None = None,
+    rest_url: str = NO_REST_URL,
 ) -> Service:
     port = free_port()
     database = workdir / f"service-{time.monotonic_ns()}.sqlite3"
-    args = [PYTHON, "-m", "app", "serve", "--ws-url", ws_url, "--host", "127.0.0.1", "--port", str(port),
-            "--database-url", f"sqlite:///{database}", "--log-level", "WARNING"]
+    args = [PYTHON, "-m", "app", "serve", "--ws-url", ws_url, "--rest-url", rest_url, "--host", "127.0.0.1",
+            "--port", str(port), "--database-url", f"sqlite:///{database}", "--log-level", "WARNING"]
     environment = {"SYMBOLS": ",".join(symbols), **(env or {})}
     child = await start_child("service", args, workdir, environment)
     http_url = f"http://127.0.0.1:{port}"

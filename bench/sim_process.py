@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from app.replay.config import Limits, ReplaySource, SimulatorConfig, Source, SyntheticSource
+from app.replay.config import ReplaySource, SimulatorConfig, Source, SyntheticSource
 from app.replay.simulator import Simulator, run_simulator
 
 log = logging.getLogger("bench.sim_process")
@@ -45,9 +45,9 @@ async def _answer_stats(simulator: Simulator) -> None:
 
 
 async def run(source: Source) -> None:
-    # The ledger serves REST backfill, which the bench does not need: keep the simulator lean.
-    config = SimulatorConfig(source=source, retained_trades=10_000,
-                             limits=Limits(outbox_batches=1 << 16))
+    # The ledger serves REST backfill for gap repair: enough for any gap of a bench run, without holding
+    # every trade of a million-trade run.
+    config = SimulatorConfig(source=source, retained_trades=100_000)
     async with trio.open_nursery() as nursery:
         simulator: Simulator = await nursery.start(run_simulator, config)
         _emit({"ws_url": simulator.ws_url, "ws_base_url": simulator.ws_base_url, "rest_url": simulator.rest_url,
