@@ -9,6 +9,7 @@ the open candle of each series a batch touched (coalesced: one update per series
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from operator import attrgetter
@@ -155,37 +156,43 @@ async def aggregate(
     ``clock_ms`` gives the local wall time in epoch ms (tests drive it from trio's MockClock); ``is_live(symbol)``
     says whether the clock may close that symbol's candles (see ``feed_is_live``).
 
-    Candles close by the *exchange's* clock: local time plus the offset between the latest trade event time
-    and the local time it was received. Against Binance the offset is the network latency plus clock skew;
+    Candles close by the *exchange's* clock: local time plus the offset between trade event times and the
+    local time they were received. Against Binance the offset is the network latency plus clock skew;
     against a replayed recording it is the recording's age, so an old recording replayed in real time still
     closes its candles on time (instead of filling years of empty intervals).
     """
     builder = candles.builder
     next_wake_ms: int | None = None
-    exchange_offset_ms = 0
+    # The exchange's clock minus ours: the largest seen, because backfilled trades carry old event times and
+    # must not hold the clock back. None until the first trade: nothing closes by the clock before one.
+    exchange_offset_ms: int | None = None
     try:
         async with tick_batches, closed_candles:
             while True:
                 changed: list[Candle] = []
                 touched: set[str] = set()
-                delay = None
-                if next_wake_ms is not None:
+                delay = math.inf
+                if next_wake_ms is not None and exchange_offset_ms is not None:
                     delay = max(0.0, (next_wake_ms - exchange_offset_ms - clock_ms()) / 1000)
-                with trio.move_on_after(delay if delay is not None else float("inf")):
+                with trio.move_on_after(delay):
                     try:
                         batch = await tick_batches.receive()
                     except trio.EndOfChannel:
                         break
-                    _feed(builder, batch, changed, touched)
-                    exchange_offset_ms = batch[-1].event_time_ms - clock_ms()
+                    latest_event_ms = _feed(builder, batch, changed, touched)
                     # Drain what else is waiting: ticks first, so queued trades are not mistaken for late ones.
                     for _ in range(MAX_BATCHES_PER_ROUND - 1):
                         try:
-                            _feed(builder, tick_batches.receive_nowait(), changed, touched)
+                            batch = tick_batches.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                exchange_now_ms = clock_ms() + exchange_offset_ms
-                next_wake_ms = _close_by_clock(builder, exchange_now_ms, close_grace_ms, is_live, changed, touched)
+                        latest_event_ms = max(latest_event_ms, _feed(builder, batch, changed, touched))
+                    offset = latest_event_ms - clock_ms()
+                    exchange_offset_ms = offset if exchange_offset_ms is None else max(exchange_offset_ms, offset)
+                if exchange_offset_ms is not None:
+                    exchange_now_ms = clock_ms() + exchange_offset_ms
+                    next_wake_ms = _close_by_clock(builder, exchange_now_ms, close_grace_ms, is_live, changed,
+                                                   touched)
                 if changed:
                     await closed_candles.send(changed)
                 await candles.publish(changed, touched)
@@ -193,12 +200,17 @@ async def aggregate(
         candles.close()
 
 
-def _feed(builder: CandleBuilder, batch: Sequence[Tick], changed: list[Candle], touched: set[str]) -> None:
+def _feed(builder: CandleBuilder, batch: Sequence[Tick], changed: list[Candle], touched: set[str]) -> int:
+    """Feeds a batch; returns the latest event time in it."""
+    latest_event_ms = 0
     for tick in batch:
         closed = builder.update(tick)
         if closed:
             changed.extend(closed)
         touched.add(tick.symbol)
+        if tick.event_time_ms > latest_event_ms:
+            latest_event_ms = tick.event_time_ms
+    return latest_event_ms
 
 
 def _close_by_clock(

@@ -115,7 +115,7 @@ async def fan_out(ticks: trio.MemoryReceiveChannel[Tick], hub: TickHub) -> None:
                 while len(batch) < MAX_BATCH:
                     try:
                         batch.append(ticks.receive_nowait())
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 await hub.publish(batch)
     finally:

@@ -1,0 +1,123 @@
+"""TickHub and the keyed fan-out: snapshots, symbol filters, overflow policies, leaving, shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+import pytest
+import trio
+import trio.testing
+
+from app.model import Tick
+from app.store.latest import MAX_BATCH, OverflowPolicy, TickHub, fan_out
+
+
+def tick(symbol: str, trade_id: int) -> Tick:
+    return Tick(symbol, Decimal("1.5"), Decimal("2"), 1_000 + trade_id, 1_000 + trade_id, trade_id, False)
+
+
+def drain(channel: trio.MemoryReceiveChannel[Sequence[Tick]]) -> list[list[Tick]]:
+    batches = []
+    while True:
+        try:
+            batches.append(list(channel.receive_nowait()))
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return batches
+
+
+async def test_latest_is_a_snapshot_copy() -> None:
+    hub = TickHub()
+    await hub.publish([tick("BTCUSDT", 1), tick("ETHUSDT", 2), tick("BTCUSDT", 3)])
+    snapshot = hub.latest()
+    assert {s: t.trade_id for s, t in snapshot.items()} == {"BTCUSDT": 3, "ETHUSDT": 2}
+    await hub.publish([tick("BTCUSDT", 4)])
+    assert snapshot["BTCUSDT"].trade_id == 3
+    assert hub.latest_for("BTCUSDT") == tick("BTCUSDT", 4) and hub.latest_for("XRPUSDT") is None
+    assert hub.ticks_published == 4
+
+
+async def test_subscribers_get_only_their_symbols_in_order() -> None:
+    hub = TickHub()
+    everything = hub.subscribe("all", 8, OverflowPolicy.CUT_OFF)
+    btc = hub.subscribe("btc", 8, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT"}))
+    both = hub.subscribe("both", 8, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT", "ETHUSDT"}))
+    idle = hub.subscribe("idle", 8, OverflowPolicy.CUT_OFF, frozenset({"XRPUSDT"}))
+    batch = [tick("BTCUSDT", 1), tick("ETHUSDT", 1), tick("BNBUSDT", 1), tick("BTCUSDT", 2)]
+    await hub.publish(batch)
+    assert drain(everything) == [batch]
+    assert drain(btc) == [[batch[0], batch[3]]]
+    (received,) = drain(both)
+    assert sorted(received, key=lambda t: (t.symbol, t.trade_id)) == [batch[0], batch[3], batch[1]]
+    assert drain(idle) == []
+
+
+async def test_a_full_external_subscriber_is_cut_off_with_a_reason_and_the_others_still_get_the_batch() -> None:
+    hub = TickHub()
+    slow, slow_channel = hub.subscribe_handle("slow", 2, OverflowPolicy.CUT_OFF)
+    fast = hub.subscribe("fast", 8, OverflowPolicy.CUT_OFF)
+    for trade_id in range(3):
+        await hub.publish([tick("BTCUSDT", trade_id)])
+    assert slow.cut_off_reason is not None and "buffer of 2 batches was full" in slow.cut_off_reason
+    assert hub.subscribers_cut_off == 1 and hub.subscriber_count == 1
+    # The slow one still reads what it was given, then its channel ends.
+    assert [batch[0].trade_id for batch in drain(slow_channel)] == [0, 1]
+    with pytest.raises(trio.EndOfChannel):
+        await slow_channel.receive()
+    assert [batch[0].trade_id for batch in drain(fast)] == [0, 1, 2]
+
+
+async def test_a_full_internal_subscriber_makes_the_fan_out_wait_after_serving_the_others() -> None:
+    hub = TickHub()
+    internal = hub.subscribe("aggregator", 1, OverflowPolicy.BACKPRESSURE)
+    external = hub.subscribe("ws:1", 8, OverflowPolicy.CUT_OFF)
+    await hub.publish([tick("BTCUSDT", 1)])
+    published = trio.Event()
+
+    async def publish_second() -> None:
+        await hub.publish([tick("BTCUSDT", 2)])
+        published.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publish_second)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not published.is_set()  # waiting for the internal consumer ...
+        assert [b[0].trade_id for b in drain(external)] == [1, 2]  # ... but the others have the batch
+        assert hub.backpressure_alarms == 1
+        assert (await internal.receive())[0].trade_id == 1
+    assert published.is_set()
+    assert (await internal.receive())[0].trade_id == 2
+    assert hub.subscribers_cut_off == 0
+
+
+async def test_closing_the_receiving_end_unsubscribes() -> None:
+    hub = TickHub()
+    channel = hub.subscribe("leaver", 4, OverflowPolicy.CUT_OFF)
+    await channel.aclose()
+    await hub.publish([tick("BTCUSDT", 1)])
+    assert hub.subscriber_count == 0 and hub.subscribers_cut_off == 0
+
+
+async def test_thousands_of_idle_subscribers_that_left_are_swept_out() -> None:
+    hub = TickHub()
+    for number in range(5000):
+        channel = hub.subscribe(f"ws:{number}", 4, OverflowPolicy.CUT_OFF, frozenset({"IDLEUSDT"}))
+        channel.close()
+    assert hub.subscriber_count < 128
+
+
+async def test_fan_out_batches_the_ingest_channel_and_ends_every_subscriber() -> None:
+    hub = TickHub()
+    ticks_send, ticks_receive = trio.open_memory_channel[Tick](10_000)
+    subscriber = hub.subscribe("all", 100, OverflowPolicy.BACKPRESSURE)
+    for trade_id in range(2000):
+        ticks_send.send_nowait(tick("BTCUSDT", trade_id))
+    ticks_send.close()
+    await fan_out(ticks_receive, hub)
+    batches = drain(subscriber)
+    assert [t.trade_id for batch in batches for t in batch] == list(range(2000))
+    assert len(batches) == -(-2000 // MAX_BATCH)  # drained in full batches
+    assert hub.closed
+    late = hub.subscribe("late", 4, OverflowPolicy.CUT_OFF)
+    with pytest.raises(trio.EndOfChannel):
+        await late.receive()
