@@ -46,8 +46,10 @@ async def test_chaos_loses_no_trade_and_emits_each_once_in_order() -> None:
                         simulator.stall(1.0)  # the watchdog replaces the silent connection
                     elif round_number == 30:
                         simulator.close_all(1000, "Connection reached its 24-hour limit")
-                    elif round_number == 45:
-                        simulator.server_shutdown()  # make before break
+                    elif round_number >= 45 and ingest.status.server_shutdowns == 0:
+                        # Make before break; repeated until a connection was open to hear it.
+                        await simulator.wait_until(lambda: simulator.open_connections >= 1)
+                        simulator.server_shutdown()
                     publish_round(PER_ROUND)
                     with trio.move_on_after(CATCH_UP_SECONDS):
                         for symbol in SYMBOLS:

@@ -129,6 +129,52 @@ async def test_server_shutdown_switches_connections_make_before_break(simulator:
             assert simulator.stats.connections_accepted == 2
 
 
+async def test_connections_are_replaced_before_their_age_limit_make_before_break(simulator: Simulator) -> None:
+    status = IngestStatus()
+    inbox_send, inbox_receive = trio.open_memory_channel[Tick](1000)
+    client = StreamClient(simulator.ws_url, status, inbox_send.send, max_connection_age=1.0, switch_overlap=0.2)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run, ["btcusdt@trade"])
+            await simulator.wait_subscribed("btcusdt@trade")
+            # The replacement is subscribed while the old connection still is: no moment without a stream.
+            await simulator.wait_subscribed("btcusdt@trade", clients=2)
+            simulator.publish(make_ticks("BTCUSDT", 1, 1))
+            await simulator.wait_connections(1)
+            simulator.publish(make_ticks("BTCUSDT", 2, 1))
+            received = [await inbox_receive.receive() for _ in range(3)]
+            nursery.cancel_scope.cancel()
+    # Trade 1 came on both connections (the sequencer drops the copy), trade 2 on the new one.
+    assert [tick.trade_id for tick in received] == [1, 1, 2]
+    assert status.connection_switches >= 1 and status.disconnects == 0
+    assert simulator.stats.connections_reset == 0
+
+
+async def test_an_idle_connection_without_streams_is_not_replaced(simulator: Simulator) -> None:
+    with trio.fail_after(10):
+        async with running_ingest(simulator, ["BTCUSDT"], stale_after_seconds=0.2) as ingest:
+            await simulator.wait_subscribed("btcusdt@trade")
+            await ingest.subscriptions.remove("BTCUSDT")
+            await trio.sleep(1.0)  # five watchdog periods of silence
+            assert ingest.status.stale_connections == 0
+            assert simulator.stats.connections_accepted == 1
+            await ingest.subscriptions.add("ETHUSDT")
+            simulator.publish(make_ticks("ETHUSDT", 1, 1))
+            await ingest.wait_received(1)
+
+
+async def test_microsecond_time_unit_streams_give_millisecond_ticks(simulator: Simulator) -> None:
+    with trio.fail_after(10):
+        async with running_ingest(
+            simulator, ["BTCUSDT"], binance_ws_url=f"{simulator.ws_url}?timeUnit=MICROSECOND"
+        ) as ingest:
+            await simulator.wait_subscribed("btcusdt@trade")
+            assert "timeUnit=MICROSECOND" in ingest.status.connections["shard-0"].url
+            simulator.publish(make_ticks("BTCUSDT", 1, 3))
+            await ingest.wait_received(3)
+            assert ingest.received == make_ticks("BTCUSDT", 1, 3)
+
+
 async def test_malformed_frames_are_counted_and_skipped(simulator: Simulator) -> None:
     with trio.fail_after(10):
         async with running_ingest(simulator, ["BTCUSDT"]) as ingest:
@@ -151,7 +197,7 @@ async def test_refused_connections_are_retried_with_backoff() -> None:
     with trio.fail_after(10):
         async with open_simulator(config) as simulator, trio.open_nursery() as nursery:
             simulator.refuse(1.5)
-            client = StreamClient(simulator.ws_url, status, inbox_send, connect_timeout=0.2, rng=random.Random(5))
+            client = StreamClient(simulator.ws_url, status, inbox_send.send, connect_timeout=0.2, rng=random.Random(5))
             await nursery.start(client.run, ["btcusdt@trade"])
             await simulator.wait_subscribed("btcusdt@trade")
             assert status.connect_failures >= 1
@@ -169,7 +215,7 @@ async def test_an_unreachable_exchange_is_retried_with_growing_delays(autojump_c
         port = probe.getsockname()[1]
     status = IngestStatus()
     inbox_send, _inbox_receive = trio.open_memory_channel[Tick](100)
-    client = StreamClient(f"ws://127.0.0.1:{port}/ws", status, inbox_send, rng=random.Random(11))
+    client = StreamClient(f"ws://127.0.0.1:{port}/ws", status, inbox_send.send, rng=random.Random(11))
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run, ["btcusdt@trade"])
         await trio.sleep(30.0)

@@ -21,11 +21,10 @@ import trio
 import trio_websocket
 
 from app.ingest.backoff import AttemptBudget, Backoff
-from app.ingest.connection import ACK_TIMEOUT_SECONDS, StreamConnection
+from app.ingest.connection import ACK_TIMEOUT_SECONDS, StreamConnection, TickSink
 from app.ingest.control import ControlError, ControlTimeout
 from app.ingest.status import ConnectionStatus, IngestStatus
 from app.ingest.urls import combined_stream_url, uses_microseconds
-from app.model import Tick
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class StreamClient:
         self,
         ws_url: str,
         status: IngestStatus,
-        inbox: trio.MemorySendChannel[Tick],
+        accept: TickSink,
         *,
         max_streams_per_connection: int = 1024,
         stale_after_seconds: float = 30.0,
@@ -139,7 +138,7 @@ class StreamClient:
         self._ws_url = ws_url
         self._microseconds = uses_microseconds(ws_url)
         self._status = status
-        self._inbox = inbox
+        self._accept = accept
         self._max_streams = max_streams_per_connection
         self._stale_after = stale_after_seconds
         self._max_age = max_connection_age
@@ -349,7 +348,7 @@ class StreamClient:
             handle.set_up()
 
     async def _receive(self, connection: StreamConnection, scope: trio.CancelScope) -> None:
-        await connection.receive(self._inbox)
+        await connection.receive(self._accept)
         scope.cancel()
 
     async def _reconcile(self, shard: Shard, connection: StreamConnection) -> None:

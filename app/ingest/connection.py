@@ -10,7 +10,7 @@ the stream.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -38,6 +38,9 @@ ACK_TIMEOUT_SECONDS = 10.0
 # Streams per SUBSCRIBE/UNSUBSCRIBE request (Binance documents no limit; keep frames small).
 STREAMS_PER_REQUEST = 200
 SERVER_SHUTDOWN = "serverShutdown"
+
+# Where parsed trades go: the sequencer's ``accept`` (or a channel's ``send`` in tests).
+TickSink = Callable[[Tick], Awaitable[None]]
 
 
 class StreamConnection:
@@ -114,8 +117,9 @@ class StreamConnection:
 
     # --- receiving ---
 
-    async def receive(self, inbox: trio.MemorySendChannel[Tick]) -> None:
-        """Parses frames into ``inbox`` until the connection closes (returns; ``end_reason`` says why)."""
+    async def receive(self, accept: TickSink) -> None:
+        """Parses frames and hands each trade to ``accept`` until the connection closes (returns;
+        ``end_reason`` says why)."""
         get_message = self.socket.get_message
         loads = orjson.loads
         parse = trade_from_payload
@@ -142,10 +146,7 @@ class StreamConnection:
                     self._on_event(data, error, frame)
                     continue
                 self.trades_received += 1
-                try:
-                    inbox.send_nowait(tick)
-                except trio.WouldBlock:
-                    await inbox.send(tick)
+                await accept(tick)
         except trio_websocket.ConnectionClosed as closed:
             reason = closed.reason
             self.end_reason = "closed" if reason is None else f"closed code={reason.code} reason={reason.reason}"

@@ -1,11 +1,11 @@
-"""The sequencer task: every trade of every subscribed symbol exactly once, in id order, gaps repaired over REST.
+"""The sequencer: every trade of every subscribed symbol exactly once, in id order, gaps repaired over REST.
 
-All ticks (live ones from every connection, backfilled ones from REST) meet here, in one task that owns the
-per-symbol ``TradeSequence`` state, so ordering needs no locks: a tick is emitted only when it is the next id
-due. A hole (after a reconnect, a stall, a dropped frame, or at start-up from a persisted trade id) starts one
-repair task for that symbol, which fetches the missing ids over REST and feeds them back through the inbox;
-live ticks of that symbol wait behind the hole meanwhile, other symbols flow on. What cannot be repaired is
-given up explicitly: a ``Gap`` in the status, a WARNING, counters; never silence.
+Connections hand every parsed tick to ``TradeSequencer.accept`` (no extra task hop on the hot path). The
+per-symbol ``TradeSequence`` decides synchronously what may go out, and the ``Emitter`` sends it in the order
+decided, so ordering holds whichever task decided. A hole (after a reconnect, a stall, a dropped frame, or at
+start-up from a persisted trade id) starts one repair task for that symbol, which fetches the missing ids over
+REST and offers them like live ticks; live ticks of that symbol wait behind the hole meanwhile, other symbols
+flow on. What cannot be repaired is given up explicitly: a ``Gap`` in the status, a WARNING, counters.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 import attrs
 import trio
 
+from app.ingest.emitter import Emitter
 from app.ingest.rest import TRADES_PAGE_LIMIT, BinanceRest, RestError
 from app.ingest.sequence import TradeSequence
 from app.ingest.status import IngestStatus
@@ -23,11 +24,10 @@ from app.model import Gap, Tick
 
 log = logging.getLogger(__name__)
 
-INBOX_BUFFER = 4096
-# Trade times come from the exchange's clock: look this much further back when anchoring a new symbol.
-CLOCK_SKEW_MS = 1000
 # Live ticks held behind one hole before the hole is given up (bounds memory while REST is slow).
 DEFAULT_MAX_HELD = 200_000
+# Trade times come from the exchange's clock: look this much further back when anchoring a new symbol.
+CLOCK_SKEW_MS = 1000
 
 
 @attrs.define(eq=False)
@@ -38,32 +38,8 @@ class RepairJob:
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
 
 
-@attrs.frozen(slots=True, eq=False)
-class BackfillPage:
-    job: RepairJob
-    ticks: list[Tick]
-
-
-@attrs.frozen(slots=True, eq=False)
-class Anchored:
-    """Where a freshly subscribed symbol's stream starts: its first trade at or after the subscription."""
-
-    job: RepairJob
-    first_id: int
-
-
-@attrs.frozen(slots=True, eq=False)
-class RepairEnded:
-    job: RepairJob
-    # Why the rest of the range could not be fetched; None when REST served all of it.
-    error: str | None
-
-
-InboxItem = Tick | BackfillPage | Anchored | RepairEnded
-
-
 class TradeSequencer:
-    """Owns the per-symbol sequences; ``run`` is the task, ``track``/``forget`` change the symbol set."""
+    """Owns the per-symbol sequences. ``run`` hosts the repair tasks; ``accept`` is called for every live tick."""
 
     def __init__(
         self,
@@ -82,7 +58,7 @@ class TradeSequencer:
         # Fresh symbols (no next id yet): wall-clock ms of the subscription, and the disconnect count then.
         self._fresh: dict[str, tuple[int, int]] = {}
         self._nursery: trio.Nursery | None = None
-        self._inbox_send: trio.MemorySendChannel[InboxItem] | None = None
+        self._emitter: Emitter | None = None
 
     def track(self, symbol: str, last_trade_id: int | None = None) -> None:
         """Accept ticks of ``symbol`` from now on; ``last_trade_id`` (persisted) makes the next id due known."""
@@ -114,56 +90,51 @@ class TradeSequencer:
             log.info("unsubscribed symbol=%s dropped_held=%d", symbol, len(sequence.held))
 
     async def run(
-        self,
-        inbox: trio.MemoryReceiveChannel[InboxItem],
-        inbox_send: trio.MemorySendChannel[InboxItem],
-        ticks: trio.MemorySendChannel[Tick],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        self, ticks: trio.MemorySendChannel[Tick], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Sequence ``inbox`` into ``ticks`` until cancelled. ``inbox_send`` is cloned for the repair tasks."""
-        sequences = self.sequences
-        status = self._status
-        current_time = trio.current_time
-        async with trio.open_nursery() as nursery, inbox_send:
+        """Emits into ``ticks`` and hosts the repair tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._inbox_send = inbox_send
+            self._emitter = Emitter(ticks)
             task_status.started()
-            while True:
-                try:
-                    item = inbox.receive_nowait()
-                except trio.WouldBlock:
-                    item = await inbox.receive()
-                if type(item) is Tick:
-                    sequence = sequences.get(item.symbol)
-                    if sequence is None:
-                        status.ticks_ignored += 1
-                        continue
-                    symbol_status = sequence.status
-                    symbol_status.ticks_received += 1
-                    symbol_status.last_tick_at = current_time()
-                    if item.trade_id == sequence.next_id and not sequence.held:
-                        # The hot path: the tick due, nothing held.
-                        sequence.next_id = item.trade_id + 1
-                        symbol_status.ticks_emitted += 1
-                        symbol_status.last_trade_id = item.trade_id
-                        try:
-                            ticks.send_nowait(item)
-                        except trio.WouldBlock:
-                            await ticks.send(item)
-                        continue
-                    if sequence.next_id is None:
-                        self._start_stream(sequence, item)
-                    await self._emit(sequence, sequence.offer(item), ticks)
-                    if sequence.held:
-                        await self._check_hole(sequence, ticks)
-                elif type(item) is BackfillPage:
-                    await self._on_page(item, ticks)
-                elif type(item) is Anchored:
-                    await self._on_anchored(item, ticks)
-                else:
-                    assert type(item) is RepairEnded
-                    await self._on_repair_ended(item, ticks)
+            await trio.sleep_forever()
+
+    async def accept(self, tick: Tick) -> None:
+        """A live tick from a connection: emitted now, held behind a hole, or dropped as a duplicate."""
+        sequence = self.sequences.get(tick.symbol)
+        if sequence is None:
+            self._status.ticks_ignored += 1
+            return
+        status = sequence.status
+        status.ticks_received += 1
+        status.last_tick_at = trio.current_time()
+        emitter = self._emitter
+        assert emitter is not None, "TradeSequencer.run is not running"
+        if tick.trade_id == sequence.next_id and not sequence.held:
+            # The hot path: the tick due, nothing held.
+            sequence.next_id = tick.trade_id + 1
+            status.ticks_emitted += 1
+            status.last_trade_id = tick.trade_id
+            if not emitter.try_send(tick):
+                await emitter.emit(tick)
+            return
+        if sequence.next_id is None:
+            self._start_stream(sequence, tick)
+        self._release(sequence, sequence.offer(tick))
+        if sequence.held:
+            self._check_hole(sequence)
+        await emitter.flush()
+
+    # --- synchronous decisions (no await: ordering is decided here) ---
+
+    def _release(self, sequence: TradeSequence, ready: list[Tick]) -> None:
+        if not ready:
+            return
+        status = sequence.status
+        status.ticks_emitted += len(ready)
+        status.last_trade_id = ready[-1].trade_id
+        assert self._emitter is not None
+        self._emitter.enqueue(ready)
 
     def _start_stream(self, sequence: TradeSequence, first: Tick) -> None:
         """The first trade of a fresh symbol: anchor it if a connection was lost since the subscription."""
@@ -178,63 +149,10 @@ class TradeSequencer:
         self._repairs[sequence.symbol] = job
         sequence.status.backfilling = True
         log.info("anchoring symbol=%s first_live_id=%d", sequence.symbol, first.trade_id)
-        assert self._nursery is not None and self._inbox_send is not None
-        self._nursery.start_soon(self._anchor, job, since_ms, self._rest, self._inbox_send.clone())
+        assert self._nursery is not None
+        self._nursery.start_soon(self._anchor, job, since_ms, self._rest)
 
-    async def _anchor(
-        self, job: RepairJob, since_ms: int, rest: BinanceRest, inbox: trio.MemorySendChannel[InboxItem]
-    ) -> None:
-        """Pages back from the first live trade to the first trade at or after the subscription time."""
-        symbol = job.sequence.symbol
-        before_id = job.first_id
-        first_id = before_id
-        pages: list[list[Tick]] = []
-        fetched = 0
-        error: str | None = None
-        async with inbox:
-            with job.scope:
-                try:
-                    while before_id > 0 and fetched < self._max_backfill:
-                        from_id = max(0, before_id - TRADES_PAGE_LIMIT)
-                        page = await rest.historical_trades(symbol, from_id, before_id - from_id)
-                        page = [tick for tick in page if tick.trade_id < before_id]
-                        newer = [tick for tick in page if tick.trade_time_ms >= since_ms]
-                        if not newer:
-                            break
-                        pages.append(newer)
-                        first_id = newer[0].trade_id
-                        fetched += len(page)
-                        if len(newer) < len(page) or page[0].trade_id > from_id:
-                            break  # the subscription time lies within this page, or REST has nothing older
-                        before_id = from_id
-                except RestError as rest_error:
-                    error = f"trades since the subscription could not be checked: {rest_error}"
-                    log.warning("anchoring failed symbol=%s error=%s", symbol, rest_error)
-                await inbox.send(Anchored(job, first_id))
-                for page in reversed(pages):
-                    await inbox.send(BackfillPage(job, page))
-                await inbox.send(RepairEnded(job, error))
-
-    async def _on_anchored(self, anchored: Anchored, ticks: trio.MemorySendChannel[Tick]) -> None:
-        job = anchored.job
-        if self._repairs.get(job.sequence.symbol) is not job:
-            return
-        job.first_id = anchored.first_id
-        await self._emit(job.sequence, job.sequence.anchor(anchored.first_id), ticks)
-
-    async def _emit(self, sequence: TradeSequence, ready: list[Tick], ticks: trio.MemorySendChannel[Tick]) -> None:
-        if not ready:
-            return
-        status = sequence.status
-        status.ticks_emitted += len(ready)
-        status.last_trade_id = ready[-1].trade_id
-        for tick in ready:
-            try:
-                ticks.send_nowait(tick)
-            except trio.WouldBlock:
-                await ticks.send(tick)
-
-    async def _check_hole(self, sequence: TradeSequence, ticks: trio.MemorySendChannel[Tick]) -> None:
+    def _check_hole(self, sequence: TradeSequence) -> None:
         """Start a repair for the sequence's hole unless one runs; give the hole up if too much is held."""
         symbol = sequence.symbol
         status = sequence.status
@@ -247,13 +165,13 @@ class TradeSequencer:
             status.backfilling = False
             if sequence.anchoring:
                 log.warning("anchoring given up symbol=%s: too many live trades held", symbol)
-                await self._emit(sequence, sequence.anchor(sequence.held[0].trade_id), ticks)
-            await self._give_up(sequence, f"more than {self._max_held} live trades waited for the backfill", ticks)
+                self._release(sequence, sequence.anchor(sequence.held[0].trade_id))
+            self._give_up(sequence, f"more than {self._max_held} live trades waited for the backfill")
         while (hole := sequence.hole()) is not None:
             first, last = hole
             status.gaps_found += 1
             if self._rest is None:
-                await self._give_up(sequence, "no REST endpoint to backfill from", ticks)
+                self._give_up(sequence, "no REST endpoint to backfill from")
                 continue
             if last - first + 1 > self._max_backfill:
                 keep_from = last - self._max_backfill + 1
@@ -264,79 +182,117 @@ class TradeSequencer:
             self._repairs[symbol] = job
             status.backfilling = True
             log.info("gap found symbol=%s first_id=%d last_id=%d", symbol, first, last)
-            assert self._nursery is not None and self._inbox_send is not None
-            self._nursery.start_soon(self._repair, job, self._rest, self._inbox_send.clone())
+            assert self._nursery is not None
+            self._nursery.start_soon(self._repair, job, self._rest)
             return
 
-    async def _on_page(self, page: BackfillPage, ticks: trio.MemorySendChannel[Tick]) -> None:
-        sequence = page.job.sequence
-        if self._repairs.get(sequence.symbol) is not page.job:
-            return  # a cancelled repair or a forgotten symbol
-        sequence.status.trades_backfilled += len(page.ticks)
-        for tick in page.ticks:
-            await self._emit(sequence, sequence.offer(tick), ticks)
-        if len(sequence.held) > self._max_held:
-            await self._check_hole(sequence, ticks)
+    def _give_up(self, sequence: TradeSequence, reason: str) -> None:
+        hole = sequence.hole()
+        if hole is None:
+            return
+        self._record_gap(sequence, hole[0], hole[1], reason)
+        self._release(sequence, sequence.advance_to(hole[1] + 1))
 
-    async def _on_repair_ended(self, ended: RepairEnded, ticks: trio.MemorySendChannel[Tick]) -> None:
-        job = ended.job
+    def _record_gap(self, sequence: TradeSequence, first: int, last: int, reason: str) -> None:
+        gap = Gap(symbol=sequence.symbol, first_trade_id=first, last_trade_id=last, reason=reason,
+                  detected_at_ms=_now_ms())
+        sequence.status.record_gap(gap)
+        log.warning("unrepaired gap symbol=%s first_id=%d last_id=%d missing=%d reason=%s",
+                    gap.symbol, first, last, gap.missing_count, reason)
+
+    def _is_current(self, job: RepairJob) -> bool:
+        """False for a repair that was cancelled or whose symbol was unsubscribed meanwhile."""
+        return self._repairs.get(job.sequence.symbol) is job
+
+    def _backfilled(self, job: RepairJob, page: list[Tick]) -> None:
         sequence = job.sequence
-        if self._repairs.get(sequence.symbol) is not job:
-            return
+        sequence.status.trades_backfilled += len(page)
+        for tick in page:
+            self._release(sequence, sequence.offer(tick))
+        if len(sequence.held) > self._max_held:
+            self._check_hole(sequence)
+
+    def _repair_ended(self, job: RepairJob, error: str | None) -> None:
+        sequence = job.sequence
         del self._repairs[sequence.symbol]
         sequence.status.backfilling = False
         hole = sequence.hole()
         if hole is not None and hole[0] <= job.last_id:
             # REST did not serve part of the range it was asked for.
             last_given_up = min(hole[1], job.last_id)
-            reason = ended.error or "trades not served by REST (too old or unknown)"
+            reason = error or "trades not served by REST (too old or unknown)"
             self._record_gap(sequence, hole[0], last_given_up, reason)
-            await self._emit(sequence, sequence.advance_to(last_given_up + 1), ticks)
-        elif ended.error is None and job.first_id <= job.last_id:
+            self._release(sequence, sequence.advance_to(last_given_up + 1))
+        elif error is None and job.first_id <= job.last_id:
             sequence.status.gaps_repaired += 1
             log.info("gap repaired symbol=%s first_id=%d last_id=%d", sequence.symbol, job.first_id, job.last_id)
         # Live ticks held meanwhile may sit behind another hole.
-        await self._check_hole(sequence, ticks)
+        self._check_hole(sequence)
 
-    async def _give_up(self, sequence: TradeSequence, reason: str, ticks: trio.MemorySendChannel[Tick]) -> None:
-        hole = sequence.hole()
-        if hole is None:
-            return
-        self._record_gap(sequence, hole[0], hole[1], reason)
-        await self._emit(sequence, sequence.advance_to(hole[1] + 1), ticks)
+    # --- the repair tasks ---
 
-    def _record_gap(self, sequence: TradeSequence, first: int, last: int, reason: str) -> None:
-        gap = Gap(
-            symbol=sequence.symbol,
-            first_trade_id=first,
-            last_trade_id=last,
-            reason=reason,
-            detected_at_ms=_now_ms(),
-        )
-        sequence.status.record_gap(gap)
-        log.warning("unrepaired gap symbol=%s first_id=%d last_id=%d missing=%d reason=%s",
-                    gap.symbol, first, last, gap.missing_count, reason)
-
-    async def _repair(self, job: RepairJob, rest: BinanceRest, inbox: trio.MemorySendChannel[InboxItem]) -> None:
+    async def _repair(self, job: RepairJob, rest: BinanceRest) -> None:
         symbol = job.sequence.symbol
         error: str | None = None
-        async with inbox:
-            with job.scope:
-                next_id = job.first_id
-                try:
-                    while next_id <= job.last_id:
-                        page = await rest.historical_trades(
-                            symbol, next_id, min(TRADES_PAGE_LIMIT, job.last_id - next_id + 1)
-                        )
-                        page = [tick for tick in page if tick.trade_id <= job.last_id]
-                        if not page or page[-1].trade_id < next_id:
-                            break  # REST has nothing from next_id on: the range ends here
-                        await inbox.send(BackfillPage(job, page))
-                        next_id = page[-1].trade_id + 1
-                except RestError as rest_error:
-                    error = f"backfill failed: {rest_error}"
-                    log.warning("backfill failed symbol=%s from_id=%d error=%s", symbol, next_id, rest_error)
-                await inbox.send(RepairEnded(job, error))
+        assert self._emitter is not None
+        with job.scope:
+            next_id = job.first_id
+            try:
+                while next_id <= job.last_id:
+                    page = await rest.historical_trades(
+                        symbol, next_id, min(TRADES_PAGE_LIMIT, job.last_id - next_id + 1)
+                    )
+                    page = [tick for tick in page if tick.trade_id <= job.last_id]
+                    if not page or page[-1].trade_id < next_id:
+                        break  # REST has nothing from next_id on: the range ends here
+                    if not self._is_current(job):
+                        return
+                    self._backfilled(job, page)
+                    await self._emitter.flush()
+                    next_id = page[-1].trade_id + 1
+            except RestError as rest_error:
+                error = f"backfill failed: {rest_error}"
+                log.warning("backfill failed symbol=%s from_id=%d error=%s", symbol, next_id, rest_error)
+            if self._is_current(job):
+                self._repair_ended(job, error)
+                await self._emitter.flush()
+
+    async def _anchor(self, job: RepairJob, since_ms: int, rest: BinanceRest) -> None:
+        """Pages back from the first live trade to the first trade at or after the subscription time."""
+        symbol = job.sequence.symbol
+        before_id = job.first_id
+        first_id = before_id
+        pages: list[list[Tick]] = []
+        fetched = 0
+        error: str | None = None
+        assert self._emitter is not None
+        with job.scope:
+            try:
+                while before_id > 0 and fetched < self._max_backfill:
+                    from_id = max(0, before_id - TRADES_PAGE_LIMIT)
+                    page = await rest.historical_trades(symbol, from_id, before_id - from_id)
+                    page = [tick for tick in page if tick.trade_id < before_id]
+                    newer = [tick for tick in page if tick.trade_time_ms >= since_ms]
+                    if not newer:
+                        break
+                    pages.append(newer)
+                    first_id = newer[0].trade_id
+                    fetched += len(page)
+                    if len(newer) < len(page) or page[0].trade_id > from_id:
+                        break  # the subscription time lies within this page, or REST has nothing older
+                    before_id = from_id
+            except RestError as rest_error:
+                error = f"trades since the subscription could not be checked: {rest_error}"
+                log.warning("anchoring failed symbol=%s error=%s", symbol, rest_error)
+            if not self._is_current(job):
+                return
+            job.first_id = first_id
+            self._release(job.sequence, job.sequence.anchor(first_id))
+            for page in reversed(pages):
+                self._backfilled(job, page)
+            if self._is_current(job):
+                self._repair_ended(job, error)
+            await self._emitter.flush()
 
 
 def _now_ms() -> int:

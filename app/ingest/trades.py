@@ -1,7 +1,7 @@
 """``stream_trades``: the ingest task the supervisor starts, wiring the client, the sequencer and REST.
 
-    connections (StreamClient shards) ──ticks──▶ inbox ──▶ TradeSequencer ──ticks──▶ ``ticks`` (downstream)
-                                     REST backfill ──pages──▶ inbox
+    connections (StreamClient shards) ──accept(tick)──▶ TradeSequencer ──Emitter──▶ ``ticks`` (downstream)
+                                  REST backfill tasks ──pages──┘
 
 The output carries, per symbol, every trade exactly once and in trade-id order; it is closed when the task
 ends. Ingest waits when ``ticks`` is full; it never drops.
@@ -16,7 +16,7 @@ import trio
 
 from app.ingest.binance_stream import StreamClient
 from app.ingest.exchange_info import SymbolDirectory
-from app.ingest.gap_repair import INBOX_BUFFER, InboxItem, TradeSequencer
+from app.ingest.gap_repair import TradeSequencer
 from app.ingest.rest import BinanceRest
 from app.ingest.subscriptions import SubscriptionManager
 from app.ingest.urls import trade_stream
@@ -49,16 +49,15 @@ async def stream_trades(
             symbols = subscriptions.symbols()
             for symbol in symbols:
                 sequencer.track(symbol, resume.get(symbol))
-            inbox_send, inbox_receive = trio.open_memory_channel[InboxItem](INBOX_BUFFER)
             client = StreamClient(
                 settings.binance_ws_url,
                 status,
-                inbox_send,
+                sequencer.accept,
                 max_streams_per_connection=settings.max_streams_per_connection,
                 stale_after_seconds=settings.stale_after_seconds,
             )
             async with trio.open_nursery() as nursery:
-                await nursery.start(sequencer.run, inbox_receive, inbox_send, ticks)
+                await nursery.start(sequencer.run, ticks)
                 await nursery.start(client.run, [trade_stream(symbol) for symbol in symbols])
                 subscriptions.attach(client, sequencer, directory)
                 log.info("ingest started symbols=%d resume=%d", len(symbols), len(resume))
