@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 
 import trio
+import trio.lowlevel
 
 from app.ingest.status import IngestStatus
 from app.intervals import Interval
@@ -174,11 +175,23 @@ async def aggregate(
                 delay = math.inf
                 if next_wake_ms is not None and exchange_offset_ms is not None:
                     delay = max(0.0, (next_wake_ms - exchange_offset_ms - clock_ms()) / 1000)
-                with trio.move_on_after(delay):
-                    try:
-                        batch = await tick_batches.receive()
-                    except trio.EndOfChannel:
-                        break
+                batch: Sequence[Tick] | None = None
+                # Under load a batch is already waiting: take it without the cost of a cancel scope (and
+                # checkpoint at the end of the round instead).
+                busy = True
+                try:
+                    batch = tick_batches.receive_nowait()
+                except trio.WouldBlock:
+                    busy = False
+                except trio.EndOfChannel:
+                    break
+                if not busy:
+                    with trio.move_on_after(delay):
+                        try:
+                            batch = await tick_batches.receive()
+                        except trio.EndOfChannel:
+                            break
+                if batch is not None:
                     latest_event_ms = _feed(builder, batch, changed, touched)
                     # Drain what else is waiting: ticks first, so queued trades are not mistaken for late ones.
                     for _ in range(MAX_BATCHES_PER_ROUND - 1):
@@ -196,6 +209,8 @@ async def aggregate(
                 if changed:
                     await closed_candles.send(changed)
                 await candles.publish(changed, touched)
+                if busy:
+                    await trio.lowlevel.checkpoint()
     finally:
         candles.close()
 
