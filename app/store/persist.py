@@ -105,6 +105,31 @@ async def persist_candles(
             status.candles_persisted += len(pending)
 
 
+def prune_cutoff_ms(now_ms: int, retention_days: float, keep_from_ms: int | None) -> int:
+    """Ticks before this time may go: older than the retention, and not needed to rebuild an open candle."""
+    cutoff = now_ms - math.ceil(retention_days * DAY_MS)
+    return cutoff if keep_from_ms is None else min(cutoff, keep_from_ms)
+
+
+async def prune_once(storage: Storage, status: PersistStatus, cutoff_ms: int) -> int:
+    """Deletes ticks before ``cutoff_ms`` in short transactions; returns how many."""
+    deleted = 0
+    while True:
+        try:
+            chunk = await storage.delete_ticks_before(cutoff_ms, PRUNE_CHUNK)
+        except StorageWriteError as error:
+            log.warning("prune_failed error=%s; retrying at the next round", error)
+            break
+        deleted += chunk
+        status.ticks_pruned += chunk
+        if chunk < PRUNE_CHUNK:
+            break
+        await trio.lowlevel.checkpoint()  # let writers in between chunks
+    if deleted:
+        log.info("ticks_pruned count=%d before_ms=%d", deleted, cutoff_ms)
+    return deleted
+
+
 async def prune_ticks(
     storage: Storage,
     status: PersistStatus,
@@ -119,24 +144,6 @@ async def prune_ticks(
     Ticks from ``keep_from_ms()`` on (the oldest open candle's open time) are always kept, because a restart
     rebuilds open candles from them: with ``1w`` or ``1M`` configured, ticks are kept up to a week or a month.
     """
-    retention_ms = math.ceil(retention_days * DAY_MS)
     while True:
-        cutoff = clock_ms() - retention_ms
-        keep_from = keep_from_ms()
-        if keep_from is not None:
-            cutoff = min(cutoff, keep_from)
-        deleted = 0
-        while True:
-            try:
-                chunk = await storage.delete_ticks_before(cutoff, PRUNE_CHUNK)
-            except StorageWriteError as error:
-                log.warning("prune_failed error=%s; retrying at the next round", error)
-                break
-            deleted += chunk
-            if chunk < PRUNE_CHUNK:
-                break
-            await trio.lowlevel.checkpoint()  # let writers in between chunks
-        status.ticks_pruned += deleted
-        if deleted:
-            log.info("ticks_pruned count=%d before_ms=%d", deleted, cutoff)
+        await prune_once(storage, status, prune_cutoff_ms(clock_ms(), retention_days, keep_from_ms()))
         await trio.sleep(every_seconds)

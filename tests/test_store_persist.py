@@ -1,0 +1,80 @@
+"""The persistence tasks: every tick and candle committed, failed writes retried, old ticks pruned."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+
+import trio
+
+from app.model import Candle, Tick
+from app.store.persist import DAY_MS, PersistStatus, persist_candles, persist_ticks, prune_cutoff_ms, prune_once
+from app.store.sqlite import SQLiteStorage
+
+T0 = 1_723_161_300_000
+
+
+def tick(trade_id: int, time_ms: int = T0) -> Tick:
+    return Tick("BTCUSDT", Decimal("61829.76"), Decimal("0.0012"), time_ms, time_ms, trade_id, False)
+
+
+async def test_a_failed_write_is_retried_and_nothing_is_lost_or_reported_early(tmp_path: Path) -> None:
+    storage = await SQLiteStorage.open(str(tmp_path / "db.sqlite3"))
+    connection = storage._connection
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connection.execute(f"PRAGMA max_page_count={pages + 2}")  # a full disk, for real
+    status = PersistStatus()
+    batches_send, batches_receive = trio.open_memory_channel[Sequence[Tick]](16)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist_ticks, batches_receive, storage, status)
+            for first in range(0, 6000, 1000):
+                await batches_send.send([tick(trade_id) for trade_id in range(first, first + 1000)])
+            for _ in range(1000):
+                if status.write_failures >= 2:
+                    break
+                await trio.sleep(0.01)
+            assert status.ticks_persisted == 0 and status.last_write_error is not None
+            assert "full" in status.last_write_error
+            connection.execute("PRAGMA max_page_count=1073741823")  # space again
+            await batches_send.aclose()
+    assert status.ticks_persisted == 6000 and status.last_write_error is None
+    assert status.last_persisted_trade_id == {"BTCUSDT": 5999}
+    assert await storage.last_trade_ids() == {"BTCUSDT": 5999}
+    await storage.close()
+
+
+async def test_closed_candles_are_written_in_batches(tmp_path: Path) -> None:
+    storage = await SQLiteStorage.open(str(tmp_path / "db.sqlite3"))
+    status = PersistStatus()
+    candles_send, candles_receive = trio.open_memory_channel[Sequence[Candle]](16)
+    one = Decimal(1)
+    for minute in range(5):
+        open_ms = T0 + minute * 60_000
+        candles_send.send_nowait([Candle("BTCUSDT", "1m", open_ms, open_ms + 59_999, one, one, one, one, one, one,
+                                         1, one, one, minute, minute, closed=True)])
+    candles_send.close()
+    await persist_candles(candles_receive, storage, status)
+    assert status.candles_persisted == 5 and status.candle_writes == 1  # drained into one transaction
+    assert len(await storage.candles("BTCUSDT", "1m", None, None, 10)) == 5
+    await storage.close()
+
+
+def test_the_prune_cutoff_keeps_the_retention_and_the_ticks_of_open_candles() -> None:
+    now = T0 + 30 * DAY_MS
+    assert prune_cutoff_ms(now, 7, None) == now - 7 * DAY_MS
+    assert prune_cutoff_ms(now, 0.5, None) == now - DAY_MS // 2
+    # A 1M candle opened 29 days ago: its ticks stay, whatever the retention.
+    assert prune_cutoff_ms(now, 7, now - 29 * DAY_MS) == now - 29 * DAY_MS
+
+
+async def test_pruning_deletes_only_ticks_before_the_cutoff(tmp_path: Path) -> None:
+    storage = await SQLiteStorage.open(str(tmp_path / "db.sqlite3"))
+    await storage.write_ticks([tick(trade_id, T0 + trade_id * DAY_MS // 10) for trade_id in range(100)])
+    status = PersistStatus()
+    assert await prune_once(storage, status, T0 + 5 * DAY_MS) == 50
+    assert status.ticks_pruned == 50
+    remaining = await storage.ticks("BTCUSDT", 0, -1, 1000)
+    assert [t.trade_id for t in remaining] == list(range(50, 100))
+    await storage.close()
