@@ -217,11 +217,9 @@ async def aggregate(
 
 def _feed(builder: CandleBuilder, batch: Sequence[Tick], changed: list[Candle], touched: set[str]) -> int:
     """Feeds a batch; returns the latest event time in it."""
+    changed.extend(builder.update_many(batch))
     latest_event_ms = 0
     for tick in batch:
-        closed = builder.update(tick)
-        if closed:
-            changed.extend(closed)
         touched.add(tick.symbol)
         if tick.event_time_ms > latest_event_ms:
             latest_event_ms = tick.event_time_ms

@@ -76,9 +76,9 @@ class _Bar:
         bar.first_trade_id, bar.last_trade_id = candle.first_trade_id, candle.last_trade_id
         return bar
 
-    def add(self, tick: Tick) -> None:
+    def add(self, tick: Tick, quote: Decimal) -> None:
+        """Adds a trade (``quote`` = price * quantity); call under ``decimal.localcontext(EXACT)``."""
         price, quantity, trade_id = tick.price, tick.quantity, tick.trade_id
-        quote = EXACT.multiply(price, quantity)
         if self.trade_count == 0:
             self.open = self.high = self.low = self.close = price
             self.first_trade_id = self.last_trade_id = trade_id
@@ -93,11 +93,11 @@ class _Bar:
             elif price < self.low:
                 self.low = price
         self.trade_count += 1
-        self.volume = EXACT.add(self.volume, quantity)
-        self.quote_volume = EXACT.add(self.quote_volume, quote)
+        self.volume += quantity
+        self.quote_volume += quote
         if not tick.is_buyer_maker:
-            self.taker_buy_volume = EXACT.add(self.taker_buy_volume, quantity)
-            self.taker_buy_quote_volume = EXACT.add(self.taker_buy_quote_volume, quote)
+            self.taker_buy_volume += quantity
+            self.taker_buy_quote_volume += quote
 
     def candle(self, symbol: str, interval: str, *, closed: bool, revision: int = 0) -> Candle:
         return Candle(
@@ -207,7 +207,20 @@ class CandleBuilder:
     def update(self, tick: Tick) -> list[Candle]:
         """Adds one trade; returns the candles it closed (with empty ones between) or revised."""
         out: list[Candle] = []
+        with decimal.localcontext(EXACT):
+            self._update(tick, out)
+        return out
+
+    def update_many(self, ticks: Iterable[Tick]) -> list[Candle]:
+        out: list[Candle] = []
+        with decimal.localcontext(EXACT):
+            for tick in ticks:
+                self._update(tick, out)
+        return out
+
+    def _update(self, tick: Tick, out: list[Candle]) -> None:
         trade_time = tick.trade_time_ms
+        quote = tick.price * tick.quantity
         for series in self._series_of(tick.symbol):
             if series.replay_floor_ms is not None and trade_time < series.replay_floor_ms:
                 continue
@@ -222,16 +235,9 @@ class CandleBuilder:
                 bar = series.current
                 assert bar is not None
             elif trade_time < bar.open_time_ms:
-                self._revise(series, tick, out)
+                self._revise(series, tick, quote, out)
                 continue
-            bar.add(tick)
-        return out
-
-    def update_many(self, ticks: Iterable[Tick]) -> list[Candle]:
-        out: list[Candle] = []
-        for tick in ticks:
-            out.extend(self.update(tick))
-        return out
+            bar.add(tick, quote)
 
     def close_due(self, symbol: str, before_ms: int) -> list[Candle]:
         """Closes every candle of ``symbol`` whose close time is before ``before_ms``.
@@ -258,7 +264,7 @@ class CandleBuilder:
         times = [series.current.close_time_ms for series in self._series.get(symbol, ()) if series.current]
         return min(times) if times else None
 
-    def _revise(self, series: _Series, tick: Tick, out: list[Candle]) -> None:
+    def _revise(self, series: _Series, tick: Tick, quote: Decimal, out: list[Candle]) -> None:
         open_time = series.interval.open_time(tick.trade_time_ms)
         ring = series.closed
         index = _find(ring, open_time)
@@ -273,7 +279,7 @@ class CandleBuilder:
             self.counters.late_trades_unrevisable += 1
             return
         bar = _Bar.from_candle(old)
-        bar.add(tick)
+        bar.add(tick, quote)
         revised = bar.candle(series.symbol, series.interval.name, closed=True, revision=old.revision + 1)
         ring[index] = revised
         out.append(revised)
