@@ -40,6 +40,9 @@ class Backoff:
         self.failures += 1
         return delay
 
+    def reset(self) -> None:
+        self.failures = 0
+
     def connection_ended(self, healthy_seconds: float) -> None:
         """A connection ended after delivering for ``healthy_seconds``: a long healthy run resets the backoff."""
         if healthy_seconds >= self.healthy_after:

@@ -184,7 +184,8 @@ class StreamClient:
         else:
             shard.streams[stream] = None
         self._shard_of[stream] = shard
-        with trio.fail_after(self._ack_timeout * 3):
+        # Room for one unanswered request (which replaces the connection) and the retry on the next one.
+        with trio.fail_after(self._ack_timeout * 2):
             await self._confirm(shard, stream)
 
     async def _confirm(self, shard: Shard, stream: str) -> None:
@@ -254,7 +255,7 @@ class StreamClient:
                     await current.wait_ended_or_retiring()
                     if current.ended:
                         if current.was_healthy(self._healthy_after):
-                            backoff.failures = 0
+                            backoff.reset()
                         await trio.sleep(backoff.next_delay())
                         current = await self._open(shard, nursery, backoff)
                         continue

@@ -107,12 +107,14 @@ class StreamConnection:
             chunk = streams[start : start + STREAMS_PER_REQUEST]
             await self.request(SUBSCRIBE, chunk)
             self.subscribed.update(chunk)
+            self.status.streams = len(self.subscribed)
 
     async def unsubscribe(self, streams: Sequence[str]) -> None:
         for start in range(0, len(streams), STREAMS_PER_REQUEST):
             chunk = streams[start : start + STREAMS_PER_REQUEST]
             # Gone from our side at once: a failed request still leaves them unwanted.
             self.subscribed.difference_update(chunk)
+            self.status.streams = len(self.subscribed)
             await self.request(UNSUBSCRIBE, chunk)
 
     # --- receiving ---

@@ -129,7 +129,8 @@ class SubscriptionManager:
         """
         for symbol in self.symbols():
             try:
-                await self._validate(symbol)
+                # A listed symbol that is not trading now (BREAK) stays: it may trade again.
+                await self._validate(symbol, require_trading=False)
             except UnknownSymbolError as error:
                 log.error("configured symbol dropped: %s", error)
                 async with self._lock:
@@ -152,7 +153,7 @@ class SubscriptionManager:
             raise ExchangeUnavailableError("ingestion is not running")
         return self._client, self._sequencer
 
-    async def _validate(self, symbol: str) -> None:
+    async def _validate(self, symbol: str, *, require_trading: bool = True) -> None:
         if self._directory is None:
             return
         try:
@@ -161,7 +162,7 @@ class SubscriptionManager:
             raise ExchangeUnavailableError(f"cannot check {symbol} against exchangeInfo: {error}") from None
         if status is None:
             raise UnknownSymbolError(symbol)
-        if status != "TRADING":
+        if status != "TRADING" and require_trading:
             raise UnknownSymbolError(symbol, f"its status is {status}, not TRADING")
 
 
