@@ -4,13 +4,16 @@ that survives reconnects."""
 
 from __future__ import annotations
 
+import contextlib
+from functools import partial
+
 import pytest
 import trio
 from test_ingest_support import make_ticks, running_ingest, trades
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketRequest, open_websocket_url, serve_websocket
 
 from app.ingest.connection import StreamConnection
-from app.ingest.control import ControlError
+from app.ingest.control import ControlError, ControlTimeout
 from app.ingest.status import ConnectionStatus, IngestStatus
 from app.ingest.subscriptions import (
     AlreadySubscribedError,
@@ -20,7 +23,7 @@ from app.ingest.subscriptions import (
     UnknownSymbolError,
 )
 from app.model import Tick
-from app.replay.config import ManualSource, SimulatorConfig
+from app.replay.config import Limits, ManualSource, SimulatorConfig
 from app.replay.simulator import Simulator, open_simulator
 
 MANY = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "BNBUSDT", "LTCUSDT", "DOTUSDT")
@@ -83,7 +86,9 @@ async def test_configured_symbols_binance_does_not_list_are_dropped(simulator: S
 
 
 async def test_a_burst_of_adds_is_paced_under_the_message_limit() -> None:
-    config = SimulatorConfig(source=ManualSource(symbols=MANY))
+    # The server pings every second here (Binance: every 20 s): our automatic pongs count towards the same
+    # five messages per second, and the paced requests leave room for them.
+    config = SimulatorConfig(source=ManualSource(symbols=MANY), limits=Limits(ping_interval=1.0))
     with trio.fail_after(20):
         async with open_simulator(config) as simulator, running_ingest(simulator, ["BTCUSDT"]) as ingest:
             await simulator.wait_subscribed("btcusdt@trade")
@@ -98,6 +103,7 @@ async def test_a_burst_of_adds_is_paced_under_the_message_limit() -> None:
             stats = simulator.stats
             assert stats.rate_limit_closes == 0 and stats.connections_accepted == 1
             assert stats.control_messages == 8
+            assert stats.pongs_received >= 2
             simulator.publish([make_ticks(symbol, 1, 1)[0] for symbol in MANY])
             await ingest.wait_received(len(MANY))
 
@@ -140,13 +146,38 @@ async def test_symbols_beyond_the_per_connection_cap_go_to_another_connection() 
             assert sorted(ingest.status.connections) == ["shard-0", "shard-1"]
 
 
+async def test_an_unanswered_request_times_out() -> None:
+    # The simulator always answers; this loopback server (a fault the simulator lacks) reads and never does.
+    async def silent(request: WebSocketRequest) -> None:
+        socket = await request.accept()
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await socket.get_message()
+
+    status = IngestStatus()
+    inbox_send, _inbox_receive = trio.open_memory_channel[Tick](10)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve_websocket, silent, "127.0.0.1", 0, ssl_context=None))
+            url = f"ws://127.0.0.1:{server.port}/stream?streams=btcusdt@trade"
+            async with open_websocket_url(url) as socket:
+                connection = StreamConnection(
+                    "test", socket, ["btcusdt@trade"], ConnectionStatus("test", url), status, ack_timeout=0.3
+                )
+                nursery.start_soon(connection.receive, inbox_send.send)
+                with pytest.raises(ControlTimeout, match="no reply within"):
+                    await connection.subscribe(["ethusdt@trade"])
+                assert "ethusdt@trade" not in connection.subscribed
+            nursery.cancel_scope.cancel()
+
+
 async def test_an_error_reply_fails_the_request_with_binances_code(simulator: Simulator) -> None:
     status = IngestStatus()
     inbox_send, _inbox_receive = trio.open_memory_channel[Tick](10)
     with trio.fail_after(5):
         async with open_websocket_url(simulator.stream_url("btcusdt@trade")) as socket, trio.open_nursery() as nursery:
             connection = StreamConnection("test", socket, ["btcusdt@trade"], ConnectionStatus("test", "url"), status)
-            nursery.start_soon(connection.receive, inbox_send)
+            nursery.start_soon(connection.receive, inbox_send.send)
             with pytest.raises(ControlError, match="invalid stream name") as raised:
                 await connection.subscribe(["BTC USDT@trade"])
             assert raised.value.code == 2
