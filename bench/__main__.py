@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import attrs
+import httpx
 
 from bench import candles_bench
 from bench.clients import FeedSubscribers, measure_latency, percentile
@@ -92,7 +93,7 @@ class Plan:
     @classmethod
     def tiny(cls) -> Plan:
         """Minuscule sizes for the smoke test: every code path, no meaningful figure."""
-        return cls(repeat=1, warmup=0.2, window=0.3, feed_frames=60_000, subscriber_counts=(1, 3),
+        return cls(repeat=1, warmup=0.5, window=0.5, feed_frames=60_000, subscriber_counts=(1, 3),
                    latency_rates=(200,), latency_window={200: 0.5}, scale_symbols=20,
                    scale_streams_per_connection=10, scale_trades=300, scale_rate=300.0, candle_ticks=2_000,
                    persist_rows=2_000)
@@ -279,7 +280,7 @@ async def scale_row(plan: Plan, workdir: Path) -> list[Result]:
         try:
             cpu_before = cpu_seconds(service.pid)
             started = time.perf_counter()
-            deadline = started + plan.scale_trades / plan.scale_rate * 2 + 30
+            deadline = started + plan.scale_trades / plan.scale_rate * 1.5 + 20
             async with FeedSubscribers(service.feed_url, 1) as feed:
                 while True:
                     delivered = feed.totals()[0]
@@ -292,7 +293,11 @@ async def scale_row(plan: Plan, workdir: Path) -> list[Result]:
             ended = time.perf_counter()
             elapsed = ended - started
             cpu = (cpu_seconds(service.pid) - cpu_before) / elapsed
-            ingested = await service.ticks_ingested()
+            try:
+                ingested = await service.ticks_ingested()
+            except httpx.HTTPError as error:
+                log.warning("scale: /health did not answer: %r", error)
+                ingested = -1
         finally:
             await service.stop()
     finally:
@@ -408,7 +413,11 @@ async def run_bench(plan: Plan, rows: set[str], workdir: Path, source: str) -> l
     for name, step in steps:
         started = time.perf_counter()
         log.info("step %s", name)
-        results.extend(await step())
+        try:
+            results.extend(await step())
+        except Exception as error:  # one failed step must not cost the figures of the others
+            log.exception("step %s failed", name)
+            results.append(Result("-", f"{name}: FAILED", "", note=f"{error!r}"[:300]))
         log.info("step %s done seconds=%.1f", name, time.perf_counter() - started)
     return results
 

@@ -1,0 +1,18 @@
+"""Ingestion: Binance's trade streams in, every trade exactly once and in id order out.
+
+    trades.py          stream_trades: the task the supervisor starts (wires everything below)
+    binance_stream.py  StreamClient: shards, reconnects, watchdog, make-before-break, live (un)subscribe
+    connection.py      StreamConnection: one socket, the parsing hot path, paced control requests
+    control.py         SUBSCRIBE/UNSUBSCRIBE frames, replies and their correlation by id
+    pacer.py           control messages at <= 3 per sliding second (the server's pings take the 4th)
+    backoff.py         full-jitter exponential backoff and the connection-attempt budget
+    gap_repair.py      TradeSequencer: duplicates dropped, holes backfilled over REST, gaps reported
+    sequence.py        TradeSequence: the pure per-symbol core of the above
+    emitter.py         Emitter: ordered, lossless hand-over to the output channel
+    rest.py            BinanceRest: historicalTrades/exchangeInfo with 429/418/Retry-After honoured
+    exchange_info.py   SymbolDirectory: exchangeInfo, cached
+    subscriptions.py   SubscriptionManager: the live symbol set the web layer changes
+    status.py          IngestStatus: counters and gaps for /health and /metrics
+    urls.py            stream names and the combined-stream URL
+    recording.py       recordings of raw frames and the ``record`` command
+"""
