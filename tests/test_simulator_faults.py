@@ -12,7 +12,7 @@ from decimal import Decimal
 import httpx
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Event, Ping, Request, TextMessage
 
@@ -20,6 +20,7 @@ from app.convert import FrameError, parse_trade_frame
 from app.model import Tick
 from app.replay.config import Faults, Limits, ManualSource, SimulatorConfig
 from app.replay.simulator import Simulator, open_simulator
+from app.replay.wsclient import open_websocket_client
 
 
 def make_tick(trade_id: int, symbol: str = "BTCUSDT") -> Tick:
@@ -87,7 +88,7 @@ async def test_reset_connections_is_a_tcp_reset_without_close_frame(simulator: S
 async def test_drop_after_n_frames_resets_and_later_trades_are_lost_to_that_socket() -> None:
     with trio.fail_after(5):
         async with open_simulator(config(faults=Faults(drop_after_frames=3))) as sim:
-            async with open_websocket_url(sim.stream_url("btcusdt@trade")) as socket:
+            async with open_websocket_client(sim.stream_url("btcusdt@trade")) as socket:
                 await sim.wait_subscribed("btcusdt@trade")
                 sim.publish([make_tick(trade_id) for trade_id in range(1, 6)])
                 received = [parse_trade_frame(await socket.get_message()).trade_id for _ in range(3)]
@@ -97,7 +98,7 @@ async def test_drop_after_n_frames_resets_and_later_trades_are_lost_to_that_sock
             assert received == [1, 2, 3]
             assert [tick.trade_id for tick in sim.published("BTCUSDT")] == [1, 2, 3, 4, 5]
             # Reconnecting works; what was published while disconnected is not replayed on the socket.
-            async with open_websocket_url(sim.stream_url("btcusdt@trade")) as socket:
+            async with open_websocket_client(sim.stream_url("btcusdt@trade")) as socket:
                 await sim.wait_subscribed("btcusdt@trade")
                 sim.publish([make_tick(6)])
                 assert parse_trade_frame(await socket.get_message()).trade_id == 6
@@ -105,7 +106,7 @@ async def test_drop_after_n_frames_resets_and_later_trades_are_lost_to_that_sock
 
 async def _frames_before_random_drop(seed: int) -> int:
     async with open_simulator(config(faults=Faults(drop_probability=0.1, seed=seed))) as sim:
-        async with open_websocket_url(sim.stream_url("btcusdt@trade")) as socket:
+        async with open_websocket_client(sim.stream_url("btcusdt@trade")) as socket:
             await sim.wait_subscribed("btcusdt@trade")
             for trade_id in range(1, 201):
                 sim.publish([make_tick(trade_id)])
@@ -127,7 +128,7 @@ async def test_random_drops_are_seeded_and_repeatable() -> None:
 
 async def test_send_malformed_interleaves_bad_frames(simulator: Simulator) -> None:
     with trio.fail_after(5):
-        async with open_websocket_url(simulator.stream_url("btcusdt@trade")) as socket:
+        async with open_websocket_client(simulator.stream_url("btcusdt@trade")) as socket:
             await simulator.wait_subscribed("btcusdt@trade")
             simulator.publish([make_tick(1), make_tick(2)])
             simulator.send_malformed(3)
@@ -140,7 +141,7 @@ async def test_send_malformed_interleaves_bad_frames(simulator: Simulator) -> No
 async def test_malformed_probability_adds_bad_frames_and_loses_no_trade() -> None:
     with trio.fail_after(5):
         async with open_simulator(config(faults=Faults(malformed_probability=0.3, seed=3))) as sim:
-            async with open_websocket_url(sim.stream_url("btcusdt@trade")) as socket:
+            async with open_websocket_client(sim.stream_url("btcusdt@trade")) as socket:
                 await sim.wait_subscribed("btcusdt@trade")
                 sim.publish([make_tick(trade_id) for trade_id in range(1, 41)])
                 await sim.wait_until(lambda: sim.stats.frames_sent >= 40 + sim.stats.malformed_sent)
@@ -151,7 +152,7 @@ async def test_malformed_probability_adds_bad_frames_and_loses_no_trade() -> Non
 
 async def test_stall_keeps_socket_silent_and_trades_reach_rest_only(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(600):
-        async with open_simulator(config()) as sim, open_websocket_url(sim.stream_url("btcusdt@trade")) as socket:
+        async with open_simulator(config()) as sim, open_websocket_client(sim.stream_url("btcusdt@trade")) as socket:
             await sim.wait_subscribed("btcusdt@trade")
             sim.publish([make_tick(1)])
             assert parse_trade_frame(await socket.get_message()).trade_id == 1
@@ -173,7 +174,7 @@ async def test_stall_keeps_socket_silent_and_trades_reach_rest_only(autojump_clo
 
 async def test_close_all_sends_a_normal_close_frame(simulator: Simulator) -> None:
     with trio.fail_after(5):
-        async with open_websocket_url(simulator.ws_url) as socket:
+        async with open_websocket_client(simulator.ws_url) as socket:
             await simulator.wait_connections(1)
             simulator.close_all(1000, "24h")
             with pytest.raises(ConnectionClosed) as closed:
@@ -185,7 +186,7 @@ async def test_close_all_sends_a_normal_close_frame(simulator: Simulator) -> Non
 async def test_connections_close_normally_at_24_hours(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(100_000):
         async with open_simulator(config(limits=Limits(ping_interval=3600.0))) as sim:
-            async with open_websocket_url(sim.ws_url) as socket:
+            async with open_websocket_client(sim.ws_url) as socket:
                 opened = trio.current_time()
                 with pytest.raises(ConnectionClosed) as closed:
                     await socket.get_message()
@@ -205,7 +206,7 @@ async def test_refuse_resets_new_connections_for_a_while(autojump_clock: trio.ab
             await stream.aclose()
             assert sim.stats.connections_refused == 1
             await trio.sleep(30.0)
-            async with open_websocket_url(sim.ws_url):
+            async with open_websocket_client(sim.ws_url):
                 await sim.wait_connections(1)
 
 

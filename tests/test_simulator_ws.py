@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import httpx
 import orjson
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from app.convert import parse_trade_frame
 from app.model import Tick
 from app.replay.config import Limits, ManualSource, SimulatorConfig
 from app.replay.simulator import Simulator, open_simulator
+from app.replay.wsclient import open_websocket_client
 
 
 def make_tick(trade_id: int = 3735683259, symbol: str = "BTCUSDT", price: str = "61837.63000000",
@@ -40,7 +42,7 @@ async def request(socket: WebSocketConnection, body: object) -> object:
 
 async def test_combined_stream_sends_binance_trade_frames(simulator: Simulator) -> None:
     with trio.fail_after(5):
-        async with open_websocket_url(simulator.stream_url("btcusdt@trade")) as socket:
+        async with open_websocket_client(simulator.stream_url("btcusdt@trade")) as socket:
             await simulator.wait_subscribed("btcusdt@trade")
             simulator.publish([make_tick(symbol="ETHUSDT"), make_tick()])
             # Only the subscribed stream arrives, byte for byte in Binance's layout.
@@ -49,7 +51,7 @@ async def test_combined_stream_sends_binance_trade_frames(simulator: Simulator) 
 
 async def test_raw_stream_path_sends_payload_only(simulator: Simulator) -> None:
     with trio.fail_after(5):
-        async with open_websocket_url(f"{simulator.ws_url}/btcusdt@trade") as socket:
+        async with open_websocket_client(f"{simulator.ws_url}/btcusdt@trade") as socket:
             await simulator.wait_subscribed("btcusdt@trade")
             simulator.publish([make_tick()])
             message = await socket.get_message()
@@ -59,7 +61,7 @@ async def test_raw_stream_path_sends_payload_only(simulator: Simulator) -> None:
 
 async def test_subscribe_list_unsubscribe_on_bare_ws(simulator: Simulator) -> None:
     with trio.fail_after(5):
-        async with open_websocket_url(simulator.ws_url) as socket:
+        async with open_websocket_client(simulator.ws_url) as socket:
             assert await request(socket, {"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1}) == {
                 "result": None, "id": 1}
             assert await request(socket, {"method": "LIST_SUBSCRIPTIONS", "id": 3}) == {
@@ -77,7 +79,7 @@ async def test_subscribe_list_unsubscribe_on_bare_ws(simulator: Simulator) -> No
 @pytest.mark.parametrize("request_id", [0, 2**63 - 1, "a" * 36, None])
 async def test_request_ids_binance_accepts(request_id: object) -> None:
     with trio.fail_after(5):
-        async with open_simulator(relaxed()) as sim, open_websocket_url(sim.ws_url) as socket:
+        async with open_simulator(relaxed()) as sim, open_websocket_client(sim.ws_url) as socket:
             answer = await request(socket, {"method": "LIST_SUBSCRIPTIONS", "id": request_id})
             assert answer == {"result": [], "id": request_id}
 
@@ -102,7 +104,7 @@ async def test_request_ids_binance_accepts(request_id: object) -> None:
 )
 async def test_bad_requests_get_binance_error_objects(body: str, code: int, answer_id: object) -> None:
     with trio.fail_after(5):
-        async with open_simulator(relaxed()) as sim, open_websocket_url(sim.ws_url) as socket:
+        async with open_simulator(relaxed()) as sim, open_websocket_client(sim.ws_url) as socket:
             answer = await request(socket, body)
             assert isinstance(answer, dict)
             assert answer["id"] == answer_id
@@ -114,7 +116,7 @@ async def test_bad_requests_get_binance_error_objects(body: str, code: int, answ
 
 async def test_set_property_combined_switches_payload_layout(simulator: Simulator) -> None:
     with trio.fail_after(5):
-        async with open_websocket_url(f"{simulator.ws_url}/btcusdt@trade") as socket:
+        async with open_websocket_client(f"{simulator.ws_url}/btcusdt@trade") as socket:
             assert await request(socket, {"method": "GET_PROPERTY", "params": ["combined"], "id": 1}) == {
                 "result": False, "id": 1}
             assert await request(socket, {"method": "SET_PROPERTY", "params": ["combined", True], "id": 2}) == {
@@ -125,7 +127,7 @@ async def test_set_property_combined_switches_payload_layout(simulator: Simulato
 
 async def test_more_than_five_messages_a_second_closes_with_1008(simulator: Simulator) -> None:
     with trio.fail_after(5):
-        async with open_websocket_url(simulator.ws_url) as socket:
+        async with open_websocket_client(simulator.ws_url) as socket:
             for request_id in range(6):
                 await socket.send_message(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": request_id}).decode())
             answers = []
@@ -140,7 +142,7 @@ async def test_more_than_five_messages_a_second_closes_with_1008(simulator: Simu
 
 async def test_four_messages_a_second_stay_within_the_limit(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(60):
-        async with open_simulator() as sim, open_websocket_url(sim.ws_url) as socket:
+        async with open_simulator() as sim, open_websocket_client(sim.ws_url) as socket:
             for request_id in range(12):
                 assert await request(socket, {"method": "LIST_SUBSCRIPTIONS", "id": request_id}) == {
                     "result": [], "id": request_id}
@@ -153,11 +155,11 @@ async def test_streams_in_the_url_count_towards_1024() -> None:
     streams = [f"s{index:04d}usdt@trade" for index in range(1025)]
     with trio.fail_after(10):
         async with open_simulator() as sim:
-            async with open_websocket_url(sim.stream_url(*streams[:1024])) as socket:
+            async with open_websocket_client(sim.stream_url(*streams[:1024])) as socket:
                 await sim.wait_subscribed(streams[1023])
                 answer = await request(socket, {"method": "LIST_SUBSCRIPTIONS", "id": 1})
                 assert isinstance(answer, dict) and len(answer["result"]) == 1024
-            async with open_websocket_url(sim.stream_url(*streams)) as socket:
+            async with open_websocket_client(sim.stream_url(*streams)) as socket:
                 with pytest.raises(ConnectionClosed) as closed:
                     await socket.get_message()
                 assert closed.value.reason is not None
@@ -167,7 +169,7 @@ async def test_streams_in_the_url_count_towards_1024() -> None:
 async def test_subscribing_beyond_1024_streams_is_an_error_and_a_close(simulator: Simulator) -> None:
     streams = [f"s{index:04d}usdt@trade" for index in range(1025)]
     with trio.fail_after(10):
-        async with open_websocket_url(simulator.ws_url) as socket:
+        async with open_websocket_client(simulator.ws_url) as socket:
             assert await request(socket, {"method": "SUBSCRIBE", "params": streams[:1000], "id": 1}) == {
                 "result": None, "id": 1}
             answer = await request(socket, {"method": "SUBSCRIBE", "params": streams[1000:], "id": 2})
@@ -181,7 +183,7 @@ async def test_subscribing_beyond_1024_streams_is_an_error_and_a_close(simulator
 async def test_time_unit_microsecond_scales_trade_times(simulator: Simulator) -> None:
     with trio.fail_after(5):
         url = simulator.stream_url("btcusdt@trade") + "&timeUnit=MICROSECOND"
-        async with open_websocket_url(url) as socket:
+        async with open_websocket_client(url) as socket:
             await simulator.wait_subscribed("btcusdt@trade")
             simulator.publish([make_tick()])
             data = orjson.loads(await socket.get_message())["data"]
@@ -189,16 +191,19 @@ async def test_time_unit_microsecond_scales_trade_times(simulator: Simulator) ->
 
 
 async def test_unknown_path_is_rejected_in_the_handshake(simulator: Simulator) -> None:
-    with trio.fail_after(5), pytest.raises(ConnectionRejected) as rejected:
-        async with open_websocket_url(simulator.ws_base_url + "/api/v3/trades"):
-            pass
-    assert rejected.value.status_code == 404
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    with trio.fail_after(5):
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{simulator.ws_port}/api/v3/trades", headers=upgrade)
+    assert response.status_code == 404
+    assert simulator.stats.connections_rejected == 1
 
 
 async def test_server_shutdown_event_reaches_every_connection(simulator: Simulator) -> None:
     with trio.fail_after(5):
-        async with open_websocket_url(simulator.stream_url("btcusdt@trade")) as combined, \
-                open_websocket_url(simulator.ws_url) as raw:
+        async with open_websocket_client(simulator.stream_url("btcusdt@trade")) as combined, \
+                open_websocket_client(simulator.ws_url) as raw:
             await simulator.wait_connections(2)
             simulator.server_shutdown()
             event = orjson.loads(await combined.get_message())
@@ -209,7 +214,7 @@ async def test_server_shutdown_event_reaches_every_connection(simulator: Simulat
 
 async def test_server_pings_every_20_s_and_client_pongs_keep_it_open(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(600):
-        async with open_simulator() as sim, open_websocket_url(sim.ws_url) as socket:
+        async with open_simulator() as sim, open_websocket_client(sim.ws_url) as socket:
             await trio.sleep(210)  # virtual time: ten pings, each answered by trio-websocket's automatic pong
             assert sim.stats.pongs_received == 10
             assert await request(socket, {"method": "LIST_SUBSCRIPTIONS", "id": 1}) == {"result": [], "id": 1}
@@ -217,7 +222,7 @@ async def test_server_pings_every_20_s_and_client_pongs_keep_it_open(autojump_cl
 
 async def test_counters_report_connections(simulator: Simulator) -> None:
     with trio.fail_after(5):
-        async with open_websocket_url(simulator.ws_url):
+        async with open_websocket_client(simulator.ws_url):
             await simulator.wait_connections(1)
             assert simulator.open_connections == 1
         await simulator.wait_connections(0)

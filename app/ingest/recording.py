@@ -46,6 +46,8 @@ import trio
 import trio_websocket
 import zstandard
 
+from app.replay.wsclient import open_websocket_client
+
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "marketdata-recording"
@@ -142,7 +144,8 @@ def _open_binary_for_read(path: Path) -> IO[bytes]:
         # The zstd reader has no readline: buffer it.
         return cast(IO[bytes], io.BufferedReader(cast(io.RawIOBase, reader)))
     if magic.startswith(_GZIP_MAGIC):
-        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+        raw.close()
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return raw
 
 
@@ -275,7 +278,7 @@ async def _receive_frames(
     progress_interval: float,
     task_status: trio.TaskStatus[str],
 ) -> None:
-    async with frames_send, trio_websocket.open_websocket_url(url) as socket:
+    async with frames_send, open_websocket_client(url) as socket:
         log.info("recording from url=%s", url)
         task_status.started(url)
         received = 0

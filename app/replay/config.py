@@ -7,6 +7,7 @@ from pathlib import Path
 import attrs
 
 from app.model import Tick
+from app.replay.sources import LoadedRecording
 
 
 @attrs.frozen(slots=True)
@@ -17,6 +18,9 @@ class ReplaySource:
     path: Path = attrs.field(converter=Path)
     speed: float = 1.0
     loop: bool = False
+    # Already loaded (``sources.load_recording``): the simulator then starts without reading the file in a
+    # thread, which matters under a MockClock (its autojump does not wait for threads).
+    recording: LoadedRecording | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(slots=True)

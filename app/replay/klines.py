@@ -69,23 +69,47 @@ def _text(value: Decimal) -> str:
     return f"{value:.8f}"
 
 
-def build_klines(ticks: Sequence[Tick], interval: Interval) -> list[KlineRow]:
-    """Klines for ``ticks`` (ascending trade time), gaps between trades filled with empty klines."""
+def build_klines(
+    ticks: Sequence[Tick],
+    interval: Interval,
+    *,
+    first_open: int | None = None,
+    last_open: int | None = None,
+    previous_close: Decimal | None = None,
+    max_rows: int | None = None,
+) -> list[KlineRow]:
+    """Klines for ``ticks`` (ascending trade time), gaps between trades filled with empty klines.
+
+    With ``previous_close`` (the last price before ``first_open``) the window starts with empty klines from
+    ``first_open``; with ``last_open`` it ends with empty klines up to that one. At most ``max_rows``.
+    """
     rows: list[KlineRow] = []
+    limit = max_rows if max_rows is not None else 2**62
+    close = previous_close
+    next_open = first_open if previous_close is not None else None
     current: _Builder | None = None
+
+    def fill_until(open_time: int) -> None:
+        nonlocal next_open
+        while next_open is not None and close is not None and next_open < open_time and len(rows) < limit:
+            rows.append(_Builder(next_open, close, close, close, close).row(interval))
+            next_open = interval.next_open_time(next_open)
+
     for tick in ticks:
         open_time = interval.open_time(tick.trade_time_ms)
         if current is not None and open_time != current.open_time:
             rows.append(current.row(interval))
-            previous_close = current.close
-            gap_open = interval.next_open_time(current.open_time)
-            while gap_open < open_time:
-                rows.append(_Builder(gap_open, *(previous_close,) * 4).row(interval))
-                gap_open = interval.next_open_time(gap_open)
+            close, next_open = current.close, interval.next_open_time(current.open_time)
             current = None
         if current is None:
+            fill_until(open_time)
+            if len(rows) >= limit:
+                return rows
             current = _Builder(open_time, tick.price, tick.price, tick.price, tick.price)
         current.add(tick)
     if current is not None:
         rows.append(current.row(interval))
-    return rows
+        close, next_open = current.close, interval.next_open_time(current.open_time)
+    if last_open is not None:
+        fill_until(last_open + 1)
+    return rows[:limit]

@@ -47,6 +47,11 @@ class SymbolTrades:
         last = bisect_right(self._ticks, end_ms, lo=first, key=_trade_time)
         return self._ticks[first:last]
 
+    def last_before(self, time_ms: int) -> Tick | None:
+        """The last trade before ``time_ms``, if any is retained."""
+        index = bisect_left(self._ticks, time_ms, lo=self._start, key=_trade_time)
+        return self._ticks[index - 1] if index > self._start else None
+
     @property
     def last_time_ms(self) -> int | None:
         return self._ticks[-1].trade_time_ms if len(self) else None

@@ -22,12 +22,15 @@ async def run_source(
     while hub.subscribed_clients() < wait_for_subscribers:
         await hub.wait_changed()
     start = trio.current_time()
+    # Events due within this much of now go out together: one wake-up per millisecond at most, however
+    # busy the market (a 20k trades/s source would otherwise wake the loop for every trade).
+    granularity = 0.001
     batch: list[MarketEvent] = []
     pending = next(schedule, None)
     while pending is not None:
         if speed > 0:
             due = start + pending.offset_ns / 1e9 / speed
-            if due > trio.current_time():
+            if due > trio.current_time() + granularity:
                 await _flush(hub, batch, unpaced=False)
                 batch = []
                 await trio.sleep_until(due)

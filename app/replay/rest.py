@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 WEIGHTS = {"historicalTrades": 25, "trades": 25, "klines": 2, "exchangeInfo": 20, "time": 1, "ping": 1}
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
-_FAR_FUTURE_MS = 2**62
 
 
 class RestError(Exception):
@@ -181,33 +180,32 @@ def _klines(hub: Hub, args: Mapping[str, str]) -> list[list[int | str]]:
     if start_ms is not None and end_ms is not None and start_ms > end_ms:
         raise RestError(-1023, "Start time is greater than end time.")
     trades = hub.ledger.symbol(symbol)
+    newest = trades.last_time_ms
+    if newest is None:
+        return []
+    # The exchange's "now" is its latest trade: klines after it do not exist yet.
+    now_open = interval.open_time(newest)
+    last_open = now_open if end_ms is None else min(now_open, interval.open_time(end_ms))
     if start_ms is not None:
         # Binance returns klines whose open time is at or after startTime.
         first_open = interval.open_time(start_ms)
         if first_open < start_ms:
             first_open = interval.next_open_time(first_open)
-        last_open = interval.open_time(end_ms) if end_ms is not None else _FAR_FUTURE_MS
-        ticks = trades.between(first_open, _close_or_far(interval, last_open))
-        rows = build_klines(ticks, interval)
-        return [row for row in rows if first_open <= _open_time(row) <= last_open][:limit]
-    newest = end_ms if end_ms is not None else trades.last_time_ms
-    if newest is None:
+    else:
+        # Far enough back for ``limit`` intervals (1M counts 30 days nominally, so give it slack).
+        first_open = interval.open_time(max(0, last_open - int(limit * interval.nominal_ms * 1.1)))
+    if first_open > last_open:
         return []
-    last_open = interval.open_time(newest)
-    # Far enough back for ``limit`` intervals (1M counts 30 days nominally, so give it slack).
-    earliest = interval.open_time(max(0, last_open - int(limit * interval.nominal_ms * 1.1)))
-    rows = build_klines(trades.between(earliest, interval.close_time(last_open)), interval)
-    return [row for row in rows if _open_time(row) <= last_open][-limit:]
-
-
-def _close_or_far(interval: Interval, open_ms: int) -> int:
-    return _FAR_FUTURE_MS if open_ms >= _FAR_FUTURE_MS else interval.close_time(open_ms)
-
-
-def _open_time(row: list[int | str]) -> int:
-    value = row[0]
-    assert isinstance(value, int)
-    return value
+    before = trades.last_before(first_open)
+    rows = build_klines(
+        trades.between(first_open, interval.close_time(last_open)),
+        interval,
+        first_open=first_open,
+        last_open=last_open,
+        previous_close=None if before is None else before.price,
+        max_rows=limit if start_ms is not None else None,
+    )
+    return rows if start_ms is not None else rows[-limit:]
 
 
 def _exchange_info(hub: Hub, args: Mapping[str, str]) -> dict[str, Any]:

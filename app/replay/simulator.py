@@ -193,7 +193,9 @@ def _require_loopback(host: str) -> None:
 async def _prepare_source(source: Source, hub: Hub) -> tuple[Iterator[Scheduled] | None, float]:
     """Loads the source and registers its symbols; returns its schedule (None: manual) and speed."""
     if isinstance(source, ReplaySource):
-        recording = await trio.to_thread.run_sync(load_recording, source.path)
+        recording = source.recording
+        if recording is None:
+            recording = await trio.to_thread.run_sync(load_recording, source.path)
         hub.register_symbols(symbol_info(symbol) for symbol in recording.symbols)
         log.info("replaying path=%s frames=%d skipped=%d speed=%s loop=%s", source.path,
                  len(recording.frames), recording.skipped, source.speed, source.loop)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect_right
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -185,46 +186,68 @@ class SyntheticMarket:
         self._price_ticks = [int(p.start_price.scaleb(-p.tick_exponent)) for p in self.profiles]
         self._next_id = [self._rng.randint(10_000_000, 3_000_000_000) for _ in self.profiles]
         self._cumulative_weights = _cumulative([p.weight for p in self.profiles])
+        # Per symbol, precomputed for the hot path: prices and sizes are integers of 1e-8 units.
+        self._streams = [f"{p.symbol.lower()}@trade" for p in self.profiles]
+        self._tick_units = [10 ** (p.tick_exponent + 8) for p in self.profiles]
+        self._lot_units = [10 ** (p.lot_exponent + 8) for p in self.profiles]
+        self._log_notional = [math.log(p.median_notional) for p in self.profiles]
 
     def __iter__(self) -> Iterator[Scheduled]:
         rng = self._rng
         offset_ns = 0
-        indexes = range(len(self.profiles))
+        total_weight = self._cumulative_weights[-1]
         while True:
             offset_ns += max(1, int(rng.expovariate(self.rate) * 1e9))
-            index = rng.choices(indexes, cum_weights=self._cumulative_weights)[0]
+            index = bisect_right(self._cumulative_weights, rng.random() * total_weight)
             trade_ms = self.start_ms + offset_ns // _MS_NS
-            event_ms = trade_ms + rng.choice((0, 0, 1, 1, 2))
+            event_ms = trade_ms + _LATENCIES_MS[int(rng.random() * len(_LATENCIES_MS))]
             buyer_is_maker = rng.random() < 0.5
             # A taker order often fills several makers at once: same time and side, one trade id each.
             fills = 1
             while fills < 8 and rng.random() < 0.3:
                 fills += 1
             for _ in range(fills):
-                yield Scheduled(offset_ns, trade_event(self._trade(index, trade_ms, event_ms, buyer_is_maker)))
+                yield Scheduled(offset_ns, self._trade(index, trade_ms, event_ms, buyer_is_maker))
 
-    def _trade(self, index: int, trade_ms: int, event_ms: int, buyer_is_maker: bool) -> Tick:
+    def _trade(self, index: int, trade_ms: int, event_ms: int, buyer_is_maker: bool) -> MarketEvent:
         profile, rng = self.profiles[index], self._rng
         ticks = self._price_ticks[index]
         # Relative volatility ~5e-6 per trade; a sell aggressor walks the price down, a buyer up.
         step = abs(round(rng.gauss(0.0, max(0.6, ticks * 5e-6))))
         ticks = max(1, ticks - step if buyer_is_maker else ticks + step)
         self._price_ticks[index] = ticks
-        # Eight decimals, as Binance's strings parse: equal ticks compare and print alike.
-        price = Decimal(ticks * 10 ** (profile.tick_exponent + 8)).scaleb(-8)
-        notional = rng.lognormvariate(math.log(profile.median_notional), 1.2)
-        lots = max(1, round(notional / float(price) / 10.0**profile.lot_exponent))
+        price_units = ticks * self._tick_units[index]
+        lot_units = self._lot_units[index]
+        notional = rng.lognormvariate(self._log_notional[index], 1.2)
+        quantity_units = max(1, round(notional * 1e8 / price_units * 1e8 / lot_units)) * lot_units
         trade_id = self._next_id[index]
         self._next_id[index] = trade_id + 1
-        return Tick(
+        # Eight decimals, as Binance's strings parse: equal ticks compare and print alike.
+        tick = Tick(
             symbol=profile.symbol,
-            price=price,
-            quantity=Decimal(lots * 10 ** (profile.lot_exponent + 8)).scaleb(-8),
+            price=Decimal(price_units).scaleb(-8),
+            quantity=Decimal(quantity_units).scaleb(-8),
             trade_time_ms=trade_ms,
             event_time_ms=event_ms,
             trade_id=trade_id,
             is_buyer_maker=buyer_is_maker,
         )
+        # Rendered from the integers: the same text as ``events.trade_payload``, without Decimal formatting.
+        raw = (
+            f'{{"e":"trade","E":{event_ms},"s":"{profile.symbol}","t":{trade_id},'
+            f'"p":"{_units_text(price_units)}","q":"{_units_text(quantity_units)}","T":{trade_ms},'
+            f'"m":{"true" if buyer_is_maker else "false"},"M":true}}'
+        )
+        stream = self._streams[index]
+        return MarketEvent(stream=stream, raw=raw, combined=f'{{"stream":"{stream}","data":{raw}}}', tick=tick)
+
+
+_LATENCIES_MS = (0, 0, 1, 1, 2)
+
+
+def _units_text(units: int) -> str:
+    whole, fraction = divmod(units, 100_000_000)
+    return f"{whole}.{fraction:08d}"
 
 
 def _cumulative(weights: list[float]) -> list[float]:
