@@ -242,6 +242,16 @@ async def test_start_up_backfills_from_the_persisted_trade_id() -> None:
                 assert ingest.of("ETHUSDT") == make_ticks("ETHUSDT", 1, 1)  # live: event times too
 
 
+async def test_stored_ids_ahead_of_the_exchange_are_an_error_not_silence(simulator: Simulator) -> None:
+    with trio.fail_after(10):
+        async with running_ingest(simulator, ["BTCUSDT"], resume_from={"BTCUSDT": 9_000_000}) as ingest:
+            await simulator.wait_subscribed("btcusdt@trade")
+            simulator.publish(make_ticks("BTCUSDT", 500, 3))
+            await ingest.wait_received(3)
+            assert ingest.received == make_ticks("BTCUSDT", 500, 3)
+            assert ingest.status.resume_mismatches == 1
+
+
 async def test_backfill_beyond_the_maximum_is_reported_as_a_gap() -> None:
     history = make_ticks("BTCUSDT", 1, 3000)
     config = SimulatorConfig(source=ManualSource(symbols=("BTCUSDT",), initial=tuple(history)))

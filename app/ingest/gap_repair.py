@@ -69,7 +69,7 @@ class TradeSequencer:
         if last_trade_id is not None and status.last_trade_id is None:
             status.last_trade_id = last_trade_id
         next_id = None if last_trade_id is None else last_trade_id + 1
-        self.sequences[symbol] = TradeSequence(symbol, next_id, status)
+        self.sequences[symbol] = TradeSequence(symbol, next_id, status, resume_unverified=next_id is not None)
         if next_id is None:
             # Without a persisted id the stream starts at the first trade received, unless a connection is
             # lost before it arrives: then the trades since now are looked up (``_anchor``).
@@ -120,6 +120,8 @@ class TradeSequencer:
             return
         if sequence.next_id is None:
             self._start_stream(sequence, tick)
+        elif sequence.resume_unverified:
+            self._verify_resume(sequence, tick)
         self._release(sequence, sequence.offer(tick))
         if sequence.held:
             self._check_hole(sequence)
@@ -135,6 +137,21 @@ class TradeSequencer:
         status.last_trade_id = ready[-1].trade_id
         assert self._emitter is not None
         self._emitter.enqueue(ready)
+
+    def _verify_resume(self, sequence: TradeSequence, first: Tick) -> None:
+        """The first live trade after resuming: the exchange's ids must not lie behind the stored ones."""
+        sequence.resume_unverified = False
+        assert sequence.next_id is not None
+        if first.trade_id >= sequence.next_id - 1:
+            return
+        # Dropping everything as a "duplicate" until the exchange catches up would be silent data loss.
+        log.error(
+            "stored trades are ahead of the exchange symbol=%s stored_last_id=%d live_id=%d: another venue's "
+            "database (testnet vs live?); streaming from the live id",
+            sequence.symbol, sequence.next_id - 1, first.trade_id,
+        )
+        self._status.resume_mismatches += 1
+        sequence.next_id = first.trade_id
 
     def _start_stream(self, sequence: TradeSequence, first: Tick) -> None:
         """The first trade of a fresh symbol: anchor it if a connection was lost since the subscription."""

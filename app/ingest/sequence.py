@@ -30,6 +30,9 @@ class TradeSequence:
     # No next id known yet, and trades since the subscription may have been missed (a connection was lost
     # before the first trade arrived): ticks are held until ``anchor`` says where the stream starts.
     anchoring: bool = False
+    # Resumed from a persisted id and no live trade seen yet: the first one shows whether storage and the
+    # exchange agree (a store ahead of the exchange means another venue's ids, e.g. testnet vs live).
+    resume_unverified: bool = False
 
     def offer(self, tick: Tick) -> list[Tick]:
         """The ticks that may be emitted now, in order (``tick`` itself when it is the one due)."""

@@ -79,6 +79,8 @@ class IngestStatus:
     # Replacements opened before the old connection was closed (24 h cut, serverShutdown).
     connection_switches: int = 0
     rest_requests: int = 0
+    # Symbols whose persisted last trade id was ahead of the exchange at start-up (logged at ERROR).
+    resume_mismatches: int = 0
     rest_rate_limited: int = 0
     rest_errors: int = 0
 
