@@ -182,3 +182,14 @@ def test_a_trade_already_in_a_complete_closed_candle_is_not_counted_twice() -> N
     assert builder.counters.duplicate_trades == 1 and builder.counters.late_trades == 0
     (closed,) = builder.recent_closed("BTCUSDT", "1m", None, None, 5)
     assert closed.trade_count == 2 and closed.revision == 0
+
+
+def test_tiling_chains_follow_binances_alignment() -> None:
+    builder = CandleBuilder([Interval(name) for name in INTERVAL_NAMES])
+    assert [i.name for i in builder.tiling_chain(Interval("1M"))] == ["1M", "1d", "12h", "6h", "2h", "1h", "30m",
+                                                                     "15m", "5m", "1m", "1s"]
+    assert [i.name for i in builder.tiling_chain(Interval("1w"))][:3] == ["1w", "1d", "12h"]
+    assert [i.name for i in builder.tiling_chain(Interval("3d"))][:2] == ["3d", "1d"]
+    assert [i.name for i in builder.tiling_chain(Interval("8h"))][:3] == ["8h", "4h", "2h"]
+    odd = CandleBuilder([Interval("3m"), Interval("5m")])
+    assert odd.tiling_chain(Interval("5m")) == [Interval("5m")]

@@ -94,3 +94,26 @@ async def test_the_recent_candles_are_reloaded_for_the_api() -> None:
         assert restarted.recent_closed("BTCUSDT", interval.name, None, None, 50) == builder.recent_closed(
             "BTCUSDT", interval.name, None, None, 50)
     await storage.close()
+
+
+async def test_long_open_candles_are_rebuilt_without_the_ticks_pruning_removed() -> None:
+    """With 1M configured, pruning keeps ticks only from ``earliest_open_time_ms`` (the current 1m candle
+    here); the open 1d, 1w and 1M candles are rebuilt from stored finer candles."""
+    intervals = [Interval(name) for name in ("1m", "1h", "1d", "1w", "1M")]
+    dice = random.Random(3)
+    ticks = [Tick("BTCUSDT", Decimal(dice.randint(100, 999)), Decimal("0.5"), T0 + n * 600_000 + dice.randint(0, 9),
+                  T0 + n * 600_000, n, n % 2 == 0) for n in range(600)]  # ten minutes apart, over four days
+    reference = CandleBuilder(intervals)
+    closed = reference.update_many(ticks)
+    storage = await SQLiteStorage.open(":memory:")
+    await storage.write_ticks(ticks)
+    await storage.write_candles(closed)
+    keep_from = reference.earliest_open_time_ms()
+    assert keep_from == reference.open_candle("BTCUSDT", "1m").open_time_ms  # type: ignore[union-attr]
+    await storage.delete_ticks_before(keep_from, 10_000)
+    restarted = CandleBuilder(intervals)
+    restored = await restore(storage, restarted, ["BTCUSDT"])
+    assert restored.ticks_replayed == 1 and restored.recovered == []
+    for interval in intervals:
+        assert restarted.open_candle("BTCUSDT", interval.name) == reference.open_candle("BTCUSDT", interval.name)
+    await storage.close()

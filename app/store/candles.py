@@ -26,7 +26,7 @@ from decimal import Decimal
 
 import attrs
 
-from app.intervals import Interval
+from app.intervals import DAY_MS, Interval
 from app.model import Candle, Tick
 
 # Exact arithmetic: 60 digits never round for Binance's 8-decimal prices and quantities, and if anything ever
@@ -98,6 +98,26 @@ class _Bar:
         if not tick.is_buyer_maker:
             self.taker_buy_volume += quantity
             self.taker_buy_quote_volume += quote
+
+    def merge(self, part: Candle) -> None:
+        """Adds a finer closed candle lying inside this bar (restart: rebuilding a long open candle)."""
+        if part.trade_count == 0:
+            return
+        if self.trade_count == 0:
+            self.open, self.high, self.low, self.close = part.open, part.high, part.low, part.close
+            self.first_trade_id, self.last_trade_id = part.first_trade_id, part.last_trade_id
+        else:
+            if part.first_trade_id < self.first_trade_id:
+                self.open, self.first_trade_id = part.open, part.first_trade_id
+            if part.last_trade_id > self.last_trade_id:
+                self.close, self.last_trade_id = part.close, part.last_trade_id
+            self.high = max(self.high, part.high)
+            self.low = min(self.low, part.low)
+        self.trade_count += part.trade_count
+        self.volume += part.volume
+        self.quote_volume += part.quote_volume
+        self.taker_buy_volume += part.taker_buy_volume
+        self.taker_buy_quote_volume += part.taker_buy_quote_volume
 
     def candle(self, symbol: str, interval: str, *, closed: bool, revision: int = 0) -> Candle:
         return Candle(
@@ -237,6 +257,12 @@ class CandleBuilder:
             elif trade_time < bar.open_time_ms:
                 self._revise(series, tick, quote, out)
                 continue
+            elif tick.trade_id <= bar.last_trade_id and _complete(
+                bar.trade_count, bar.first_trade_id, bar.last_trade_id, tick.trade_id
+            ):
+                # Already in the open candle: after a restart that rebuilt it from stored candles.
+                self.counters.duplicate_trades += 1
+                continue
             bar.add(tick, quote)
 
     def close_due(self, symbol: str, before_ms: int) -> list[Candle]:
@@ -334,13 +360,26 @@ class CandleBuilder:
             return None
         return series.closed[0].open_time_ms
 
+    def tiling_chain(self, interval: Interval) -> list[Interval]:
+        """``interval`` and the configured intervals that tile it, each the coarsest tiling the one before
+        (``1M`` -> ``1d`` -> ``1h`` -> ``1m``): on restart a long open candle is rebuilt from the stored closed
+        candles down this chain, and only the finest needs raw ticks."""
+        chain = [interval]
+        while True:
+            finer = [candidate for candidate in self.intervals if tiles(candidate, chain[-1])]
+            if not finer:
+                return chain
+            chain.append(max(finer, key=lambda candidate: candidate.nominal_ms))
+
     def earliest_open_time_ms(self) -> int | None:
-        """The open time of the oldest open candle (ticks after it are needed to rebuild open candles)."""
+        """From when raw ticks are needed to rebuild every open candle on restart: the oldest open time among
+        the finest intervals of the tiling chains (see ``tiling_chain``)."""
+        finest = {self.tiling_chain(interval)[-1].name for interval in self.intervals}
         times = [
             series.current.open_time_ms
             for all_series in self._series.values()
             for series in all_series
-            if series.current is not None
+            if series.current is not None and series.interval.name in finest
         ]
         return min(times) if times else None
 
@@ -364,16 +403,57 @@ class CandleBuilder:
         series.current = _Bar(next_open, series.interval.close_time(next_open), last.close)
         series.replay_floor_ms = next_open
 
+    def seed_from_finer(self, symbol: str, interval: str, finer: Sequence[Candle], floor_ms: int) -> list[Candle]:
+        """Rebuilds a seeded series up to ``floor_ms`` from stored closed candles of a finer interval that tiles
+        it (oldest first); trades before ``floor_ms`` are then skipped during the replay. Returns the candles of
+        this series that this closes (lost in a crash)."""
+        series = self._one_series(symbol, interval)
+        if series is None:
+            raise ValueError(f"interval {interval!r} is not configured")
+        if series.current is None:  # never closed a candle: it starts where the finer history starts
+            if not finer:
+                return []
+            first = finer[0]
+            open_time = series.interval.open_time(first.open_time_ms)
+            series.current = _Bar(open_time, series.interval.close_time(open_time), first.open)
+        out: list[Candle] = []
+        with decimal.localcontext(EXACT):
+            for part in finer:
+                bar = series.current
+                assert bar is not None
+                if part.open_time_ms > bar.close_time_ms:
+                    before = len(out)
+                    series.roll_to(series.interval.open_time(part.open_time_ms), out)
+                    self._count_closed(out, before)
+                    bar = series.current
+                    assert bar is not None
+                bar.merge(part)
+        series.replay_floor_ms = floor_ms
+        return out
+
     def end_replay(self) -> None:
         for all_series in self._series.values():
             for series in all_series:
                 series.replay_floor_ms = None
 
 
+def tiles(finer: Interval, coarser: Interval) -> bool:
+    """True when every open time of ``coarser`` is an open time of ``finer`` (and ``finer`` is shorter)."""
+    if finer.name in ("1w", "1M") or finer.nominal_ms >= coarser.nominal_ms:
+        return False
+    if coarser.name in ("1w", "1M"):  # Mondays and month starts are day boundaries
+        return DAY_MS % finer.nominal_ms == 0
+    return coarser.nominal_ms % finer.nominal_ms == 0
+
+
 def _holds(candle: Candle, trade_id: int) -> bool:
     """True when ``candle`` has no missing trade id and ``trade_id`` is one of its trades."""
-    first, last = candle.first_trade_id, candle.last_trade_id
-    return candle.trade_count > 0 and first <= trade_id <= last and candle.trade_count == last - first + 1
+    return _complete(candle.trade_count, candle.first_trade_id, candle.last_trade_id, trade_id)
+
+
+def _complete(trade_count: int, first: int, last: int, trade_id: int) -> bool:
+    # Binance's trade ids are consecutive per symbol: a candle without holes has last - first + 1 trades.
+    return trade_count > 0 and first <= trade_id <= last and trade_count == last - first + 1
 
 
 def _find(ring: deque[Candle], open_time_ms: int) -> int | None:
