@@ -329,7 +329,10 @@ class StreamClient:
                 # Another connection of the shard (a switch) may still be up.
                 status.connected = shard.active is not None
                 status.streams = len(shard.active.subscribed) if shard.active is not None else 0
-                log.warning("disconnected shard=%s reason=%s", shard.name, connection.end_reason or "cancelled")
+                if connection.end_reason:
+                    log.warning("disconnected shard=%s reason=%s", shard.name, connection.end_reason)
+                else:
+                    log.info("closed shard=%s (switch, unsubscribe or shutdown)", shard.name)
             handle.set_ended()
 
     async def _serve_connection(self, shard: Shard, handle: ConnectionHandle, connection: StreamConnection) -> None:
