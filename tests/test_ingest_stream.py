@@ -158,6 +158,10 @@ async def test_an_idle_connection_without_streams_is_not_replaced(simulator: Sim
             await trio.sleep(1.0)  # five watchdog periods of silence
             assert ingest.status.stale_connections == 0
             assert simulator.stats.connections_accepted == 1
+            # Reconnecting with nothing to subscribe opens the bare combined endpoint.
+            simulator.reset_connections()
+            await simulator.wait_until(lambda: simulator.stats.connections_accepted == 2)
+            await simulator.wait_connections(1)
             await ingest.subscriptions.add("ETHUSDT")
             simulator.publish(make_ticks("ETHUSDT", 1, 1))
             await ingest.wait_received(1)
