@@ -230,6 +230,8 @@ class Hub:
         """Record and hand out, waiting for room in each client's queue (unpaced replay)."""
         self.record(events)
         for client, frames in self.route(events).items():
+            if client.termination is not None:
+                continue  # ending: nothing more goes out after its close
             try:
                 await client.outbox.send(frames)
             except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import trio
@@ -9,6 +10,8 @@ import trio
 from app.replay.events import MarketEvent
 from app.replay.hub import Hub
 from app.replay.sources import Scheduled
+
+log = logging.getLogger(__name__)
 
 
 async def run_source(
@@ -42,6 +45,7 @@ async def run_source(
             batch = []
             await trio.lowlevel.checkpoint()
     await _flush(hub, batch, unpaced=speed <= 0)
+    log.info("source finished published=%d", hub.ledger.total)
     hub.source_done.set()
     hub.changed()
 
