@@ -30,7 +30,7 @@ from app.ingest.trades import stream_trades
 from app.model import Candle, Tick
 from app.settings import Settings
 from app.state import ServiceState
-from app.store.aggregator import CandleFeed, aggregate, feed_is_live, wall_clock_ms
+from app.store.aggregator import CandleFeed, aggregate, feed_is_live
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import PersistStatus, persist_candles, persist_ticks, prune_ticks
 from app.store.restore import restore
@@ -96,8 +96,8 @@ async def _supervise(
         log.info("serving urls=%s", ",".join(urls))
         service.start_soon(_stop_on_signal, ingest_scope, service.cancel_scope)
         service.start_soon(
-            partial(prune_ticks, storage, persist_status, settings.tick_retention_days, clock_ms=wall_clock_ms,
-                    keep_from_ms=candle_feed.builder.earliest_open_time_ms)
+            partial(prune_ticks, storage, persist_status, settings.tick_retention_days,
+                    newest_trade_ms=hub.newest_trade_ms, keep_from_ms=candle_feed.builder.earliest_open_time_ms)
         )
         async with trio.open_nursery() as pipeline:
             pipeline.start_soon(

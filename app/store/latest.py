@@ -40,6 +40,10 @@ class TickHub:
     def latest_for(self, symbol: str) -> Tick | None:
         return self._latest.get(symbol)
 
+    def newest_trade_ms(self) -> int | None:
+        """The latest trade time over all symbols (None before the first tick)."""
+        return max((tick.trade_time_ms for tick in self._latest.values()), default=None)
+
     def subscribe(
         self,
         name: str,

@@ -135,15 +135,18 @@ async def prune_ticks(
     status: PersistStatus,
     retention_days: float,
     *,
-    clock_ms: Callable[[], int],
+    newest_trade_ms: Callable[[], int | None],
     keep_from_ms: Callable[[], int | None],
     every_seconds: float = PRUNE_EVERY_SECONDS,
 ) -> None:
-    """Deletes ticks older than the retention, now and every ``every_seconds``; runs until cancelled.
+    """Deletes ticks older than the retention, every ``every_seconds``; runs until cancelled.
 
-    Ticks from ``keep_from_ms()`` on (the oldest open candle's open time) are always kept, because a restart
-    rebuilds open candles from them: with ``1w`` or ``1M`` configured, ticks are kept up to a week or a month.
+    The retention counts back from the newest trade seen (the exchange's time; against Binance that is now,
+    and a replayed recording keeps its own history). Ticks from ``keep_from_ms()`` on are always kept, because
+    a restart rebuilds the open candles from them.
     """
     while True:
-        await prune_once(storage, status, prune_cutoff_ms(clock_ms(), retention_days, keep_from_ms()))
+        newest = newest_trade_ms()
+        if newest is not None:
+            await prune_once(storage, status, prune_cutoff_ms(newest, retention_days, keep_from_ms()))
         await trio.sleep(every_seconds)
