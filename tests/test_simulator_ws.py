@@ -227,3 +227,28 @@ async def test_counters_report_connections(simulator: Simulator) -> None:
             assert simulator.open_connections == 1
         await simulator.wait_connections(0)
         assert simulator.stats.connections_accepted == 1
+        async with open_websocket_client(simulator.ws_url):
+            await simulator.wait_accepted(2)
+            assert simulator.open_connections == 1
+
+
+async def test_raw_path_takes_several_streams(simulator: Simulator) -> None:
+    with trio.fail_after(5):
+        async with open_websocket_client(f"{simulator.ws_url}/btcusdt@trade/ethusdt@trade") as socket:
+            await simulator.wait_subscribed("ethusdt@trade")
+            simulator.publish([make_tick(1, symbol="ETHUSDT"), make_tick(2)])
+            assert [parse_trade_frame(await socket.get_message()).symbol for _ in range(2)] == ["ETHUSDT", "BTCUSDT"]
+
+
+async def test_connection_attempts_beyond_the_limit_are_refused_with_429() -> None:
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    config = SimulatorConfig(limits=Limits(max_connection_attempts=2))
+    with trio.fail_after(10):
+        async with open_simulator(config) as sim:
+            for _ in range(2):
+                async with open_websocket_client(sim.ws_url):
+                    pass
+            async with httpx.AsyncClient() as client:
+                refused = await client.get(f"http://127.0.0.1:{sim.ws_port}/ws", headers=upgrade)
+    assert refused.status_code == 429

@@ -54,6 +54,10 @@ class Limits:
     # More incoming messages (JSON requests, pings and pongs) than this within one second closes the socket.
     max_incoming_per_second: int = 5
     max_streams: int = 1024
+    # Connection attempts per IP (all clients are loopback, so: in total) within the window; beyond them
+    # the handshake is refused with HTTP 429.
+    max_connection_attempts: int = 300
+    connection_attempt_window: float = 300.0
     ping_interval: float = 20.0
     pong_timeout: float = 60.0
     # Binance closes every connection at 24 hours with a normal close frame.

@@ -59,7 +59,7 @@ CLOSE_MARKER: list[str] = []
 class Counters:
     connections_accepted: int = 0
     connections_refused: int = 0
-    connections_rejected: int = 0  # bad handshake target
+    connections_rejected: int = 0  # bad handshake target, or too many attempts
     slow_consumers_dropped: int = 0
     connections_reset: int = 0
     control_messages: int = 0  # JSON requests received
@@ -122,6 +122,7 @@ class Hub:
         self.stalled_until = float("-inf")
         self.refused_until = float("-inf")
         self.source_done = trio.Event()
+        self._attempts: deque[float] = deque()
         self._ids = itertools.count(1)
         self._changed = trio.Event()
 
@@ -187,6 +188,15 @@ class Hub:
 
     def refusing(self) -> bool:
         return trio.current_time() < self.refused_until
+
+    def attempt_allowed(self) -> bool:
+        """Counts a connection attempt; False beyond Binance's attempts per window."""
+        now = trio.current_time()
+        attempts = self._attempts
+        attempts.append(now)
+        while attempts[0] <= now - self.limits.connection_attempt_window:
+            attempts.popleft()
+        return len(attempts) <= self.limits.max_connection_attempts
 
     # --- publishing ---
 

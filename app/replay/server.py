@@ -118,6 +118,10 @@ async def _handshake(hub: Hub, socket: SimWebSocket) -> Target | None:
     """The accepted target, or None when the handshake failed, timed out or was rejected."""
     with trio.move_on_after(_HANDSHAKE_TIMEOUT):
         request = await socket._get_request()
+        if not hub.attempt_allowed():
+            hub.counters.connections_rejected += 1
+            await request.reject(429, body=b"Too many connection attempts")
+            return None
         try:
             target = parse_target(request.path)
         except TargetError as error:

@@ -129,7 +129,13 @@ class Simulator:
         """Until exactly ``count`` connections are open (0 waits for every connection to end)."""
         await self.wait_until(lambda: len(self._hub.clients) == count)
 
+    async def wait_accepted(self, count: int) -> None:
+        """Until ``count`` connections have been accepted in total (e.g. a client's reconnect: previous + 1)."""
+        await self.wait_until(lambda: self._hub.counters.connections_accepted >= count)
+
     async def wait_subscribed(self, stream: str, clients: int = 1) -> None:
+        """Until ``clients`` open connections subscribe to ``stream`` (a connection that is going away may
+        still count: after a restart, wait for ``wait_accepted`` first)."""
         await self.wait_until(lambda: len(self._hub.subscribers.get(stream, ())) >= clients)
 
     async def wait_source_done(self) -> None:
