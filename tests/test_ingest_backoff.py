@@ -8,6 +8,7 @@ import trio
 import trio.testing
 
 from app.ingest.backoff import AttemptBudget, Backoff
+from app.ingest.binance_stream import ConnectionHandle
 from app.ingest.log_throttle import LogThrottle
 from app.ingest.pacer import Pacer, SlidingWindow
 
@@ -34,14 +35,30 @@ def test_backoff_delays_are_full_jitter_within_the_ceiling() -> None:
     assert min(capped) < 5.0 and max(capped) > 25.0
 
 
-def test_backoff_resets_after_a_healthy_period_only() -> None:
-    backoff = Backoff(rng=random.Random(3), healthy_after=60.0)
+def test_backoff_reset_starts_from_half_a_second_again() -> None:
+    backoff = Backoff(rng=random.Random(3))
     for _ in range(5):
         backoff.next_delay()
-    backoff.connection_ended(healthy_seconds=59.0)
     assert backoff.ceiling() == 16.0
-    backoff.connection_ended(healthy_seconds=60.0)
+    backoff.reset()
     assert backoff.ceiling() == 0.5
+
+
+async def test_a_connection_counts_as_healthy_after_a_minute_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    brief = ConnectionHandle()
+    brief.set_up()
+    await trio.sleep(5)
+    brief.set_ended()
+    assert not brief.was_healthy(healthy_after=60.0)
+    long_lived = ConnectionHandle()
+    long_lived.set_up()
+    await trio.sleep(60)
+    assert long_lived.was_healthy(healthy_after=60.0)
+    never_up = ConnectionHandle()
+    never_up.set_ended()
+    assert not never_up.was_healthy(healthy_after=0.0)
 
 
 def test_attempt_budget_allows_the_limit_per_sliding_window() -> None:

@@ -13,7 +13,7 @@ import attrs
 
 BACKOFF_START_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
-# A connection that stayed up and delivered for this long resets the backoff to its start.
+# A connection that stayed up for this long resets the backoff to its start.
 HEALTHY_AFTER_SECONDS = 60.0
 # Binance: 300 connection attempts per 5 minutes per IP. Keep a margin for other clients on the same IP.
 CONNECT_ATTEMPTS_PER_WINDOW = 250
@@ -26,7 +26,6 @@ class Backoff:
 
     start: float = BACKOFF_START_SECONDS
     cap: float = BACKOFF_CAP_SECONDS
-    healthy_after: float = HEALTHY_AFTER_SECONDS
     rng: random.Random = attrs.field(factory=random.Random)
     failures: int = 0
 
@@ -41,12 +40,8 @@ class Backoff:
         return delay
 
     def reset(self) -> None:
+        """After a healthy connection (see ``ConnectionHandle.was_healthy``): start from the bottom again."""
         self.failures = 0
-
-    def connection_ended(self, healthy_seconds: float) -> None:
-        """A connection ended after delivering for ``healthy_seconds``: a long healthy run resets the backoff."""
-        if healthy_seconds >= self.healthy_after:
-            self.failures = 0
 
 
 @attrs.define

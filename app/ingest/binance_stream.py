@@ -20,7 +20,7 @@ import attrs
 import trio
 import trio_websocket
 
-from app.ingest.backoff import AttemptBudget, Backoff
+from app.ingest.backoff import HEALTHY_AFTER_SECONDS, AttemptBudget, Backoff
 from app.ingest.connection import ACK_TIMEOUT_SECONDS, StreamConnection, TickSink
 from app.ingest.control import ControlError, ControlTimeout
 from app.ingest.status import ConnectionStatus, IngestStatus
@@ -131,7 +131,7 @@ class StreamClient:
         switch_overlap: float = SWITCH_OVERLAP_SECONDS,
         ack_timeout: float = ACK_TIMEOUT_SECONDS,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
-        healthy_after: float = 60.0,
+        healthy_after: float = HEALTHY_AFTER_SECONDS,
         attempt_budget: AttemptBudget | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -247,7 +247,7 @@ class StreamClient:
         return shard
 
     async def _run_shard(self, shard: Shard) -> None:
-        backoff = Backoff(healthy_after=self._healthy_after, rng=self._rng)
+        backoff = Backoff(rng=self._rng)
         with shard.scope:
             async with trio.open_nursery() as nursery:
                 current = await self._open(shard, nursery, backoff)
