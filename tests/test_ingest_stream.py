@@ -56,6 +56,24 @@ async def test_reconnect_after_reset_loses_no_trade(simulator: Simulator) -> Non
             assert ingest.status.connections["shard-0"].reconnects == 1
 
 
+async def test_trades_missed_while_disconnected_are_found_without_waiting_for_the_next(simulator: Simulator) -> None:
+    with trio.fail_after(10):
+        async with running_ingest(simulator, ["BTCUSDT", "ETHUSDT"]) as ingest:
+            await simulator.wait_subscribed("btcusdt@trade")
+            simulator.publish(make_ticks("ETHUSDT", 1, 5) + make_ticks("BTCUSDT", 1, 2))
+            await ingest.wait_received(7)
+            simulator.reset_connections()
+            simulator.publish(make_ticks("ETHUSDT", 6, 3))  # then the symbol goes quiet
+            # No later ETHUSDT trade reveals the hole: the reconnect itself has the shard's symbols probed.
+            await ingest.wait_last_id("ETHUSDT", 8)
+            assert trades(ingest.of("ETHUSDT")) == trades(simulator.published("ETHUSDT"))
+            status = ingest.status.symbols["ETHUSDT"]
+            assert status.gaps_repaired == 1 and status.trades_backfilled == 3
+            # BTCUSDT is probed too and missed nothing: no gap is counted, nothing backfilled.
+            assert ingest.status.symbols["BTCUSDT"].gaps_found == 0
+            assert ingest.status.symbols["BTCUSDT"].trades_backfilled == 0
+
+
 async def test_trades_of_a_new_symbol_lost_before_its_first_tick_are_found(simulator: Simulator) -> None:
     # Trades older than the subscription are not wanted; those after it are, even if the connection drops
     # before the first one arrives (nothing says where the symbol's stream starts until then).

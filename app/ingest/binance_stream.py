@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
@@ -24,7 +24,7 @@ from app.ingest.backoff import HEALTHY_AFTER_SECONDS, AttemptBudget, Backoff
 from app.ingest.connection import ACK_TIMEOUT_SECONDS, StreamConnection, TickSink
 from app.ingest.control import ControlError, ControlTimeout
 from app.ingest.status import ConnectionStatus, IngestStatus
-from app.ingest.urls import combined_stream_url, uses_microseconds
+from app.ingest.urls import combined_stream_url, symbol_of_stream, uses_microseconds
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,8 @@ class Shard:
     streams: dict[str, None]
     # The connection control requests go to (None while reconnecting).
     active: StreamConnection | None = None
+    # An active connection was lost: trades may have been missed by the time the next one is up.
+    lost: bool = False
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _changed: trio.Event = attrs.Factory(trio.Event)
 
@@ -134,6 +136,7 @@ class StreamClient:
         healthy_after: float = HEALTHY_AFTER_SECONDS,
         attempt_budget: AttemptBudget | None = None,
         rng: random.Random | None = None,
+        on_reconnected: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._ws_url = ws_url
         self._microseconds = uses_microseconds(ws_url)
@@ -148,6 +151,8 @@ class StreamClient:
         self._healthy_after = healthy_after
         self._budget = attempt_budget if attempt_budget is not None else AttemptBudget()
         self._rng = rng if rng is not None else random.Random()
+        # Told the symbols of a shard whose lost connection was replaced (the sequencer probes them).
+        self._on_reconnected = on_reconnected
         self._shards: list[Shard] = []
         self._shard_of: dict[str, Shard] = {}
         self._shard_numbers = 0
@@ -323,6 +328,7 @@ class StreamClient:
         finally:
             if shard.active is connection and connection is not None:
                 shard.set_active(None)
+                shard.lost = shard.lost or bool(connection.end_reason)
             if connection is not None and connection.end_reason:
                 self._status.disconnects += 1
             if connection is not None:
@@ -350,6 +356,10 @@ class StreamClient:
             shard.set_active(connection)
             connection.status.streams = len(connection.subscribed)
             handle.set_up()
+            if shard.lost:
+                shard.lost = False
+                if self._on_reconnected is not None:
+                    self._on_reconnected([symbol_of_stream(stream) for stream in connection.subscribed])
 
     async def _receive(self, connection: StreamConnection, scope: trio.CancelScope) -> None:
         await connection.receive(self._accept)

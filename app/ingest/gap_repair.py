@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 # Live ticks held behind one hole before the hole is given up (bounds memory while REST is slow).
 DEFAULT_MAX_HELD = 200_000
+# After a reconnect, symbols of the shard are probed over REST for missed trades only if they are this few
+# (a probe costs a request per symbol; busier reconnects rely on the next live trade showing the hole).
+PROBE_SYMBOLS_LIMIT = 20
 # Trade times come from the exchange's clock: look this much further back when anchoring a new symbol.
 CLOCK_SKEW_MS = 1000
 
@@ -36,6 +39,11 @@ class RepairJob:
     first_id: int
     last_id: int
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    # A probe looks for trades missed while disconnected before any later trade has shown the hole; it ends
+    # at the newest trade REST has, and ``last_id`` is then set to what it covered.
+    probe: bool = False
+    # Trades this job supplied that were still missing when they arrived.
+    filled: int = 0
 
 
 class TradeSequencer:
@@ -88,6 +96,20 @@ class TradeSequencer:
             job.scope.cancel()
         if sequence.held:
             log.info("unsubscribed symbol=%s dropped_held=%d", symbol, len(sequence.held))
+
+    def probe(self, symbols: list[str]) -> None:
+        """A connection carrying ``symbols`` was lost and is back: look for trades missed meanwhile now,
+        instead of when each symbol's next trade arrives (which may take long for a quiet symbol)."""
+        if self._rest is None or len(symbols) > PROBE_SYMBOLS_LIMIT:
+            return
+        for symbol in symbols:
+            sequence = self.sequences.get(symbol)
+            if sequence is None or sequence.next_id is None or symbol in self._repairs or sequence.anchoring:
+                continue
+            job = RepairJob(sequence, sequence.next_id, sequence.next_id + self._max_backfill - 1, probe=True)
+            self._repairs[symbol] = job
+            assert self._nursery is not None
+            self._nursery.start_soon(self._repair, job, self._rest)
 
     async def run(
         self, ticks: trio.MemorySendChannel[Tick], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -223,9 +245,14 @@ class TradeSequencer:
 
     def _backfilled(self, job: RepairJob, page: list[Tick]) -> None:
         sequence = job.sequence
-        sequence.status.trades_backfilled += len(page)
+        filled = 0
         for tick in page:
-            self._release(sequence, sequence.offer(tick))
+            ready = sequence.offer(tick)
+            if ready and ready[0] is tick:
+                filled += 1
+            self._release(sequence, ready)
+        job.filled += filled
+        sequence.status.trades_backfilled += filled
         if len(sequence.held) > self._max_held:
             self._check_hole(sequence)
 
@@ -240,7 +267,9 @@ class TradeSequencer:
             reason = error or "trades not served by REST (too old or unknown)"
             self._record_gap(sequence, hole[0], last_given_up, reason)
             self._release(sequence, sequence.advance_to(last_given_up + 1))
-        elif error is None and job.first_id <= job.last_id:
+        elif error is None and job.filled:
+            if job.probe:
+                sequence.status.gaps_found += 1
             sequence.status.gaps_repaired += 1
             log.info("gap repaired symbol=%s first_id=%d last_id=%d", sequence.symbol, job.first_id, job.last_id)
         # Live ticks held meanwhile may sit behind another hole.
@@ -256,9 +285,8 @@ class TradeSequencer:
             next_id = job.first_id
             try:
                 while next_id <= job.last_id:
-                    page = await rest.historical_trades(
-                        symbol, next_id, min(TRADES_PAGE_LIMIT, job.last_id - next_id + 1)
-                    )
+                    limit = min(TRADES_PAGE_LIMIT, job.last_id - next_id + 1)
+                    page = await rest.historical_trades(symbol, next_id, limit)
                     page = [tick for tick in page if tick.trade_id <= job.last_id]
                     if not page or page[-1].trade_id < next_id:
                         break  # REST has nothing from next_id on: the range ends here
@@ -267,9 +295,16 @@ class TradeSequencer:
                     self._backfilled(job, page)
                     await self._emitter.flush()
                     next_id = page[-1].trade_id + 1
+                    if job.probe and len(page) < limit:
+                        break  # the newest trade REST has
             except RestError as rest_error:
                 error = f"backfill failed: {rest_error}"
                 log.warning("backfill failed symbol=%s from_id=%d error=%s", symbol, next_id, rest_error)
+            if job.probe:
+                # Only what the probe covered counts; a hole beyond it gets a repair of its own.
+                job.last_id = next_id - 1
+                if error is not None:
+                    error = None  # nothing was known missing: the next live trade shows any hole
             if self._is_current(job):
                 self._repair_ended(job, error)
                 await self._emitter.flush()
