@@ -131,9 +131,10 @@ class CandleFeed:
                 continue
             updates = [candle for candle in changed if candle.interval == name]
             for symbol in touched_symbols:
-                current = self.builder.open_candle(symbol, name)
-                if current is not None:
-                    updates.append(current)
+                if feed.wants(symbol):
+                    current = self.builder.open_candle(symbol, name)
+                    if current is not None:
+                        updates.append(current)
             if updates:
                 self.candles_published += len(updates)
                 await feed.publish(updates)

@@ -84,6 +84,10 @@ class Fanout(Generic[T]):
     def subscribers(self) -> tuple[Subscriber[T], ...]:
         return tuple(self._subscribers)
 
+    def wants(self, key: str) -> bool:
+        """Whether any subscriber would receive an item with this key."""
+        return bool(self._everything) or key in self._by_key
+
     def subscribe(
         self, name: str, buffer: int, policy: OverflowPolicy, keys: frozenset[str] | None = None
     ) -> tuple[Subscriber[T], trio.MemoryReceiveChannel[Sequence[T]]]:
