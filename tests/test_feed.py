@@ -7,14 +7,17 @@ import socket
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import httpx
+import orjson
 import pytest
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 from web_harness import Harness, make_ticks, running_web, wait_until
 
-from app.web.feed import FeedLimits
+from app.convert import api_converter
+from app.web.feed import FeedLimits, RenderCache
 
 
 def decode(message: str | bytes) -> Any:
@@ -290,3 +293,27 @@ async def test_candles_of_several_intervals_come_in_separate_frames_and_unsubscr
             message = decode(await ws.get_message())
             assert message["interval"] == "1m"
             await assert_quiet(ws)
+
+
+def test_render_cache_renders_each_object_once_exactly_as_the_api_converter_and_stays_bounded() -> None:
+    cache = RenderCache(capacity=100)
+    ticks = make_ticks("BTCUSDT", 1, 150)
+    first = cache.render(ticks[:50])
+    again = cache.render(ticks[:50])
+    assert (cache.renders, cache.hits) == (50, 50)
+    assert [orjson.loads(orjson.dumps(f)) for f in again] == [orjson.loads(orjson.dumps(f)) for f in first]
+    assert orjson.dumps(first) == orjson.dumps(api_converter.unstructure(ticks[:50]))
+    # An equal but distinct object is rendered on its own (identity, not equality, is the key).
+    copy = attrs.evolve(ticks[0])
+    cache.render([copy])
+    assert cache.renders == 51
+    cache.render(ticks[50:])
+    assert len(cache._rendered) <= 100
+
+
+def test_frame_interval_grows_with_subscribed_clients_within_bounds() -> None:
+    limits = FeedLimits(min_frame_interval_seconds=0.005, frame_budget_per_second=4000,
+                        max_frame_interval_seconds=0.25)
+    assert limits.frame_interval(1) == 0.005
+    assert limits.frame_interval(100) == 0.025
+    assert limits.frame_interval(10_000) == 0.25

@@ -9,7 +9,7 @@ from quart_trio import QuartTrio
 
 from app.state import ServiceState
 from app.web.errors import register_error_handlers
-from app.web.feed import FeedLimits, FeedStats, serve_feed
+from app.web.feed import FeedLimits, FeedStats, RenderCache, serve_feed
 from app.web.metrics import metrics_registry
 from app.web.routes import register_routes
 
@@ -21,6 +21,7 @@ def create_app(state: ServiceState, feed_limits: FeedLimits | None = None) -> Qu
     app = QuartTrio("marketdata")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     feed_stats = FeedStats()
+    render_cache = RenderCache()
     limits = feed_limits or FeedLimits()
     register_error_handlers(app)
     register_routes(app, state, metrics_registry(state, feed_stats))
@@ -28,6 +29,6 @@ def create_app(state: ServiceState, feed_limits: FeedLimits | None = None) -> Qu
     @app.websocket("/ws")
     async def feed() -> None:
         # The object itself, not the context-local proxy: the feed's tasks use it directly.
-        await serve_feed(state, feed_stats, limits, cast(Any, websocket)._get_current_object())
+        await serve_feed(state, feed_stats, limits, render_cache, cast(Any, websocket)._get_current_object())
 
     return app
