@@ -317,3 +317,20 @@ def test_frame_interval_grows_with_subscribed_clients_within_bounds() -> None:
     assert limits.frame_interval(1) == 0.005
     assert limits.frame_interval(100) == 0.025
     assert limits.frame_interval(10_000) == 0.25
+
+
+async def test_clients_are_told_going_away_when_ingestion_ends() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": "*"})
+            await request(ws, {"op": "subscribe", "channel": "candles", "symbols": "*", "interval": "1m"})
+            await web.publish(make_ticks("BTCUSDT", 1, 3))
+            await web.ticks.aclose()  # ingestion ended: the hub and the candle feed close their subscribers
+            received = 0
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    message = decode(await ws.get_message())
+                    received += len(message["data"]) if message["channel"] == "ticks" else 0
+    assert received == 3  # what was published before the end still arrives
+    assert closed.value.reason.code == 1001
+    assert "shutting down" in (closed.value.reason.reason or "")

@@ -259,6 +259,8 @@ class FeedSession:
         self._wake = trio.Event()
         self._close: tuple[int, str] | None = None
         self._counted_subscribed = False
+        # Set when the client is cut off: nothing more is queued or sent, only the close frame.
+        self._discarding = False
         # No data frame before this time (trio clock); see FeedLimits.frame_interval.
         self._next_send_at = 0.0
 
@@ -469,18 +471,18 @@ class FeedSession:
             self._stats.subscribers_cut_off += 1
             self._end(CLOSE_TRY_AGAIN_LATER, f"cut off: {cut_off_reason}; reconnect and resubscribe")
         else:
-            self._end(CLOSE_GOING_AWAY, "the service is shutting down")
+            self._end(CLOSE_GOING_AWAY, "the service is shutting down", discard=False)
 
     # --- the outbox ----------------------------------------------------------------------------------------
 
     def _add_ticks(self, batch: Sequence[Tick]) -> None:
-        if self._close is not None:
+        if self._discarding:
             return
         self._ticks.extend(batch)
         self._grew(len(batch))
 
     def _add_candles(self, interval: str, batch: Sequence[Candle]) -> None:
-        if self._close is not None or not batch:
+        if self._discarding or not batch:
             return
         pending = self._candles.setdefault(interval, {})
         added = 0
@@ -505,14 +507,20 @@ class FeedSession:
                       f"cut off: fell behind by more than {self._limits.max_pending} items; reconnect and resubscribe")
         self._wake.set()
 
-    def _end(self, code: int, reason: str) -> None:
-        """Stops feeding this client; the sender closes the connection with ``code`` and ``reason``."""
+    def _end(self, code: int, reason: str, *, discard: bool = True) -> None:
+        """Stops feeding this client; the sender closes the connection with ``code`` and ``reason``.
+
+        A client cut off loses what is pending (``discard``); at shutdown the sources end by themselves and
+        what they delivered is still sent before the close.
+        """
         # A close frame's reason is at most 123 bytes.
         self._close = (code, reason.encode()[:123].decode(errors="ignore"))
-        self._retire_all()
-        self._ticks.clear()
-        self._candles.clear()
-        self._pending = 0
+        if discard:
+            self._discarding = True
+            self._retire_all()
+            self._ticks.clear()
+            self._candles.clear()
+            self._pending = 0
         self._wake.set()
 
     # --- sending -------------------------------------------------------------------------------------------
@@ -530,11 +538,18 @@ class FeedSession:
             self._wake = trio.Event()
             self._next_send_at = trio.current_time() + self._limits.frame_interval(self._stats.subscribed)
             for frame in self._take_frames():
-                if self._close is not None:
+                if self._discarding:
                     break
                 await self._websocket.send(frame)
         code, reason = self._close
         with trio.move_on_after(self._limits.close_timeout_seconds):
+            if not self._discarding:
+                # Shutting down: every source ends; send what they delivered, then close.
+                for pump in [self._tick_pump, *self._candle_pumps.values()]:
+                    if pump is not None:
+                        await pump.done.wait()
+                for frame in self._take_frames():
+                    await self._websocket.send(frame)
             await self._websocket.close(code, reason)
 
     def _take_frames(self) -> list[str]:
