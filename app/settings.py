@@ -191,3 +191,5 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         force=True,
     )
+    # httpx logs every request at INFO: backfill would drown the service's own lines.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, getattr(logging, level)))
