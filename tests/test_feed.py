@@ -334,3 +334,15 @@ async def test_clients_are_told_going_away_when_ingestion_ends() -> None:
     assert received == 3  # what was published before the end still arrives
     assert closed.value.reason.code == 1001
     assert "shutting down" in (closed.value.reason.reason or "")
+
+
+async def test_long_or_odd_client_values_are_not_echoed_back_in_full() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            reply = await request(ws, {"op": "ping", "id": "x" * 65})
+            assert reply["op"] == "error" and reply["code"] == "invalid_message" and "id" not in reply
+            reply = await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": "*", "id": True})
+            assert reply["code"] == "invalid_message" and "id" not in reply
+            reply = await request(ws, {"op": "y" * 100_000})
+            assert reply["code"] == "unknown_op" and len(reply["message"]) < 400
+            assert await request(ws, {"op": "ping", "id": 7}) == {"op": "pong", "id": 7}

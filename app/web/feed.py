@@ -35,7 +35,7 @@ import orjson
 import trio
 from quart import Websocket
 
-from app.convert import api_converter
+from app.convert import api_converter, quote_frame
 from app.model import Candle, Tick
 from app.state import ServiceState
 from app.store.latest import OverflowPolicy
@@ -49,6 +49,10 @@ T = TypeVar("T")
 # WebSocket close codes (RFC 6455 and IANA registry).
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+# Request ids are echoed; longer ones are refused.
+MAX_ID_LENGTH = 64
+MAX_PENDING_REPLIES = 1_000
 MAX_SYMBOLS_PER_MESSAGE = 1024
 # Items per data frame: ~200 bytes per tick keeps frames well under the 1 MiB message limit most clients have.
 MAX_ITEMS_PER_FRAME = 2_000
@@ -296,6 +300,10 @@ class FeedSession:
             if not isinstance(document, dict):
                 raise ClientError("invalid_message", "expected a JSON object with an \"op\"")
             request_id = document.get("id")
+            if request_id is not None and not _valid_id(request_id):
+                request_id = None
+                raise ClientError("invalid_message", f"id must be an integer or a string of at most {MAX_ID_LENGTH} "
+                                                     "characters")
             if document.get("op") == "ping":
                 self._reply({"op": "pong"}, request_id)
                 return
@@ -311,12 +319,10 @@ class FeedSession:
     def _parse_request(self, document: dict[str, Any], request_id: object) -> Request:
         op = document.get("op")
         if op not in ("subscribe", "unsubscribe"):
-            raise ClientError("unknown_op", f"unknown op {op!r}; expected subscribe, unsubscribe or ping")
-        if request_id is not None and not isinstance(request_id, int | str):
-            raise ClientError("invalid_message", "id must be a string or an integer")
+            raise ClientError("unknown_op", f"unknown op {_shown(op)}; expected subscribe, unsubscribe or ping")
         channel = document.get("channel")
         if channel not in ("ticks", "candles"):
-            raise ClientError("unknown_channel", f"unknown channel {channel!r}; expected ticks or candles")
+            raise ClientError("unknown_channel", f"unknown channel {_shown(channel)}; expected ticks or candles")
         interval = document.get("interval")
         if channel == "ticks":
             if interval is not None:
@@ -325,10 +331,10 @@ class FeedSession:
             configured = [interval.name for interval in self._state.settings.candle_intervals]
             if interval not in configured:
                 raise ClientError("unknown_interval",
-                                  f"unknown interval {interval!r}; configured: {', '.join(configured)}")
+                                  f"unknown interval {_shown(interval)}; configured: {', '.join(configured)}")
         unknown = set(document) - {"op", "channel", "symbols", "interval", "id"}
         if unknown:
-            raise ClientError("invalid_message", f"unknown field(s): {', '.join(sorted(unknown))}")
+            raise ClientError("invalid_message", f"unknown field(s): {_shown(', '.join(sorted(unknown)))}")
         symbols = self._parse_symbols(document.get("symbols"), op == "subscribe")
         return Request(op, channel, symbols, interval, request_id)
 
@@ -342,7 +348,7 @@ class FeedSession:
         symbols: list[str] = []
         for item in value:
             if not isinstance(item, str) or not SYMBOL_PATTERN.match(item.upper()):
-                raise ClientError("invalid_symbols", f"{item!r} is not a symbol (e.g. BTCUSDT)")
+                raise ClientError("invalid_symbols", f"{_shown(item)} is not a symbol (e.g. BTCUSDT)")
             symbols.append(item.upper())
         if subscribing:
             served = set(served_symbols(self._state))
@@ -399,9 +405,15 @@ class FeedSession:
         self._reply(reply, request.request_id)
 
     def _reply(self, reply: dict[str, object], request_id: object) -> None:
+        if self._discarding:
+            return
         if request_id is not None:
             reply["id"] = request_id
         self._replies.append(orjson.dumps(reply))
+        if len(self._replies) > MAX_PENDING_REPLIES:
+            # Requests keep coming while replies are not read: the client is misbehaving, not just slow.
+            self._stats.subscribers_cut_off += 1
+            self._end(CLOSE_POLICY_VIOLATION, f"more than {MAX_PENDING_REPLIES} replies unread; read your replies")
         self._wake.set()
 
     def _send_open_candles(self, interval: str, symbols: Sequence[str] | None) -> None:
@@ -588,6 +600,17 @@ class FeedSession:
         self._stats.candles_sent += len(candles)
         body = {"channel": "candles", "interval": interval, "data": self._cache.render(candles)}
         return orjson.dumps(body).decode()
+
+
+def _valid_id(value: object) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_ID_LENGTH
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: object) -> str:
+    """A client's value quoted in an error message, shortened."""
+    return quote_frame(repr(value))
 
 
 def _candle_version(candle: Candle) -> tuple[int, bool, int]:
