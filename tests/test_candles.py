@@ -193,3 +193,12 @@ def test_tiling_chains_follow_binances_alignment() -> None:
     assert [i.name for i in builder.tiling_chain(Interval("8h"))][:3] == ["8h", "4h", "2h"]
     odd = CandleBuilder([Interval("3m"), Interval("5m")])
     assert odd.tiling_chain(Interval("5m")) == [Interval("5m")]
+
+
+def test_memory_keeps_about_two_hours_of_closed_candles_per_series_within_bounds() -> None:
+    builder = CandleBuilder([Interval(name) for name in ("1s", "1m", "5m", "1M")])
+    assert [builder.ring_size(Interval(name)) for name in ("1s", "1m", "5m", "1M")] == [1000, 120, 60, 60]
+    for minute in range(200):
+        builder.update(tick(T0 + minute * MINUTE, minute))
+    assert len(builder.recent_closed("BTCUSDT", "1m", None, None, 1000)) == 120
+    assert builder.oldest_recent_open_ms("BTCUSDT", "1m") == T0 + (199 - 120) * MINUTE

@@ -21,7 +21,7 @@ from app.ingest.status import IngestStatus
 from app.intervals import Interval
 from app.model import Candle, Tick
 from app.store.broadcast import ChannelDepth, Fanout, OverflowPolicy, Subscriber
-from app.store.candles import DEFAULT_RECENT_LIMIT, CandleBuilder, CandleCounters
+from app.store.candles import CandleBuilder, CandleCounters
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class CandleFeed:
     Mutated only by the ``aggregate`` task.
     """
 
-    def __init__(self, intervals: Sequence[Interval], *, recent_limit: int = DEFAULT_RECENT_LIMIT) -> None:
+    def __init__(self, intervals: Sequence[Interval], *, recent_limit: int | None = None) -> None:
         self.builder = CandleBuilder(intervals, recent_limit=recent_limit)
         self._feeds = {interval.name: Fanout[Candle](attrgetter("symbol"), f"candles:{interval.name}")
                        for interval in intervals}

@@ -35,8 +35,16 @@ EXACT = decimal.Context(prec=60, traps=[decimal.Inexact, decimal.InvalidOperatio
 _ZERO = Decimal(0)
 NO_TRADE_ID = -1
 
-# Closed candles kept in memory per (symbol, interval) for the API and for revisions.
-DEFAULT_RECENT_LIMIT = 1000
+# Closed candles kept in memory per (symbol, interval), for the API and for revisions by late trades: enough to
+# cover RECENT_SPAN_MS, within these bounds (1s: 1000 = 16 min; 1m: 120; 5m and longer: 60). Older candles are
+# read from storage; a late trade older than the ring is counted, not applied.
+RECENT_SPAN_MS = 2 * 3_600_000
+RECENT_MIN = 60
+RECENT_MAX = 1000
+
+
+def default_ring_size(interval: Interval) -> int:
+    return max(RECENT_MIN, min(RECENT_MAX, -(-RECENT_SPAN_MS // interval.nominal_ms)))
 
 
 class _Bar:
@@ -196,11 +204,12 @@ class CandleBuilder:
     readable at any time with ``open_candle``.
     """
 
-    def __init__(self, intervals: Sequence[Interval], *, recent_limit: int = DEFAULT_RECENT_LIMIT) -> None:
+    def __init__(self, intervals: Sequence[Interval], *, recent_limit: int | None = None) -> None:
+        """``recent_limit``: closed candles kept in memory per series (None: ``default_ring_size``)."""
         if not intervals:
             raise ValueError("no candle interval configured")
         self.intervals = tuple(intervals)
-        self.recent_limit = recent_limit
+        self._ring_sizes = {interval.name: recent_limit or default_ring_size(interval) for interval in intervals}
         self.counters = CandleCounters()
         self._series: dict[str, tuple[_Series, ...]] = {}
 
@@ -208,7 +217,7 @@ class CandleBuilder:
         series = self._series.get(symbol)
         if series is None:
             series = self._series[symbol] = tuple(
-                _Series(symbol, interval, self.recent_limit) for interval in self.intervals
+                _Series(symbol, interval, self._ring_sizes[interval.name]) for interval in self.intervals
             )
         return series
 
@@ -341,7 +350,7 @@ class CandleBuilder:
         """Closed candles (latest revision) with ``start_ms <= open_time <= end_ms``, oldest first.
 
         As Binance's klines endpoint: with a start, the first ``limit`` from it; without, the last ``limit``.
-        Only the in-memory ring (``recent_limit`` per series) is searched; older ones are in storage.
+        Only the in-memory ring (``ring_size`` per series) is searched; older ones are in storage.
         """
         series = self._one_series(symbol, interval)
         if series is None or limit <= 0:
@@ -359,6 +368,9 @@ class CandleBuilder:
         if series is None or not series.closed:
             return None
         return series.closed[0].open_time_ms
+
+    def ring_size(self, interval: Interval) -> int:
+        return self._ring_sizes[interval.name]
 
     def tiling_chain(self, interval: Interval) -> list[Interval]:
         """``interval`` and the configured intervals that tile it, each the coarsest tiling the one before

@@ -1,6 +1,6 @@
 """Start-up recovery: reload recent candles, rebuild open candles from stored ticks, recover lost candles.
 
-For each configured symbol and interval the last ``recent_limit`` stored candles are loaded into the builder's
+For each configured symbol and interval the last ``ring_size`` stored candles are loaded into the builder's
 ring; the series continues after the last of them. A long series (``1d``, ``1w``, ``1M``) is brought forward
 with the stored closed candles of the configured intervals that tile it (``1M`` from ``1d``, then ``1h``, ...),
 so only the finest needs raw ticks. The symbol's stored ticks are then replayed from the earliest point any of
@@ -47,7 +47,7 @@ async def restore(storage: Storage, builder: CandleBuilder, symbols: Sequence[st
         # Per interval: where its stored candles end (None: none stored).
         starts: dict[str, int | None] = {}
         for interval in builder.intervals:
-            recent = await storage.candles(symbol, interval.name, None, None, builder.recent_limit)
+            recent = await storage.candles(symbol, interval.name, None, None, builder.ring_size(interval))
             builder.seed(symbol, interval.name, recent)
             starts[interval.name] = interval.next_open_time(recent[-1].open_time_ms) if recent else None
         floors: list[int | None] = []
