@@ -168,6 +168,7 @@ async def aggregate(
     # The exchange's clock minus ours: the largest seen, because backfilled trades carry old event times and
     # must not hold the clock back. None until the first trade: nothing closes by the clock before one.
     exchange_offset_ms: int | None = None
+    scanned_symbols = 0
     try:
         async with tick_batches, closed_candles:
             while True:
@@ -205,8 +206,13 @@ async def aggregate(
                     exchange_offset_ms = offset if exchange_offset_ms is None else max(exchange_offset_ms, offset)
                 if exchange_offset_ms is not None:
                     exchange_now_ms = clock_ms() + exchange_offset_ms
-                    next_wake_ms = _close_by_clock(builder, exchange_now_ms, close_grace_ms, is_live, changed,
-                                                   touched)
+                    # Scanning every series costs symbols x intervals: only when something may be due. Close
+                    # times only move forward, so the last minimum stays a lower bound until a symbol is added.
+                    symbol_count = builder.symbol_count
+                    if next_wake_ms is None or exchange_now_ms >= next_wake_ms or symbol_count != scanned_symbols:
+                        scanned_symbols = symbol_count
+                        next_wake_ms = _close_by_clock(builder, exchange_now_ms, close_grace_ms, is_live, changed,
+                                                       touched)
                 if changed:
                     await closed_candles.send(changed)
                 await candles.publish(changed, touched)

@@ -231,6 +231,10 @@ class CandleBuilder:
     def symbols(self) -> tuple[str, ...]:
         return tuple(self._series)
 
+    @property
+    def symbol_count(self) -> int:
+        return len(self._series)
+
     # --- feeding -------------------------------------------------------------------------------------------
 
     def update(self, tick: Tick) -> list[Candle]:
