@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import trio
 
 from app.model import Candle, Tick
-from app.store.persist import DAY_MS, PersistStatus, persist_candles, persist_ticks, prune_cutoff_ms, prune_once
+from app.store.persist import (
+    DAY_MS,
+    PersistStatus,
+    persist_candles,
+    persist_ticks,
+    prune_cutoff_ms,
+    prune_once,
+    prune_ticks,
+)
 from app.store.sqlite import SQLiteStorage
 
 T0 = 1_723_161_300_000
@@ -77,4 +86,26 @@ async def test_pruning_deletes_only_ticks_before_the_cutoff(tmp_path: Path) -> N
     assert status.ticks_pruned == 50
     remaining = await storage.ticks("BTCUSDT", 0, -1, 1000)
     assert [t.trade_id for t in remaining] == list(range(50, 100))
+    await storage.close()
+
+
+async def test_the_prune_task_counts_back_from_the_newest_trade_and_runs_periodically(tmp_path: Path) -> None:
+    storage = await SQLiteStorage.open(str(tmp_path / "db.sqlite3"))
+    await storage.write_ticks([tick(day, T0 + day * DAY_MS) for day in range(10)])
+    status = PersistStatus()
+    newest: list[int | None] = [None]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(prune_ticks, storage, status, 7, newest_trade_ms=lambda: newest[0],
+                                       keep_from_ms=lambda: None, every_seconds=0.05))
+            await trio.sleep(0.2)
+            assert status.ticks_pruned == 0  # no trade seen yet: nothing to count back from
+            newest[0] = T0 + 9 * DAY_MS
+            for _ in range(1000):  # the next round, within 0.05 s
+                if status.ticks_pruned:
+                    break
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert status.ticks_pruned == 2
+    assert [t.trade_id for t in await storage.ticks("BTCUSDT", 0, -1, 100)] == list(range(2, 10))
     await storage.close()
