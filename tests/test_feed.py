@@ -343,6 +343,25 @@ async def test_long_or_odd_client_values_are_not_echoed_back_in_full() -> None:
             assert reply["op"] == "error" and reply["code"] == "invalid_message" and "id" not in reply
             reply = await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": "*", "id": True})
             assert reply["code"] == "invalid_message" and "id" not in reply
-            reply = await request(ws, {"op": "y" * 100_000})
+            reply = await request(ws, {"op": "y" * 50_000})
             assert reply["code"] == "unknown_op" and len(reply["message"]) < 400
             assert await request(ws, {"op": "ping", "id": 7}) == {"op": "pong", "id": 7}
+
+
+async def test_an_oversized_client_message_closes_the_connection_with_1009() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            await ws.send_message(json.dumps({"op": "subscribe", "channel": "ticks", "symbols": ["A" * 100_000]}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+    assert closed.value.reason.code == 1009
+
+
+async def test_list_shows_the_current_subscriptions() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            assert await request(ws, {"op": "list"}) == {"op": "subscriptions", "ticks": [], "candles": {}}
+            await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": ["ETHUSDT", "BTCUSDT"]})
+            await request(ws, {"op": "subscribe", "channel": "candles", "symbols": "*", "interval": "5m"})
+            assert await request(ws, {"op": "list", "id": 3}) == {
+                "op": "subscriptions", "ticks": ["BTCUSDT", "ETHUSDT"], "candles": {"5m": ["*"]}, "id": 3}

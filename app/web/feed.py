@@ -5,8 +5,10 @@ Protocol (JSON text frames)::
     → {"op": "subscribe", "channel": "ticks", "symbols": ["BTCUSDT"]}            ("*" or ["*"]: every symbol)
     → {"op": "subscribe", "channel": "candles", "symbols": ["BTCUSDT"], "interval": "1m"}
     → {"op": "unsubscribe", ...the same fields...}
+    → {"op": "list"}                                                           (current subscriptions)
     → {"op": "ping"}
     ← {"op": "subscribed" | "unsubscribed", "channel": ..., "symbols": [...], ("interval": ...)}
+    ← {"op": "subscriptions", "ticks": [...], "candles": {"1m": [...]}}
     ← {"op": "pong"}
     ← {"channel": "ticks", "data": [tick, ...]}
     ← {"channel": "candles", "interval": "1m", "data": [candle, ...]}
@@ -307,6 +309,9 @@ class FeedSession:
             if document.get("op") == "ping":
                 self._reply({"op": "pong"}, request_id)
                 return
+            if document.get("op") == "list":
+                self._reply(self._subscriptions(), request_id)
+                return
             request = self._parse_request(document, request_id)
             if request.op == "subscribe":
                 self._subscribe(request)
@@ -319,7 +324,7 @@ class FeedSession:
     def _parse_request(self, document: dict[str, Any], request_id: object) -> Request:
         op = document.get("op")
         if op not in ("subscribe", "unsubscribe"):
-            raise ClientError("unknown_op", f"unknown op {_shown(op)}; expected subscribe, unsubscribe or ping")
+            raise ClientError("unknown_op", f"unknown op {_shown(op)}; expected subscribe, unsubscribe, list or ping")
         channel = document.get("channel")
         if channel not in ("ticks", "candles"):
             raise ClientError("unknown_channel", f"unknown channel {_shown(channel)}; expected ticks or candles")
@@ -393,6 +398,16 @@ class FeedSession:
             selection.symbols.difference_update(request.symbols)
         self._ack("unsubscribed", request)
         self._resubscribe(request.channel, request.interval)
+
+    def _subscriptions(self) -> dict[str, object]:
+        def listed(selection: Selection) -> list[str]:
+            return ["*"] if selection.everything else sorted(selection.symbols)
+
+        return {
+            "op": "subscriptions",
+            "ticks": listed(self._tick_selection),
+            "candles": {interval: listed(selection) for interval, selection in self._candle_selections.items()},
+        }
 
     def _ack(self, op: str, request: Request) -> None:
         reply: dict[str, object] = {
