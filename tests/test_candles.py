@@ -15,7 +15,7 @@ import app
 from app.ingest.recording import read_recording
 from app.intervals import INTERVAL_NAMES, Interval
 from app.model import Candle, Tick, ms_from_utc
-from app.store.candles import CandleBuilder
+from app.store.candles import MAX_EMPTY_FILL, CandleBuilder
 
 FIXTURE = Path(app.__file__).parent / "data" / "binance-spot-combined-2021-10-12.rec.zst"
 
@@ -202,3 +202,13 @@ def test_memory_keeps_about_two_hours_of_closed_candles_per_series_within_bounds
         builder.update(tick(T0 + minute * MINUTE, minute))
     assert len(builder.recent_closed("BTCUSDT", "1m", None, None, 1000)) == 120
     assert builder.oldest_recent_open_ms("BTCUSDT", "1m") == T0 + (199 - 120) * MINUTE
+
+
+def test_a_very_long_silence_produces_a_bounded_number_of_empty_candles() -> None:
+    builder = CandleBuilder([Interval("1s")])
+    builder.update(tick(T0, 1, "10"))
+    closed = builder.update(tick(T0 + 7 * 86_400_000, 2, "11"))  # a week later: 604,799 empty seconds
+    assert len(closed) == 1 + MAX_EMPTY_FILL
+    assert builder.counters.empty_candles_skipped == 604_799 - MAX_EMPTY_FILL
+    assert closed[-1].open_time_ms == T0 + 7 * 86_400_000 - 1000 and closed[-1].close == 10
+    assert [c.open_time_ms for c in closed[1:3]] == [closed[1].open_time_ms, closed[1].open_time_ms + 1000]

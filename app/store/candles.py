@@ -35,6 +35,10 @@ EXACT = decimal.Context(prec=60, traps=[decimal.Inexact, decimal.InvalidOperatio
 _ZERO = Decimal(0)
 NO_TRADE_ID = -1
 
+# The most empty candles produced at once for one series (about 2.8 hours of 1s candles, a week of 1m ones);
+# older empty intervals of a longer silence are skipped and counted.
+MAX_EMPTY_FILL = 10_000
+
 # Closed candles kept in memory per (symbol, interval), for the API and for revisions by late trades: enough to
 # cover RECENT_SPAN_MS, within these bounds (1s: 1000 = 16 min; 1m: 120; 5m and longer: 60). Older candles are
 # read from storage; a late trade older than the ring is counted, not applied.
@@ -171,11 +175,21 @@ class _Series:
         out.append(candle)
         return bar
 
-    def roll_to(self, open_time_ms: int, out: list[Candle]) -> None:
-        """Closes the open bar and every empty interval before ``open_time_ms``; opens the bar there."""
+    def roll_to(self, open_time_ms: int, out: list[Candle]) -> int:
+        """Closes the open bar and every empty interval before ``open_time_ms``; opens the bar there.
+
+        Returns how many empty intervals were skipped: after a very long silence (the service down for days
+        with 1s candles) only the last ``MAX_EMPTY_FILL`` are produced, so memory stays bounded.
+        """
         previous = self.close_current(out)
         interval = self.interval
         next_open = interval.next_open_time(previous.open_time_ms)
+        skipped = 0
+        if interval.name != "1M":
+            missing = (open_time_ms - next_open) // interval.nominal_ms
+            if missing > MAX_EMPTY_FILL:
+                skipped = missing - MAX_EMPTY_FILL
+                next_open += skipped * interval.nominal_ms
         while next_open < open_time_ms:
             empty = _Bar(next_open, interval.close_time(next_open), previous.close)
             candle = empty.candle(self.symbol, interval.name, closed=True)
@@ -183,6 +197,7 @@ class _Series:
             out.append(candle)
             next_open = interval.next_open_time(next_open)
         self.current = _Bar(open_time_ms, interval.close_time(open_time_ms), previous.close)
+        return skipped
 
 
 @attrs.define
@@ -195,6 +210,8 @@ class CandleCounters:
     late_trades_unrevisable: int = 0
     # Trades already counted in a closed candle (re-sent after a restart); ignored.
     duplicate_trades: int = 0
+    # Empty intervals not produced after a silence longer than MAX_EMPTY_FILL intervals.
+    empty_candles_skipped: int = 0
 
 
 class CandleBuilder:
@@ -263,7 +280,7 @@ class CandleBuilder:
                 bar = series.current = _Bar(open_time, series.interval.close_time(open_time), tick.price)
             elif trade_time > bar.close_time_ms:
                 before = len(out)
-                series.roll_to(series.interval.open_time(trade_time), out)
+                self.counters.empty_candles_skipped += series.roll_to(series.interval.open_time(trade_time), out)
                 self._count_closed(out, before)
                 bar = series.current
                 assert bar is not None
@@ -290,7 +307,7 @@ class CandleBuilder:
             if bar is None or bar.close_time_ms >= before_ms:
                 continue
             before = len(out)
-            series.roll_to(series.interval.open_time(before_ms), out)
+            self.counters.empty_candles_skipped += series.roll_to(series.interval.open_time(before_ms), out)
             self._count_closed(out, before)
         return out
 
@@ -439,7 +456,8 @@ class CandleBuilder:
                 assert bar is not None
                 if part.open_time_ms > bar.close_time_ms:
                     before = len(out)
-                    series.roll_to(series.interval.open_time(part.open_time_ms), out)
+                    self.counters.empty_candles_skipped += series.roll_to(
+                        series.interval.open_time(part.open_time_ms), out)
                     self._count_closed(out, before)
                     bar = series.current
                     assert bar is not None
