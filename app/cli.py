@@ -11,6 +11,7 @@ import trio
 
 from app import service
 from app.settings import VARIABLES, Settings, SettingsError, configure_logging, load_settings
+from app.store.storage import StorageError
 
 log = logging.getLogger("app")
 
@@ -51,6 +52,10 @@ def run_service(settings: Settings) -> int:
         trio.run(service.run, settings)
     except KeyboardInterrupt:
         return 0
+    except StorageError as error:
+        # A database the service cannot use at start-up: one line saying why, no traceback.
+        log.critical("cannot use DATABASE_URL=%s: %s", settings.database_url, error)
+        return 1
     except BaseException as error:  # the top: log every crash, exit non-zero
         log.critical("service crashed: %r", error, exc_info=error)
         return 1

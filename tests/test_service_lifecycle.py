@@ -99,3 +99,15 @@ def test_help_of_every_command_is_useful() -> None:
                                 timeout=60, check=True).stdout
     for variable in ("SYMBOLS", "BINANCE_WS_URL", "CANDLE_INTERVALS", "HTTP_PORT", "DATABASE_URL", "LOG_LEVEL"):
         assert variable in serve_help
+
+
+async def test_unusable_database_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    result = await trio.run_process(
+        [*service_command("--database-url", f"sqlite:///{tmp_path}/missing-dir/x.sqlite3")],
+        capture_stderr=True, check=False, cwd=tmp_path,
+    )
+    output = result.stderr.decode()
+    assert result.returncode == 1, output
+    assert "cannot use DATABASE_URL=" in output
+    assert "unable to open database file" in output
+    assert "Traceback" not in output
