@@ -242,6 +242,8 @@ async def test_unknown_routes_methods_and_huge_bodies_get_the_error_shape() -> N
             assert_error(await client.put("/api/symbols"), 405, "method_not_allowed")
             assert_error(await client.delete("/api/symbols"), 405, "method_not_allowed")
             assert_error(await client.post("/health"), 405, "method_not_allowed")
+            message = assert_error(await client.get("/ws"), 400, "websocket_required")
+            assert "WebSocket" in message
             big = b'{"symbol": "' + b"A" * 100_000 + b'"}'
             assert_error(await client.post("/api/symbols", content=big), 413, "payload_too_large")
 

@@ -8,7 +8,7 @@ from quart import websocket
 from quart_trio import QuartTrio
 
 from app.state import ServiceState
-from app.web.errors import register_error_handlers
+from app.web.errors import FEED_PATH, register_error_handlers
 from app.web.feed import FeedLimits, FeedStats, RenderCache, serve_feed
 from app.web.metrics import metrics_registry
 from app.web.routes import register_routes
@@ -26,7 +26,7 @@ def create_app(state: ServiceState, feed_limits: FeedLimits | None = None) -> Qu
     register_error_handlers(app)
     register_routes(app, state, metrics_registry(state, feed_stats))
 
-    @app.websocket("/ws")
+    @app.websocket(FEED_PATH)
     async def feed() -> None:
         # The object itself, not the context-local proxy: the feed's tasks use it directly.
         await serve_feed(state, feed_stats, limits, render_cache, cast(Any, websocket)._get_current_object())

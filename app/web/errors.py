@@ -16,6 +16,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 log = logging.getLogger(__name__)
 
+FEED_PATH = "/ws"
+
 
 class ApiError(Exception):
     """A client error with its HTTP status, a stable machine-readable ``code`` and a human message."""
@@ -56,7 +58,10 @@ async def _api_error(error: ApiError) -> Response:
 async def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
     code = _HTTP_CODES.get(status) or _snake_case(error.name)
-    if status == 404:
+    if status == 400 and request.path == FEED_PATH:
+        code = "websocket_required"
+        message = f"{FEED_PATH} is a WebSocket endpoint: connect with a WebSocket client (e.g. python -m websockets)"
+    elif status == 404:
         message = f"no route for {request.path}"
     elif isinstance(error, MethodNotAllowed):
         allowed = ", ".join(sorted(method for method in (error.valid_methods or ()) if method != "OPTIONS"))
