@@ -104,8 +104,6 @@ class Shard:
     streams: dict[str, None]
     # The connection control requests go to (None while reconnecting).
     active: StreamConnection | None = None
-    # An active connection was lost: trades may have been missed by the time the next one is up.
-    lost: bool = False
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _changed: trio.Event = attrs.Factory(trio.Event)
 
@@ -136,7 +134,7 @@ class StreamClient:
         healthy_after: float = HEALTHY_AFTER_SECONDS,
         attempt_budget: AttemptBudget | None = None,
         rng: random.Random | None = None,
-        on_reconnected: Callable[[list[str]], None] | None = None,
+        on_connected: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._ws_url = ws_url
         self._microseconds = uses_microseconds(ws_url)
@@ -151,8 +149,9 @@ class StreamClient:
         self._healthy_after = healthy_after
         self._budget = attempt_budget if attempt_budget is not None else AttemptBudget()
         self._rng = rng if rng is not None else random.Random()
-        # Told the symbols of a shard whose lost connection was replaced (the sequencer probes them).
-        self._on_reconnected = on_reconnected
+        # Told the symbols of every connection once it is up and subscribed (the sequencer checks them for
+        # trades missed meanwhile).
+        self._on_connected = on_connected
         self._shards: list[Shard] = []
         self._shard_of: dict[str, Shard] = {}
         self._shard_numbers = 0
@@ -328,7 +327,6 @@ class StreamClient:
         finally:
             if shard.active is connection and connection is not None:
                 shard.set_active(None)
-                shard.lost = shard.lost or bool(connection.end_reason)
             if connection is not None and connection.end_reason:
                 self._status.disconnects += 1
             if connection is not None:
@@ -356,10 +354,10 @@ class StreamClient:
             shard.set_active(connection)
             connection.status.streams = len(connection.subscribed)
             handle.set_up()
-            if shard.lost:
-                shard.lost = False
-                if self._on_reconnected is not None:
-                    self._on_reconnected([symbol_of_stream(stream) for stream in connection.subscribed])
+            if self._on_connected is not None:
+                # Trades may have been missed before this connection was up (a reconnect, a switch whose old
+                # connection died first, a restart from stored ids): have the shard's symbols checked now.
+                self._on_connected([symbol_of_stream(stream) for stream in connection.subscribed])
 
     async def _receive(self, connection: StreamConnection, scope: trio.CancelScope) -> None:
         await connection.receive(self._accept)

@@ -6,6 +6,11 @@ decided, so ordering holds whichever task decided. A hole (after a reconnect, a 
 start-up from a persisted trade id) starts one repair task for that symbol, which fetches the missing ids over
 REST and offers them like live ticks; live ticks of that symbol wait behind the hole meanwhile, other symbols
 flow on. What cannot be repaired is given up explicitly: a ``Gap`` in the status, a WARNING, counters.
+
+A hole is seen either when a later live trade arrives or, for symbols that go quiet, from the exchange's last
+trade id: whenever a connection comes up (``check_last_ids``) and before a symbol is unsubscribed
+(``close_out``) the 24hr ticker says where each symbol stands, and ids up to it not emitted yet are repaired
+the same way.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ log = logging.getLogger(__name__)
 
 # Live ticks held behind one hole before the hole is given up (bounds memory while REST is slow).
 DEFAULT_MAX_HELD = 200_000
-# After a reconnect, symbols of the shard are probed over REST for missed trades only if they are this few
-# (a probe costs a request per symbol; busier reconnects rely on the next live trade showing the hole).
-PROBE_SYMBOLS_LIMIT = 20
+# Unsubscribing waits this long for the symbol's missed trades to be fetched; what is still missing then is
+# reported as a gap.
+CLOSE_OUT_TIMEOUT_SECONDS = 10.0
+# The exchange's last trade id counts trades still on their way over the socket: a symbol that looks behind
+# it is given this long to catch up live before the rest is fetched (saves a REST page per busy symbol).
+LAST_ID_SETTLE_SECONDS = 1.0
 # Trade times come from the exchange's clock: look this much further back when anchoring a new symbol.
 CLOCK_SKEW_MS = 1000
 
@@ -39,9 +47,8 @@ class RepairJob:
     first_id: int
     last_id: int
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    # A probe looks for trades missed while disconnected before any later trade has shown the hole; it ends
-    # at the newest trade REST has, and ``last_id`` is then set to what it covered.
-    probe: bool = False
+    # Set when the task ends, whichever way.
+    done: trio.Event = attrs.Factory(trio.Event)
     # Trades this job supplied that were still missing when they arrived.
     filled: int = 0
 
@@ -56,11 +63,15 @@ class TradeSequencer:
         *,
         max_backfill_trades: int,
         max_held: int = DEFAULT_MAX_HELD,
+        close_out_timeout: float = CLOSE_OUT_TIMEOUT_SECONDS,
+        last_id_settle: float = LAST_ID_SETTLE_SECONDS,
     ) -> None:
         self._status = status
         self._rest = rest
         self._max_backfill = max_backfill_trades
         self._max_held = max_held
+        self._close_out_timeout = close_out_timeout
+        self._last_id_settle = last_id_settle
         self.sequences: dict[str, TradeSequence] = {}
         self._repairs: dict[str, RepairJob] = {}
         # Fresh symbols (no next id yet): wall-clock ms of the subscription, and the disconnect count then.
@@ -97,19 +108,103 @@ class TradeSequencer:
         if sequence.held:
             log.info("unsubscribed symbol=%s dropped_held=%d", symbol, len(sequence.held))
 
-    def probe(self, symbols: list[str]) -> None:
-        """A connection carrying ``symbols`` was lost and is back: look for trades missed meanwhile now,
-        instead of when each symbol's next trade arrives (which may take long for a quiet symbol)."""
-        if self._rest is None or len(symbols) > PROBE_SYMBOLS_LIMIT:
+    def check_last_ids(self, symbols: list[str]) -> None:
+        """A connection carrying ``symbols`` is up: look for trades missed before it now (one cheap 24hr-ticker
+        request per 20 symbols), instead of when each symbol's next trade arrives, which may be never."""
+        if self._rest is None or self._nursery is None:
             return
-        for symbol in symbols:
-            sequence = self.sequences.get(symbol)
-            if sequence is None or sequence.next_id is None or symbol in self._repairs or sequence.anchoring:
-                continue
-            job = RepairJob(sequence, sequence.next_id, sequence.next_id + self._max_backfill - 1, probe=True)
-            self._repairs[symbol] = job
-            assert self._nursery is not None
-            self._nursery.start_soon(self._repair, job, self._rest)
+        self._nursery.start_soon(self._check_last_ids, symbols, self._rest)
+
+    async def close_out(self, symbol: str) -> None:
+        """Before ``symbol`` is forgotten: its trades up to the exchange's last id now are emitted (fetched over
+        REST if missed), or, if that does not finish within ``close_out_timeout``, reported as a gap."""
+        sequence = self.sequences.get(symbol)
+        rest = self._rest
+        if sequence is None or rest is None:
+            return
+        with trio.move_on_after(self._close_out_timeout):
+            try:
+                self._status.last_id_checks += 1
+                last_ids = await rest.last_trade_ids([symbol])
+            except RestError as error:
+                self._status.last_id_checks_failed += 1
+                log.warning("last trade id unknown at unsubscribe symbol=%s error=%s", symbol, error)
+            else:
+                await self._apply_last_ids({symbol: sequence}, last_ids)
+            while self.sequences.get(symbol) is sequence and (job := self._repairs.get(symbol)) is not None:
+                await job.done.wait()
+        if self.sequences.get(symbol) is not sequence:
+            return
+        job = self._repairs.pop(symbol, None)
+        if job is not None:
+            job.scope.cancel()
+            sequence.status.backfilling = False
+        if sequence.anchoring:
+            log.warning("unsubscribed before its first trades were checked symbol=%s", symbol)
+            return
+        while sequence.hole() is not None:
+            self._give_up(sequence, "unsubscribed before the missed trades were fetched")
+        await self._flush()
+
+    async def _check_last_ids(self, symbols: list[str], rest: BinanceRest) -> None:
+        disconnects = self._status.disconnects
+        wanted = {
+            symbol: sequence for symbol in symbols
+            if (sequence := self.sequences.get(symbol)) is not None
+            and (sequence.next_id is not None or self._missed_since_subscription(symbol, disconnects))
+        }
+        if not wanted:
+            return
+        self._status.last_id_checks += 1
+        try:
+            last_ids = await rest.last_trade_ids(list(wanted))
+        except RestError as error:
+            # Not silent: holes still show with each symbol's next live trade, and this is counted.
+            self._status.last_id_checks_failed += 1
+            log.warning("last trade ids unknown after connecting symbols=%d error=%s", len(wanted), error)
+            return
+        await self._apply_last_ids(wanted, last_ids)
+
+    async def _apply_last_ids(self, sequences: dict[str, TradeSequence], last_ids: dict[str, int]) -> None:
+        behind = {
+            symbol: sequence for symbol, sequence in sequences.items()
+            if last_ids.get(symbol, -1) >= 0
+            and (sequence.next_id is None or sequence.next_id <= last_ids[symbol])
+        }
+        if not behind:
+            return
+        await trio.sleep(self._last_id_settle)
+        for symbol, sequence in behind.items():
+            if self.sequences.get(symbol) is sequence:
+                self._apply_last_id(sequence, last_ids[symbol])
+        await self._flush()
+
+    def _missed_since_subscription(self, symbol: str, disconnects: int) -> bool:
+        fresh = self._fresh.get(symbol)
+        return fresh is not None and fresh[1] != disconnects
+
+    def _apply_last_id(self, sequence: TradeSequence, last_id: int) -> None:
+        """The exchange's last trade id of the sequence's symbol is ``last_id``: anything up to it not emitted
+        yet is a hole to repair (or, for a symbol without a first trade yet, to anchor)."""
+        if last_id < 0:
+            return  # no trade in the last 24 hours
+        if sequence.next_id is None:
+            fresh = self._fresh.get(sequence.symbol)
+            if sequence.anchoring or fresh is None or not self._missed_since_subscription(
+                sequence.symbol, self._status.disconnects
+            ):
+                return
+            del self._fresh[sequence.symbol]
+            # As if the next trade had arrived live: trades since the subscription up to ``last_id`` are found.
+            self._anchor_from(sequence, last_id + 1, fresh[0])
+            return
+        if sequence.known_last_id is None or last_id > sequence.known_last_id:
+            sequence.known_last_id = last_id
+        self._check_hole(sequence)
+
+    async def _flush(self) -> None:
+        assert self._emitter is not None
+        await self._emitter.flush()
 
     async def run(
         self, ticks: trio.MemorySendChannel[Tick], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -183,12 +278,16 @@ class TradeSequencer:
         since_ms, disconnects = fresh
         if self._status.disconnects == disconnects:
             return  # nothing can have been missed: the stream starts here
+        self._anchor_from(sequence, first.trade_id, since_ms)
+
+    def _anchor_from(self, sequence: TradeSequence, first_id: int, since_ms: int) -> None:
+        """Finds the trades of a fresh symbol from ``since_ms`` (its subscription) up to ``first_id`` - 1."""
+        assert self._rest is not None and self._nursery is not None
         sequence.anchoring = True
-        job = RepairJob(sequence, first.trade_id, first.trade_id - 1)
+        job = RepairJob(sequence, first_id, first_id - 1)
         self._repairs[sequence.symbol] = job
         sequence.status.backfilling = True
-        log.info("anchoring symbol=%s first_live_id=%d", sequence.symbol, first.trade_id)
-        assert self._nursery is not None
+        log.info("anchoring symbol=%s before_id=%d", sequence.symbol, first_id)
         self._nursery.start_soon(self._anchor, job, since_ms, self._rest)
 
     def _check_hole(self, sequence: TradeSequence) -> None:
@@ -268,8 +367,6 @@ class TradeSequencer:
             self._record_gap(sequence, hole[0], last_given_up, reason)
             self._release(sequence, sequence.advance_to(last_given_up + 1))
         elif error is None and job.filled:
-            if job.probe:
-                sequence.status.gaps_found += 1
             sequence.status.gaps_repaired += 1
             log.info("gap repaired symbol=%s first_id=%d last_id=%d", sequence.symbol, job.first_id, job.last_id)
         # Live ticks held meanwhile may sit behind another hole.
@@ -278,6 +375,12 @@ class TradeSequencer:
     # --- the repair tasks ---
 
     async def _repair(self, job: RepairJob, rest: BinanceRest) -> None:
+        try:
+            await self._repair_range(job, rest)
+        finally:
+            job.done.set()
+
+    async def _repair_range(self, job: RepairJob, rest: BinanceRest) -> None:
         symbol = job.sequence.symbol
         error: str | None = None
         assert self._emitter is not None
@@ -295,21 +398,20 @@ class TradeSequencer:
                     self._backfilled(job, page)
                     await self._emitter.flush()
                     next_id = page[-1].trade_id + 1
-                    if job.probe and len(page) < limit:
-                        break  # the newest trade REST has
             except RestError as rest_error:
                 error = f"backfill failed: {rest_error}"
                 log.warning("backfill failed symbol=%s from_id=%d error=%s", symbol, next_id, rest_error)
-            if job.probe:
-                # Only what the probe covered counts; a hole beyond it gets a repair of its own.
-                job.last_id = next_id - 1
-                if error is not None:
-                    error = None  # nothing was known missing: the next live trade shows any hole
             if self._is_current(job):
                 self._repair_ended(job, error)
                 await self._emitter.flush()
 
     async def _anchor(self, job: RepairJob, since_ms: int, rest: BinanceRest) -> None:
+        try:
+            await self._anchor_range(job, since_ms, rest)
+        finally:
+            job.done.set()
+
+    async def _anchor_range(self, job: RepairJob, since_ms: int, rest: BinanceRest) -> None:
         """Pages back from the first live trade to the first trade at or after the subscription time."""
         symbol = job.sequence.symbol
         before_id = job.first_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 HISTORICAL_TRADES_WEIGHT = 25
 EXCHANGE_INFO_WEIGHT = 20
+# /api/v3/ticker/24hr costs 2 for 1-20 symbols, 40 for 21-100, 80 for more or for all symbols: requests of 20
+# are the cheapest per symbol (0.1 each) until 800 symbols, beyond which one request for all (80) is.
+TICKER_CHEAP_SYMBOLS = 20
+TICKER_CHEAP_WEIGHT = 2
+TICKER_ALL_WEIGHT = 80
 # Binance serves at most this many trades per historicalTrades request.
 TRADES_PAGE_LIMIT = 1000
 # Binance spot's default; replaced by the REQUEST_WEIGHT limit exchangeInfo reports.
@@ -39,6 +44,8 @@ MAX_RATE_LIMIT_WAIT_SECONDS = 300.0
 # Network errors and 5xx answers: this many retries, with a growing pause.
 MAX_TRANSIENT_RETRIES = 4
 REQUEST_TIMEOUT_SECONDS = 10.0
+# Binance's "Invalid symbol." error code.
+INVALID_SYMBOL = -1121
 
 
 class RestError(Exception):
@@ -72,7 +79,7 @@ def seconds_to_next_minute(epoch_seconds: float) -> float:
 
 
 class BinanceRest:
-    """``historical_trades`` and ``exchange_info`` with Binance's rate-limit rules applied."""
+    """``historical_trades``, ``last_trade_ids`` and ``exchange_info`` with Binance's rate-limit rules applied."""
 
     def __init__(
         self,
@@ -108,6 +115,39 @@ class BinanceRest:
             return [trade_from_rest(symbol, row) for row in rows]
         except (FrameError, TypeError) as error:
             raise RestError(f"historicalTrades returned a bad row: {error}") from None
+
+    async def last_trade_ids(self, symbols: Sequence[str]) -> dict[str, int]:
+        """The exchange's last trade id per symbol (-1: no trade in the last 24 hours), from the MINI 24hr
+        ticker, asked with the least request weight. Symbols Binance does not list are left out."""
+        wanted = list(dict.fromkeys(symbols))
+        if not wanted:
+            return {}
+        chunks = [wanted[start : start + TICKER_CHEAP_SYMBOLS] for start in range(0, len(wanted), TICKER_CHEAP_SYMBOLS)]
+        if len(chunks) * TICKER_CHEAP_WEIGHT > TICKER_ALL_WEIGHT:
+            rows = await self._ticker({"type": "MINI"}, TICKER_ALL_WEIGHT)
+            every = _last_ids(rows)
+            return {symbol: every[symbol] for symbol in wanted if symbol in every}
+        last_ids: dict[str, int] = {}
+        for chunk in chunks:
+            params = {"symbols": orjson.dumps(chunk).decode(), "type": "MINI"}
+            try:
+                last_ids.update(_last_ids(await self._ticker(params, TICKER_CHEAP_WEIGHT)))
+            except RestError as error:
+                if error.code != INVALID_SYMBOL or len(chunk) == 1:
+                    raise
+                # One delisted symbol fails the whole request: ask the others one by one.
+                for symbol in chunk:
+                    try:
+                        last_ids.update(_last_ids(await self._ticker({"symbol": symbol, "type": "MINI"},
+                                                                     TICKER_CHEAP_WEIGHT)))
+                    except RestError as single_error:
+                        if single_error.code != INVALID_SYMBOL:
+                            raise
+                        log.warning("ticker: symbol not listed symbol=%s", symbol)
+        return last_ids
+
+    async def _ticker(self, params: Mapping[str, str], weight: int) -> Any:
+        return await self.get_json("/api/v3/ticker/24hr", params, weight)
 
     async def exchange_info(self) -> dict[str, Any]:
         info = await self.get_json("/api/v3/exchangeInfo", {}, EXCHANGE_INFO_WEIGHT)
@@ -189,6 +229,16 @@ class BinanceRest:
         text = headers.get("x-mbx-used-weight-1m")
         if text is not None and text.isdigit():
             self.used_weight = int(text)
+
+
+def _last_ids(body: Any) -> dict[str, int]:
+    rows = body if isinstance(body, list) else [body]
+    last_ids: dict[str, int] = {}
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("symbol"), str) or type(row.get("lastId")) is not int:
+            raise RestError(f"ticker/24hr returned a bad row: {quote_frame(row)}")
+        last_ids[row["symbol"]] = row["lastId"]
+    return last_ids
 
 
 def _client_error(path: str, response: httpx.Response) -> RestError:

@@ -33,6 +33,9 @@ class TradeSequence:
     # Resumed from a persisted id and no live trade seen yet: the first one shows whether storage and the
     # exchange agree (a store ahead of the exchange means another venue's ids, e.g. testnet vs live).
     resume_unverified: bool = False
+    # The exchange's last trade id as last asked over REST (24hr ticker) after a connection came back or
+    # before unsubscribing: ids up to it that were not emitted are a hole even with no later tick held.
+    known_last_id: int | None = None
 
     def offer(self, tick: Tick) -> list[Tick]:
         """The ticks that may be emitted now, in order (``tick`` itself when it is the one due)."""
@@ -80,10 +83,15 @@ class TradeSequence:
         return ready
 
     def hole(self) -> tuple[int, int] | None:
-        """The missing ids ``(first, last)`` before the first held tick, or None when nothing is held."""
-        if not self.held or self.next_id is None:
+        """The missing ids ``(first, last)`` before the first held tick, else up to ``known_last_id``;
+        None when nothing is known to be missing."""
+        if self.next_id is None:
             return None
-        return self.next_id, self.held[0].trade_id - 1
+        if self.held:
+            return self.next_id, self.held[0].trade_id - 1
+        if self.known_last_id is not None and self.known_last_id >= self.next_id:
+            return self.next_id, self.known_last_id
+        return None
 
     def advance_to(self, trade_id: int) -> list[Tick]:
         """Give up the ids below ``trade_id``: they will never be emitted. Returns the ticks now releasable."""

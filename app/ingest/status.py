@@ -83,6 +83,11 @@ class IngestStatus:
     resume_mismatches: int = 0
     rest_rate_limited: int = 0
     rest_errors: int = 0
+    # Checks of the exchange's last trade ids (24hr ticker) after a connection came up or before an
+    # unsubscription, and those that failed (logged at WARNING: missed trades may then go unnoticed
+    # until the symbol's next live trade).
+    last_id_checks: int = 0
+    last_id_checks_failed: int = 0
 
     def symbol(self, symbol: str) -> SymbolStatus:
         status = self.symbols.get(symbol)

@@ -109,14 +109,18 @@ class SubscriptionManager:
             log.info("subscribed symbol=%s symbols=%d", symbol, len(self._symbols))
 
     async def remove(self, symbol: str) -> None:
-        """Unsubscribes ``symbol``; its ticks stop at once (in-flight ones are dropped)."""
+        """Unsubscribes ``symbol``. Its trades up to the exchange's last trade id at this moment are emitted first
+        (missed ones fetched over REST) or reported as a gap if that takes too long; later ones are dropped."""
         symbol = _normalise(symbol)
         async with self._lock:
             if symbol not in self._symbols:
                 raise NotSubscribedError(symbol)
             client, sequencer = self._running()
             del self._symbols[symbol]
-            sequencer.forget(symbol)
+            try:
+                await sequencer.close_out(symbol)
+            finally:
+                sequencer.forget(symbol)
             self._set_changed()
             await client.unsubscribe(trade_stream(symbol))
             log.info("unsubscribed symbol=%s symbols=%d", symbol, len(self._symbols))

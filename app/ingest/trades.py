@@ -55,7 +55,7 @@ async def stream_trades(
                 sequencer.accept,
                 max_streams_per_connection=settings.max_streams_per_connection,
                 stale_after_seconds=settings.stale_after_seconds,
-                on_reconnected=sequencer.probe,
+                on_connected=sequencer.check_last_ids,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(sequencer.run, ticks)

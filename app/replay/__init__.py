@@ -7,11 +7,12 @@ Modules, one job each:
 * ``simulator``  - ``run_simulator`` / ``open_simulator`` and the ``Simulator`` handle tests drive.
 * ``server``     - the WebSocket side (trio-websocket): streams, live methods, limits, keep-alive, faults.
 * ``protocol``   - Binance's URL targets, requests, responses and error codes, without sockets.
-* ``rest``       - the REST side (Quart-trio on Hypercorn): trades, klines, exchangeInfo, request weights.
+* ``rest``       - the REST side (Quart-trio on Hypercorn): trades, klines, 24hr ticker, exchangeInfo,
+  request weights.
 * ``hub``        - the shared state: published trades, clients, subscriptions, counters.
 * ``publisher``  - the one publishing loop: pacing and batching.
 * ``sources``    - recordings replayed (looping with shifted ids) and the seeded synthetic market.
-* ``events``     - frames in Binance's ``@trade`` layout; ``klines``, ``ledger`` - REST's data.
+* ``events``     - frames in Binance's ``@trade`` layout; ``klines``, ``ticker``, ``ledger`` - REST's data.
 * ``faults``     - malformed frames, TCP resets, seeded per-frame dice.
 * ``wsclient``   - a client connection that closes its socket even when the server closed first.
 * ``cli``        - the ``simulate`` and ``record`` sub-commands; ``convert_shared`` rebuilds ``app/data``.

@@ -70,6 +70,7 @@ class Counters:
     malformed_sent: int = 0
     rest_requests: int = 0
     rest_rejected: int = 0  # answered 429
+    rest_weight_used: int = 0  # request weight charged (requests answered 429 charge none)
 
 
 @attrs.define(eq=False, slots=True)

@@ -85,6 +85,11 @@ class TradeLedger:
             trades = self._symbols[symbol] = SymbolTrades(self._cap)
         return trades
 
+    def newest_time_ms(self) -> int | None:
+        """The newest published trade's time: the exchange's "now" for its rolling statistics."""
+        times = [t for t in (trades.last_time_ms for trades in self._symbols.values()) if t is not None]
+        return max(times) if times else None
+
     def count(self, symbol: str) -> int:
         trades = self._symbols.get(symbol)
         return 0 if trades is None else len(trades)

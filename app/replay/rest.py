@@ -1,4 +1,4 @@
-"""The REST side for backfill: Binance spot's ``/api/v3`` trade, kline and exchange-info endpoints.
+"""The REST side for backfill: Binance spot's ``/api/v3`` trade, kline, 24hr-ticker and exchange-info endpoints.
 
 Responses and errors in Binance's shapes; a request-weight budget per minute with ``X-MBX-USED-WEIGHT-1M``
 headers and HTTP 429 + ``Retry-After`` beyond it. Only published trades are visible.
@@ -24,6 +24,7 @@ from app.intervals import Interval, UnknownIntervalError
 from app.model import Tick
 from app.replay.hub import Hub
 from app.replay.klines import build_klines
+from app.replay.ticker import DAY_MS, TickerParamError, parse_ticker_request, ticker_row, ticker_weight
 
 log = logging.getLogger(__name__)
 
@@ -64,28 +65,34 @@ def create_rest_app(hub: Hub) -> QuartTrio:
     app = QuartTrio("marketdata-simulator")
     budget = WeightBudget(hub.limits.rest_weight_per_minute)
 
-    def endpoint(name: str, handler: Callable[[Mapping[str, str]], object]) -> None:
+    def endpoint(
+        name: str, handler: Callable[[Mapping[str, str]], object],
+        weight: Callable[[Mapping[str, str]], int] | None = None,
+    ) -> None:
         async def view() -> Response:
             hub.counters.rest_requests += 1
-            retry_after = budget.charge(WEIGHTS[name], trio.current_time())
+            cost = WEIGHTS[name] if weight is None else weight(request.args)
+            retry_after = budget.charge(cost, trio.current_time())
             headers = {"X-MBX-USED-WEIGHT-1M": str(budget.used), "X-MBX-USED-WEIGHT": str(budget.used)}
             if retry_after is not None:
                 hub.counters.rest_rejected += 1
                 message = (f"Too much request weight used; current limit is {budget.per_minute} request weight "
                            "per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.")
                 return _json({"code": -1003, "msg": message}, 429, {**headers, "Retry-After": str(retry_after)})
+            hub.counters.rest_weight_used += cost
             try:
                 body = handler(request.args)
-            except RestError as error:
+            except (RestError, TickerParamError) as error:
                 return _json({"code": error.code, "msg": error.message}, 400, headers)
             return _json(body, 200, headers)
 
-        app.add_url_rule(f"/api/v3/{name}", f"api_{name}", view, methods=["GET"])
+        app.add_url_rule(f"/api/v3/{name}", f"api_{name.replace('/', '_')}", view, methods=["GET"])
 
     endpoint("historicalTrades", lambda args: _historical_trades(hub, args))
     endpoint("trades", lambda args: _recent_trades(hub, args))
     endpoint("klines", lambda args: _klines(hub, args))
     endpoint("exchangeInfo", lambda args: _exchange_info(hub, args))
+    endpoint("ticker/24hr", lambda args: _ticker_24hr(hub, args), ticker_weight)
     endpoint("time", lambda args: {"serverTime": time.time_ns() // 1_000_000})
     endpoint("ping", lambda args: {})
     return app
@@ -206,6 +213,19 @@ def _klines(hub: Hub, args: Mapping[str, str]) -> list[list[int | str]]:
         max_rows=limit if start_ms is not None else None,
     )
     return rows if start_ms is not None else rows[-limit:]
+
+
+def _ticker_24hr(hub: Hub, args: Mapping[str, str]) -> object:
+    symbols, full, single = parse_ticker_request(args, hub.symbols)
+    newest = hub.ledger.newest_time_ms()
+    now_ms = newest if newest is not None else time.time_ns() // 1_000_000
+    rows = []
+    for symbol in symbols if symbols is not None else list(hub.symbols):
+        trades = hub.ledger.symbol(symbol)
+        window = trades.between(now_ms - DAY_MS + 1, now_ms)
+        before = trades.last_before(now_ms - DAY_MS + 1)
+        rows.append(ticker_row(symbol, window, now_ms, None if before is None else before.price, full=full))
+    return rows[0] if single else rows
 
 
 def _exchange_info(hub: Hub, args: Mapping[str, str]) -> dict[str, Any]:

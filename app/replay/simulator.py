@@ -51,6 +51,7 @@ class SimulatorStats:
     malformed_sent: int
     rest_requests: int
     rest_rejected: int
+    rest_weight_used: int
     published_trades: int
 
 
