@@ -81,7 +81,7 @@ class Plan:
         return cls(repeat=repeat, warmup=1.5, window=4.0, feed_frames=1_500_000, subscriber_counts=(1, 100),
                    latency_rates=(1_000, 10_000), latency_window={1_000: 10.0, 10_000: 4.0}, scale_symbols=1_500,
                    scale_streams_per_connection=750, scale_trades=1_000_000, scale_rate=12_500.0,
-                   candle_ticks=300_000, persist_rows=300_000)
+                   candle_ticks=200_000, persist_rows=200_000)
 
     @classmethod
     def quick(cls, repeat: int) -> Plan:
@@ -333,7 +333,8 @@ async def scale_row(plan: Plan, workdir: Path) -> list[Result]:
 
 
 async def candle_rows(plan: Plan, workdir: Path) -> list[Result]:
-    figures = [await asyncio.to_thread(candles_bench.measure, plan.candle_ticks, plan.persist_rows, workdir)
+    ticks = await asyncio.to_thread(candles_bench.synthetic_ticks, max(plan.candle_ticks, plan.persist_rows))
+    figures = [await asyncio.to_thread(candles_bench.measure, ticks, plan.candle_ticks, plan.persist_rows, workdir)
                for _ in range(plan.repeat)]
     log.info("candles %s", figures)
     return [

@@ -92,8 +92,8 @@ async def _time_persistence(ticks: list[Tick], path: Path) -> tuple[float, float
     return tick_rate, candle_rate
 
 
-def measure(candle_ticks: int, persist_rows: int, workdir: Path) -> CandleFigures:
-    ticks = synthetic_ticks(max(candle_ticks, persist_rows))
+def measure(ticks: list[Tick], candle_ticks: int, persist_rows: int, workdir: Path) -> CandleFigures:
+    """One run over ``ticks`` (``synthetic_ticks(max(candle_ticks, persist_rows))``, made once for all runs)."""
     aggregator = time_aggregator(ticks[:candle_ticks])
     baseline = time_baseline_aggregator(ticks[:candle_ticks])
     path = workdir / f"persist-{time.monotonic_ns()}.sqlite3"
