@@ -108,3 +108,50 @@ async def test_unsubscribing_reports_the_trades_it_could_not_fetch_in_time_as_a_
     assert status.rest_rate_limited >= 1
     with ticks_receive:
         assert ticks_receive.statistics().current_buffer_used == 0
+
+
+async def test_a_stalled_connection_of_a_quiet_symbol_is_repaired_after_the_watchdog_reconnects(
+    simulator: Simulator,
+) -> None:
+    with trio.fail_after(10):
+        async with running_ingest(simulator, ["BTCUSDT", "ETHUSDT"], stale_after_seconds=0.3) as ingest:
+            await simulator.wait_subscribed("ethusdt@trade")
+            simulator.publish(make_ticks("ETHUSDT", 1, 2))
+            await ingest.wait_received(2)
+            simulator.stall(60.0)
+            simulator.publish(make_ticks("ETHUSDT", 3, 2))  # reaches REST, never the stalled socket
+            await simulator.wait_accepted(2)
+            simulator.stall(0.0)
+            await ingest.wait_last_id("ETHUSDT", 4)
+            assert trades(ingest.of("ETHUSDT")) == trades(simulator.published("ETHUSDT"))
+            assert ingest.status.stale_connections >= 1
+
+
+async def test_last_trade_ids_are_asked_with_the_least_weight() -> None:
+    names = tuple(f"S{index:03d}USDT" for index in range(810))
+    async with open_simulator(SimulatorConfig(source=ManualSource(symbols=names))) as simulator:
+        simulator.publish(make_ticks(names[0], 5, 3) + make_ticks(names[-1], 1, 1))
+        rest = BinanceRest(simulator.rest_url, IngestStatus())
+        try:
+            with trio.fail_after(10):
+                costs = []
+                for count in (1, 20, 21, 800, 801, 810):
+                    before = simulator.stats.rest_weight_used
+                    last_ids = await rest.last_trade_ids(list(names[-count:]))
+                    assert set(last_ids) == set(names[-count:])
+                    costs.append(simulator.stats.rest_weight_used - before)
+                # All symbols at once (80) beats 41 requests of 20 (82).
+                assert costs == [2, 2, 4, 80, 80, 80]
+                assert last_ids[names[0]] == 7 and last_ids[names[-1]] == 1 and last_ids[names[1]] == -1
+        finally:
+            await rest.aclose()
+
+
+async def test_a_symbol_the_exchange_does_not_list_does_not_hide_the_others(simulator: Simulator) -> None:
+    simulator.publish(make_ticks("ETHUSDT", 1, 4))
+    rest = BinanceRest(simulator.rest_url, IngestStatus())
+    try:
+        with trio.fail_after(5):
+            assert await rest.last_trade_ids(["BTCUSDT", "GONEUSDT", "ETHUSDT"]) == {"BTCUSDT": -1, "ETHUSDT": 4}
+    finally:
+        await rest.aclose()

@@ -64,12 +64,12 @@ async def test_trades_missed_while_disconnected_are_found_without_waiting_for_th
             await ingest.wait_received(7)
             simulator.reset_connections()
             simulator.publish(make_ticks("ETHUSDT", 6, 3))  # then the symbol goes quiet
-            # No later ETHUSDT trade reveals the hole: the reconnect itself has the shard's symbols probed.
+            # No later ETHUSDT trade reveals the hole: the new connection has the shard's last trade ids checked.
             await ingest.wait_last_id("ETHUSDT", 8)
             assert trades(ingest.of("ETHUSDT")) == trades(simulator.published("ETHUSDT"))
             status = ingest.status.symbols["ETHUSDT"]
             assert status.gaps_repaired == 1 and status.trades_backfilled == 3
-            # BTCUSDT is probed too and missed nothing: no gap is counted, nothing backfilled.
+            # BTCUSDT is checked too and missed nothing: no gap is counted, nothing backfilled.
             assert ingest.status.symbols["BTCUSDT"].gaps_found == 0
             assert ingest.status.symbols["BTCUSDT"].trades_backfilled == 0
 
