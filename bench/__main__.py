@@ -124,10 +124,14 @@ class Result:
 # --- systems -------------------------------------------------------------------------------------------------
 
 
+# The project's database: "file" (SQLite, WAL, in the run's temporary directory) or "memory"; set by --database.
+DATABASE = {"kind": "file"}
+
+
 async def start_system(kind: str, workdir: Path, ws_url: str, symbols: Sequence[str],
                        env: dict[str, str] | None = None, rest_url: str = NO_REST_URL) -> System:
     if kind == "project":
-        return await start_service(workdir, ws_url, symbols, env, rest_url)
+        return await start_service(workdir, ws_url, symbols, env, rest_url, DATABASE["kind"])
     return await start_baseline(workdir, ws_url, symbols)
 
 
@@ -432,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", choices=("recording", "synthetic"),
                         help="the market feeding rows 1-2 (default: the shipped recording if present)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure as JSON to PATH")
+    parser.add_argument("--database", choices=("file", "memory"), default="file",
+                        help="the service's SQLite database: a file in a temporary directory (default) or :memory:")
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs and databases")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -446,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = Plan.full(args.repeat or 3)
     source = args.source or ("recording" if DEMO_RECORDING.is_file() else "synthetic")
     rows = parse_rows(args.only)
+    DATABASE["kind"] = args.database
     started = time.perf_counter()
     if args.keep:
         directory = tempfile.mkdtemp(prefix="marketdata-bench-")

@@ -200,12 +200,13 @@ NO_REST_URL = "http://127.0.0.1:9"
 
 async def start_service(
     workdir: Path, ws_url: str, symbols: Sequence[str], env: Mapping[str, str] | None = None,
-    rest_url: str = NO_REST_URL,
+    rest_url: str = NO_REST_URL, database: str = "file",
 ) -> Service:
+    """The service on a free port; ``database`` "file" (SQLite in ``workdir``) or "memory"."""
     port = free_port()
-    database = workdir / f"service-{time.monotonic_ns()}.sqlite3"
+    path = ":memory:" if database == "memory" else workdir / f"service-{time.monotonic_ns()}.sqlite3"
     args = [PYTHON, "-m", "app", "serve", "--ws-url", ws_url, "--rest-url", rest_url, "--host", "127.0.0.1",
-            "--port", str(port), "--database-url", f"sqlite:///{database}", "--log-level", "WARNING"]
+            "--port", str(port), "--database-url", f"sqlite:///{path}", "--log-level", "WARNING"]
     environment = {"SYMBOLS": ",".join(symbols), **(env or {})}
     child = await start_child("service", args, workdir, environment)
     http_url = f"http://127.0.0.1:{port}"
