@@ -101,6 +101,7 @@ def test_epoch_ms_and_utc_datetimes_round_trip(moment: int) -> None:
     assert as_datetime.tzinfo is UTC
     assert ms_from_utc(as_datetime) == moment
     assert datetime.fromisoformat(iso_utc(moment)) == as_datetime
+    assert iso_utc(moment) == as_datetime.isoformat(timespec="milliseconds")
 
 
 def test_naive_datetime_is_refused() -> None:
