@@ -21,7 +21,7 @@ import cattrs
 import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from app.model import Candle, Gap, Tick, utc_from_ms
+from app.model import Candle, Gap, Tick
 
 # Frames are quoted in error messages up to this many characters.
 _QUOTE_LIMIT = 200
