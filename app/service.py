@@ -87,7 +87,7 @@ async def _supervise(
     subscriptions = SubscriptionManager(settings.symbols, ingest_status)
     state = ServiceState(
         settings=settings, hub=hub, candles=candle_feed, storage=storage, ingest=ingest_status,
-        subscriptions=subscriptions, persist=persist_status,
+        subscriptions=subscriptions, persist=persist_status, tick_channel=ticks_receive,
     )
     ingest_scope = trio.CancelScope()
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import attrs
+import trio
 
 from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
+from app.model import Tick
 from app.settings import Settings
 from app.store.aggregator import CandleFeed
 from app.store.latest import TickHub
@@ -29,3 +31,5 @@ class ServiceState:
     )
     # Owned by the persistence tasks: what has been committed.
     persist: PersistStatus = attrs.Factory(PersistStatus)
+    # The ingest -> fan-out channel, for its depth only (None where a test runs without ingestion).
+    tick_channel: trio.MemoryReceiveChannel[Tick] | None = None

@@ -85,6 +85,7 @@ async def test_health_turns_503_when_the_exchange_stalls_and_200_when_data_flows
                 assert all(reason["message"] for reason in unhealthy["reasons"])
                 metrics = (await client.get("/metrics")).text
                 assert "marketdata_healthy 0.0" in metrics
+                assert 'marketdata_channel_depth{channel="ingest"}' in metrics
                 recovered = await poll_health(client, 200)
                 assert recovered["reasons"] == []
                 assert recovered["ticks_published"] > healthy["ticks_published"]

@@ -84,8 +84,12 @@ def assess_health(state: ServiceState, now: float) -> HealthReport:
 
 
 def channel_depths(state: ServiceState) -> list[ChannelDepth]:
-    """How full each subscriber channel of the tick hub and of the candle feed is (in batches)."""
-    return [*state.hub.channel_depths(), *state.candles.channel_depths()]
+    """How full the ingest channel (in ticks) and each subscriber channel (in batches) are."""
+    depths = [*state.hub.channel_depths(), *state.candles.channel_depths()]
+    if state.tick_channel is not None:
+        statistics = state.tick_channel.statistics()
+        depths.insert(0, ChannelDepth("ingest", statistics.current_buffer_used, int(statistics.max_buffer_size)))
+    return depths
 
 
 def _writer_problems(state: ServiceState) -> list[Problem]:

@@ -146,9 +146,10 @@ class ServiceCollector(Collector):
             family.add_metric([], value)
             yield family
 
-        depth = _gauge("channel_depth", "Batches waiting in a subscriber channel (websocket_max: the fullest "
-                       "WebSocket client's).", ["channel"])
-        capacity = _gauge("channel_capacity", "Buffer size of a subscriber channel, in batches.", ["channel"])
+        depth = _gauge("channel_depth", "Items waiting in a channel: ticks for ingest, batches for subscribers "
+                       "(websocket_max: the fullest WebSocket client's).", ["channel"])
+        capacity = _gauge("channel_capacity", "Buffer size of a channel (ticks for ingest, batches for "
+                          "subscribers).", ["channel"])
         feed_depth = 0
         for channel in channel_depths(self._state):
             if channel.name.startswith("ws:"):
