@@ -145,7 +145,7 @@ class StreamConnection:
                 try:
                     tick = parse(data, microseconds=microseconds)
                 except FrameError as error:
-                    self._on_event(data, error, frame)
+                    self._on_event(data, error, frame, message.get("stream"))
                     continue
                 self.trades_received += 1
                 await accept(tick)
@@ -165,8 +165,13 @@ class StreamConnection:
             return
         self._bad_frame("neither a stream event nor a reply", frame)
 
-    def _on_event(self, data: object, error: FrameError | None, frame: str | bytes) -> None:
+    def _on_event(
+        self, data: object, error: FrameError | None, frame: str | bytes, stream: object = None
+    ) -> None:
         kind = data.get("e") if isinstance(data, dict) else None
+        if kind is None and isinstance(stream, str) and not stream.endswith("@trade"):
+            # Some streams (e.g. @bookTicker) carry no event type: their stream name says what they are.
+            kind = stream.partition("@")[2] or stream
         if kind == "trade":
             if error is None:  # a raw-endpoint trade (not used with combined URLs, but harmless)
                 error = FrameError("raw trade event on a combined stream")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -180,6 +180,12 @@ class Simulator:
             ]
             self._hub.counters.malformed_sent += count
             self._hub.send_to(client, frames)
+
+    def send_frames(self, frames: Sequence[str]) -> None:
+        """Queues text ``frames`` verbatim to every open connection, whatever it subscribed (e.g. a
+        recording's non-trade events, to check that a client skips them)."""
+        for client in list(self._hub.clients.values()):
+            self._hub.send_to(client, list(frames))
 
     def server_shutdown(self) -> None:
         """Sends Binance's ``serverShutdown`` event to every connection (connections stay open)."""
