@@ -436,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", choices=("recording", "synthetic"),
                         help="the market feeding rows 1-2 (default: the shipped recording if present)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure as JSON to PATH")
+    parser.add_argument("--scale-rate", type=float, metavar="N", help="row 4: trades/s (default 12,500)")
+    parser.add_argument("--scale-trades", type=int, metavar="N", help="row 4: trades to run (default 1,000,000)")
     parser.add_argument("--database", choices=("file", "memory"), default="file",
                         help="the service's SQLite database: a file in a temporary directory (default) or :memory:")
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs and databases")
@@ -450,6 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = Plan.quick(args.repeat or 1)
     else:
         plan = Plan.full(args.repeat or 3)
+    if args.scale_rate is not None:
+        plan = attrs.evolve(plan, scale_rate=args.scale_rate)
+    if args.scale_trades is not None:
+        plan = attrs.evolve(plan, scale_trades=args.scale_trades)
     source = args.source or ("recording" if DEMO_RECORDING.is_file() else "synthetic")
     rows = parse_rows(args.only)
     DATABASE["kind"] = args.database
