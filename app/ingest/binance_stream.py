@@ -37,6 +37,8 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 DISCONNECT_TIMEOUT_SECONDS = 2.0
 # Messages trio-websocket buffers per connection before it stops reading the socket.
 MESSAGE_QUEUE_SIZE = 256
+# trio-websocket reads 4 KiB at a time by default (~20 trade frames); larger reads mean fewer wake-ups.
+RECEIVE_BUFFER_BYTES = 65_536
 # Streams put into the URL; the rest (up to the shard's cap) are subscribed right after connecting.
 URL_STREAMS_LIMIT = 200
 # A connection that delivered this many trades counts as healthy, as does one that lived for HEALTHY_AFTER.
@@ -309,6 +311,7 @@ class StreamClient:
                     connect_timeout=self._connect_timeout,
                     disconnect_timeout=DISCONNECT_TIMEOUT_SECONDS,
                     message_queue_size=MESSAGE_QUEUE_SIZE,
+                    receive_buffer_size=RECEIVE_BUFFER_BYTES,
                 ) as socket:
                     connection = StreamConnection(
                         shard.name, socket, url_streams, status, self._status,

@@ -63,6 +63,19 @@ MIGRATIONS: dict[int, str] = {
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _TICK_COLUMNS = "symbol, trade_id, price, quantity, trade_time_ms, event_time_ms, is_buyer_maker"
+# Ticks per INSERT statement (7 parameters each; SQLite allows 32,766 per statement since 3.32). sqlite3 lets
+# go of the GIL for every statement step and must take it back after: with executemany that is once per row,
+# and while the event loop keeps the GIL busy each take-back can wait the interpreter's switch interval (5 ms),
+# so a write of a few hundred ticks took seconds under load and stalled the fan-out. One multi-row statement
+# takes the GIL back once per 1,000 ticks.
+_TICKS_PER_STATEMENT = 1000
+
+
+def _insert_ticks_sql(count: int) -> str:
+    return f"INSERT OR IGNORE INTO ticks ({_TICK_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * count)
+
+
+_INSERT_TICKS = _insert_ticks_sql(_TICKS_PER_STATEMENT)
 _CANDLE_COLUMNS = (
     "symbol, interval, open_time_ms, close_time_ms, open, high, low, close, volume, quote_volume, trade_count,"
     " taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision"
@@ -164,11 +177,26 @@ class SQLiteStorage:
         return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
 
     def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        def insert(connection: sqlite3.Connection) -> None:
+            for start in range(0, len(rows), _CHUNK):
+                connection.executemany(sql, rows[start:start + _CHUNK])
+
+        self._transaction(insert)
+
+    def _write_ticks(self, rows: list[tuple[object, ...]]) -> None:
+        def insert(connection: sqlite3.Connection) -> None:
+            for start in range(0, len(rows), _TICKS_PER_STATEMENT):
+                part = rows[start:start + _TICKS_PER_STATEMENT]
+                sql = _INSERT_TICKS if len(part) == _TICKS_PER_STATEMENT else _insert_ticks_sql(len(part))
+                connection.execute(sql, [value for row in part for value in row])
+
+        self._transaction(insert)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
         connection = self._connection
         connection.execute("BEGIN")
         try:
-            for start in range(0, len(rows), _CHUNK):
-                connection.executemany(sql, rows[start:start + _CHUNK])
+            work(connection)
             connection.execute("COMMIT")
         except sqlite3.OperationalError as error:
             if connection.in_transaction:
@@ -184,7 +212,7 @@ class SQLiteStorage:
             return
         rows = [_tick_row(tick) for tick in ticks]
         started = trio.current_time()
-        await self._run(self._write, f"INSERT OR IGNORE INTO ticks ({_TICK_COLUMNS}) VALUES (?,?,?,?,?,?,?)", rows)
+        await self._run(self._write_ticks, rows)
         self.write_seconds += trio.current_time() - started
         self.ticks_written += len(rows)
 
