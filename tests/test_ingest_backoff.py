@@ -64,10 +64,10 @@ async def test_a_connection_counts_as_healthy_after_a_minute_up(
 def test_attempt_budget_allows_the_limit_per_sliding_window() -> None:
     budget = AttemptBudget(limit=3, window=300.0)
     for now in (0.0, 1.0, 2.0):
-        assert budget.wait_before_attempt(now) == 0.0
+        assert budget.delay(now) == 0.0
         budget.record(now)
-    assert budget.wait_before_attempt(10.0) == 290.0
-    assert budget.wait_before_attempt(300.0) == 0.0  # the attempt at 0.0 left the window
+    assert budget.delay(10.0) == 290.0
+    assert budget.delay(300.0) == 0.0  # the attempt at 0.0 left the window
 
 
 def test_attempt_budget_defaults_stay_under_binances_300_per_5_minutes() -> None:
@@ -75,7 +75,7 @@ def test_attempt_budget_defaults_stay_under_binances_300_per_5_minutes() -> None
     allowed = 0
     now = 0.0
     while now < 300.0:
-        if budget.wait_before_attempt(now) == 0.0:
+        if budget.delay(now) == 0.0:
             budget.record(now)
             allowed += 1
         now += 0.1

@@ -7,9 +7,10 @@ connection task sleeps for what they return.
 from __future__ import annotations
 
 import random
-from collections import deque
 
 import attrs
+
+from app.ingest.pacer import SlidingWindow
 
 BACKOFF_START_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
@@ -45,20 +46,8 @@ class Backoff:
 
 
 @attrs.define
-class AttemptBudget:
+class AttemptBudget(SlidingWindow):
     """At most ``limit`` connection attempts in any ``window`` seconds (a sliding window, shared by all shards)."""
 
     limit: int = CONNECT_ATTEMPTS_PER_WINDOW
     window: float = CONNECT_WINDOW_SECONDS
-    _attempts: deque[float] = attrs.field(factory=deque, init=False)
-
-    def wait_before_attempt(self, now: float) -> float:
-        """Seconds to wait before the next attempt may start (0 when one may start now)."""
-        while self._attempts and self._attempts[0] <= now - self.window:
-            self._attempts.popleft()
-        if len(self._attempts) < self.limit:
-            return 0.0
-        return self._attempts[0] + self.window - now
-
-    def record(self, now: float) -> None:
-        self._attempts.append(now)

@@ -279,7 +279,7 @@ class StreamClient:
     async def _open(self, shard: Shard, nursery: trio.Nursery, backoff: Backoff) -> ConnectionHandle:
         """A connection that is up and reconciled, retrying with backoff within the attempt budget."""
         while True:
-            while (wait := self._budget.wait_before_attempt(trio.current_time())) > 0:
+            while (wait := self._budget.delay(trio.current_time())) > 0:
                 log.warning("connection attempt budget used up: waiting %.1f s", wait)
                 await trio.sleep(wait)
             self._budget.record(trio.current_time())
