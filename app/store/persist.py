@@ -67,18 +67,24 @@ async def _write_until_done(
         return
 
 
+def _gather(first: Sequence[T], batches: trio.MemoryReceiveChannel[Sequence[T]], limit: int | None) -> list[T]:
+    """``first`` plus every batch already waiting (up to about ``limit`` items): one transaction for all."""
+    pending = list(first)
+    while limit is None or len(pending) < limit:
+        try:
+            pending.extend(batches.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return pending
+
+
 async def persist_ticks(
     tick_batches: trio.MemoryReceiveChannel[Sequence[Tick]], storage: Storage, status: PersistStatus
 ) -> None:
     """Writes every tick, in arrival order, until ``tick_batches`` ends."""
     async with tick_batches:
         async for batch in tick_batches:
-            pending = list(batch)
-            while len(pending) < MAX_TICKS_PER_WRITE:
-                try:
-                    pending.extend(tick_batches.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            pending = _gather(batch, tick_batches, MAX_TICKS_PER_WRITE)
             await _write_until_done(storage.write_ticks, pending, "ticks", status)
             status.tick_writes += 1
             status.ticks_persisted += len(pending)
@@ -94,12 +100,7 @@ async def persist_candles(
     """Writes every closed candle and revision until ``closed_candles`` ends."""
     async with closed_candles:
         async for batch in closed_candles:
-            pending = list(batch)
-            while True:
-                try:
-                    pending.extend(closed_candles.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            pending = _gather(batch, closed_candles, None)
             await _write_until_done(storage.write_candles, pending, "candles", status)
             status.candle_writes += 1
             status.candles_persisted += len(pending)
