@@ -25,6 +25,10 @@ SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "--port": ("HTTP_PORT", "port the HTTP API listens on (0: any free port)"),
     "--database-url": ("DATABASE_URL", "sqlite:///PATH, or sqlite:///:memory: to keep nothing"),
     "--log-level": ("LOG_LEVEL", "DEBUG, INFO, WARNING (default), ERROR"),
+    "--max-streams-per-connection": ("MAX_STREAMS_PER_CONNECTION", "streams per exchange connection (≤ 1024)"),
+    "--stale-after": ("STALE_AFTER_SECONDS", "replace a connection silent this many seconds"),
+    "--max-backfill-trades": ("MAX_BACKFILL_TRADES", "most trades fetched over REST to repair one gap"),
+    "--tick-retention-days": ("TICK_RETENTION_DAYS", "days of raw ticks kept in the database"),
 }
 
 

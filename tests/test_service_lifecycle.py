@@ -14,6 +14,8 @@ import httpx
 import pytest
 import trio
 
+from app.settings import VARIABLES
+
 # Nothing listens here: the service keeps reconnecting, which must not stop it from serving or stopping.
 UNREACHABLE_EXCHANGE = "ws://127.0.0.1:9/ws"
 
@@ -97,7 +99,7 @@ def test_help_of_every_command_is_useful() -> None:
         assert "usage: marketdata" in result.stdout
     serve_help = subprocess.run([sys.executable, "-m", "app", "serve", "--help"], capture_output=True, text=True,
                                 timeout=60, check=True).stdout
-    for variable in ("SYMBOLS", "BINANCE_WS_URL", "CANDLE_INTERVALS", "HTTP_PORT", "DATABASE_URL", "LOG_LEVEL"):
+    for variable in VARIABLES:
         assert variable in serve_help
 
 
