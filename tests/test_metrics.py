@@ -32,6 +32,7 @@ async def test_metrics_reflect_ingest_store_and_feed_counters() -> None:
             btc.ticks_received, btc.ticks_emitted, btc.gaps_found, btc.gaps_repaired = 120, 118, 3, 2
             btc.trades_backfilled = 40
             ingest.parse_errors = 7
+            ingest.disconnects, ingest.last_id_checks, ingest.last_id_checks_failed = 3, 5, 1
             ingest.connections["shard-0"] = ConnectionStatus("shard-0", "ws://x", 2, True, trio.current_time(), 4)
             await web.publish_and_settle(make_ticks("BTCUSDT", 1, 150, step_ms=1000))
             async with open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
@@ -52,6 +53,9 @@ async def test_metrics_reflect_ingest_store_and_feed_counters() -> None:
     assert samples[("marketdata_gaps_repaired_total", btc_label)] == 2
     assert samples[("marketdata_backfilled_trades_total", btc_label)] == 40
     assert samples[("marketdata_parse_errors_total", ())] == 7
+    assert samples[("marketdata_disconnects_total", ())] == 3
+    assert samples[("marketdata_last_id_checks_total", ())] == 5
+    assert samples[("marketdata_last_id_checks_failed_total", ())] == 1
     assert samples[("marketdata_reconnects_total", (("connection", "shard-0"),))] == 4
     assert samples[("marketdata_connection_up", (("connection", "shard-0"),))] == 1
     assert samples[("marketdata_ticks_published_total", ())] == 155

@@ -83,6 +83,15 @@ class ServiceCollector(Collector):
             ("rest_requests", "REST requests to the exchange (backfill, exchangeInfo).", ingest.rest_requests),
             ("rest_rate_limited", "REST answers 429/418 (rate limited).", ingest.rest_rate_limited),
             ("rest_errors", "Failed REST requests.", ingest.rest_errors),
+            ("disconnects", "Open exchange connections lost without our asking (reset, close, stall).",
+             ingest.disconnects),
+            ("server_shutdowns", "serverShutdown events received from the exchange.", ingest.server_shutdowns),
+            ("resume_mismatches", "Symbols whose stored last trade id was ahead of the exchange at start-up.",
+             ingest.resume_mismatches),
+            ("last_id_checks", "Checks of the exchange's last trade ids (24hr ticker) for missed trades.",
+             ingest.last_id_checks),
+            ("last_id_checks_failed", "Last-trade-id checks that failed (holes then found by the next trade).",
+             ingest.last_id_checks_failed),
         ):
             family = _counter(name, documentation)
             family.add_metric([], value)
