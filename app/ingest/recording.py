@@ -46,6 +46,7 @@ import trio
 import trio_websocket
 import zstandard
 
+from app.ingest import urls
 from app.replay.wsclient import open_websocket_client
 
 log = logging.getLogger(__name__)
@@ -227,11 +228,9 @@ def write_recording(path: Path | str, header: RecordingHeader, frames: Iterable[
 
 def combined_stream_url(base_url: str, symbols: Sequence[str]) -> str:
     """``wss://host:9443`` + symbols -> the combined ``@trade`` stream URL (a URL with a path is kept as is)."""
-    parts = urlsplit(base_url)
-    if parts.path not in ("", "/"):
+    if urlsplit(base_url).path not in ("", "/"):
         return base_url
-    streams = "/".join(f"{symbol.lower()}@trade" for symbol in symbols)
-    return f"{base_url.rstrip('/')}/stream?streams={streams}"
+    return urls.combined_stream_url(base_url, [urls.trade_stream(symbol) for symbol in symbols])
 
 
 @attrs.frozen(slots=True)
