@@ -97,7 +97,7 @@ def test_sliding_window_never_exceeds_its_limit_in_any_second() -> None:
 
 
 async def test_pacer_spaces_a_burst_to_three_per_second_on_trio_clock(autojump_clock: trio.testing.MockClock) -> None:
-    pacer = Pacer()
+    pacer = Pacer(SlidingWindow(limit=3, window=1.0))
     sent: list[tuple[float, str]] = []
 
     async def send(message: str) -> None:
