@@ -79,7 +79,7 @@ async def _supervise(
     restored = await restore(storage, candle_feed.builder, settings.symbols)
     await storage.write_candles(restored.recovered)
     persist_status = PersistStatus()
-    ticks_send, ticks_receive = trio.open_memory_channel[Tick](settings.tick_buffer)
+    ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](settings.tick_buffer)
     closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](CLOSED_CANDLE_BUFFER)
     aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
     persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
@@ -119,7 +119,7 @@ async def _run_ingest(
     settings: Settings,
     subscriptions: SubscriptionManager,
     storage: Storage,
-    ticks: trio.MemorySendChannel[Tick],
+    ticks: trio.MemorySendChannel[list[Tick]],
 ) -> None:
     with scope:
         # Resume where storage stopped: the trades since then are backfilled (bounded by MAX_BACKFILL_TRADES).

@@ -47,8 +47,9 @@ class Settings:
     max_backfill_trades: int = 100_000
     # Raw ticks older than this are deleted from the database; candles are kept.
     tick_retention_days: float = 7.0
-    # Buffer of the ingest -> store channel (ticks); ingest waits when it is full, it never drops.
-    tick_buffer: int = 65_536
+    # Buffer of the ingest -> store channel, in batches (one socket read each, at most ~450 trades); ingest
+    # waits when it is full, it never drops.
+    tick_buffer: int = 256
 
     @property
     def sqlite_path(self) -> str | None:

@@ -32,4 +32,4 @@ class ServiceState:
     # Owned by the persistence tasks: what has been committed.
     persist: PersistStatus = attrs.Factory(PersistStatus)
     # The ingest -> fan-out channel, for its depth only (None where a test runs without ingestion).
-    tick_channel: trio.MemoryReceiveChannel[Tick] | None = None
+    tick_channel: trio.MemoryReceiveChannel[list[Tick]] | None = None

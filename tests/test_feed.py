@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -91,15 +92,21 @@ async def test_changing_the_symbol_set_loses_and_repeats_nothing() -> None:
             # Subscribe more while BTC ticks are in flight: every BTC tick still arrives once, in order.
             await send(ws, {"op": "subscribe", "channel": "ticks", "symbols": ["ETHUSDT"]})
             await web.publish(make_ticks("BTCUSDT", 101, 100))
-            await web.publish(make_ticks("ETHUSDT", 1, 10, price="2683.80"))
             received: list[Any] = []
             acks = 0
-            while len(received) < 210:
-                message = decode(await ws.get_message())
-                if message.get("op") == "subscribed":
-                    acks += 1
-                    continue
-                received.extend(message["data"])
+
+            async def read_until(done: Callable[[], bool]) -> None:
+                nonlocal acks
+                while not done():
+                    message = decode(await ws.get_message())
+                    if message.get("op") == "subscribed":
+                        acks += 1
+                        continue
+                    received.extend(message["data"])
+
+            await read_until(lambda: acks == 1)  # ETH ticks count from the ack on
+            await web.publish(make_ticks("ETHUSDT", 1, 10, price="2683.80"))
+            await read_until(lambda: len(received) == 210)
             await assert_quiet(ws)
     assert acks == 1
     btc = [tick["trade_id"] for tick in received if tick["symbol"] == "BTCUSDT"]
@@ -184,7 +191,7 @@ async def open_slow_client(nursery: trio.Nursery, web: Harness) -> WebSocketConn
 
 
 async def test_a_client_that_cannot_keep_up_is_cut_off_with_1013_and_others_get_everything() -> None:
-    limits = FeedLimits(max_pending=2_000, close_timeout_seconds=10)
+    limits = FeedLimits(max_pending=5_000, close_timeout_seconds=10)
     with trio.fail_after(60):
         async with running_web(feed_limits=limits) as web, httpx.AsyncClient(base_url=web.base_url) as client:
             async with trio.open_nursery() as nursery, open_websocket_url(web.ws_url, disconnect_timeout=5) as fast:
@@ -200,10 +207,12 @@ async def test_a_client_that_cannot_keep_up_is_cut_off_with_1013_and_others_get_
 
                 nursery.start_soon(read_fast)
                 published = 0
-                # Publish until the slow client is cut off (bounded: 100 batches of 5,000 ticks).
-                for _ in range(100):
-                    await web.publish_and_settle(make_ticks("BTCUSDT", published + 1, 5_000))
-                    published += 5_000
+                # Publish until the slow client is cut off (bounded: 500 bursts of 500 ticks, 50,000 ticks/s at
+                # most): the fast client would have to stall for 100 ms to fall as far behind.
+                for _ in range(500):
+                    await web.publish_and_settle(make_ticks("BTCUSDT", published + 1, 500))
+                    published += 500
+                    await trio.sleep(0.01)
                     if await metric(client, 'marketdata_subscribers_cut_off_total{stage="websocket"}') >= 1:
                         break
                 else:

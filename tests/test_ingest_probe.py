@@ -91,7 +91,7 @@ async def test_unsubscribing_reports_the_trades_it_could_not_fetch_in_time_as_a_
         status = IngestStatus()
         rest = BinanceRest(simulator.rest_url, status)
         sequencer = TradeSequencer(status, rest, max_backfill_trades=1000, close_out_timeout=0.5, last_id_settle=0.0)
-        ticks_send, ticks_receive = trio.open_memory_channel[Tick](100)
+        ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](100)
         # Nothing of the gap may come out: ids 3-6 were never fetched.
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:

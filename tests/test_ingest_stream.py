@@ -8,7 +8,7 @@ import time
 
 import trio
 import trio.testing
-from test_ingest_support import make_ticks, running_ingest, trades
+from test_ingest_support import make_ticks, receive_ticks, running_ingest, trades
 
 from app.ingest.binance_stream import StreamClient
 from app.ingest.status import IngestStatus
@@ -149,7 +149,7 @@ async def test_server_shutdown_switches_connections_make_before_break(simulator:
 
 async def test_connections_are_replaced_before_their_age_limit_make_before_break(simulator: Simulator) -> None:
     status = IngestStatus()
-    inbox_send, inbox_receive = trio.open_memory_channel[Tick](1000)
+    inbox_send, inbox_receive = trio.open_memory_channel[list[Tick]](1000)
     client = StreamClient(simulator.ws_url, status, inbox_send.send, max_connection_age=1.0, switch_overlap=0.2)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -160,7 +160,7 @@ async def test_connections_are_replaced_before_their_age_limit_make_before_break
             simulator.publish(make_ticks("BTCUSDT", 1, 1))
             await simulator.wait_connections(1)
             simulator.publish(make_ticks("BTCUSDT", 2, 1))
-            received = [await inbox_receive.receive() for _ in range(3)]
+            received = await receive_ticks(inbox_receive, 3)
             nursery.cancel_scope.cancel()
     # Trade 1 came on both connections (the sequencer drops the copy), trade 2 on the new one.
     assert [tick.trade_id for tick in received] == [1, 1, 2]
@@ -215,7 +215,7 @@ async def test_malformed_frames_are_counted_and_skipped(simulator: Simulator) ->
 async def test_refused_connections_are_retried_with_backoff() -> None:
     config = SimulatorConfig(source=ManualSource(symbols=("BTCUSDT",)))
     status = IngestStatus()
-    inbox_send, inbox_receive = trio.open_memory_channel[Tick](100)
+    inbox_send, inbox_receive = trio.open_memory_channel[list[Tick]](100)
     with trio.fail_after(10):
         async with open_simulator(config) as simulator, trio.open_nursery() as nursery:
             simulator.refuse(1.5)
@@ -226,7 +226,7 @@ async def test_refused_connections_are_retried_with_backoff() -> None:
             # Full-jitter backoff from 0.5 s doubling: far fewer attempts than a tight loop would make.
             assert status.connect_attempts <= 8
             simulator.publish(make_ticks("BTCUSDT", 1, 1))
-            assert await inbox_receive.receive() == make_ticks("BTCUSDT", 1, 1)[0]
+            assert await receive_ticks(inbox_receive, 1) == make_ticks("BTCUSDT", 1, 1)
             nursery.cancel_scope.cancel()
 
 
@@ -236,7 +236,7 @@ async def test_an_unreachable_exchange_is_retried_with_growing_delays(autojump_c
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     status = IngestStatus()
-    inbox_send, _inbox_receive = trio.open_memory_channel[Tick](100)
+    inbox_send, _inbox_receive = trio.open_memory_channel[list[Tick]](100)
     client = StreamClient(f"ws://127.0.0.1:{port}/ws", status, inbox_send.send, rng=random.Random(11))
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run, ["btcusdt@trade"])

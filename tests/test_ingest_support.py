@@ -84,14 +84,23 @@ async def running_ingest(
     config = Settings(**{**fields, **settings})  # type: ignore[arg-type]
     status = IngestStatus()
     ingest = Ingest(SubscriptionManager(config.symbols, status), status)
-    ticks_send, ticks_receive = trio.open_memory_channel[Tick](buffer)
+    ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](buffer)
 
     async def consume() -> None:
-        async for tick in ticks_receive:
-            ingest.note(tick)
+        async for batch in ticks_receive:
+            for tick in batch:
+                ingest.note(tick)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consume)
         await nursery.start(stream_trades, config, ingest.subscriptions, ticks_send, resume_from)
         yield ingest
         nursery.cancel_scope.cancel()
+
+
+async def receive_ticks(batches: trio.MemoryReceiveChannel[list[Tick]], count: int) -> list[Tick]:
+    """The next ``count`` ticks from a channel of batches (what the stream client hands on, one read each)."""
+    received: list[Tick] = []
+    while len(received) < count:
+        received.extend(await batches.receive())
+    return received

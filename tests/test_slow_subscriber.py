@@ -28,7 +28,7 @@ def make_tick(number: int) -> Tick:
 async def test_a_stalled_subscriber_is_cut_off_while_ingestion_and_the_others_go_on() -> None:
     hub = TickHub()
     feed = CandleFeed([Interval("1s"), Interval("1m")])
-    ticks_send, ticks_receive = trio.open_memory_channel[Tick](1024)
+    ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](1024)
     closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](64)
     aggregator_input = hub.subscribe("aggregator", 64, OverflowPolicy.BACKPRESSURE)
     stalled, stalled_ticks = hub.subscribe_handle("ws:stalled", 16, OverflowPolicy.CUT_OFF)
@@ -44,9 +44,9 @@ async def test_a_stalled_subscriber_is_cut_off_while_ingestion_and_the_others_go
         async with ticks_send:
             for number in range(TICKS):
                 try:
-                    ticks_send.send_nowait(make_tick(number))
+                    ticks_send.send_nowait([make_tick(number)])
                 except trio.WouldBlock:
-                    await ticks_send.send(make_tick(number))
+                    await ticks_send.send([make_tick(number)])
 
     async def read_ticks() -> None:
         async for batch in reader_ticks:

@@ -108,15 +108,21 @@ async def test_thousands_of_idle_subscribers_that_left_are_swept_out() -> None:
 
 async def test_fan_out_batches_the_ingest_channel_and_ends_every_subscriber() -> None:
     hub = TickHub()
-    ticks_send, ticks_receive = trio.open_memory_channel[Tick](10_000)
+    ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](10_000)
     subscriber = hub.subscribe("all", 100, OverflowPolicy.BACKPRESSURE)
-    for trade_id in range(2000):
-        ticks_send.send_nowait(tick("BTCUSDT", trade_id))
+    # Socket reads of 1 to 40 trades: what is waiting is merged into batches of about MAX_BATCH.
+    sizes = [1 + number % 40 for number in range(200)]
+    first_ids = [sum(sizes[:index]) for index in range(len(sizes))]
+    for first_id, size in zip(first_ids, sizes, strict=True):
+        ticks_send.send_nowait([tick("BTCUSDT", trade_id) for trade_id in range(first_id, first_id + size)])
     ticks_send.close()
     await fan_out(ticks_receive, hub)
     batches = drain(subscriber)
-    assert [t.trade_id for batch in batches for t in batch] == list(range(2000))
-    assert len(batches) == -(-2000 // MAX_BATCH)  # drained in full batches
+    total = sum(sizes)
+    assert [t.trade_id for batch in batches for t in batch] == list(range(total))
+    assert all(MAX_BATCH <= len(batch) < MAX_BATCH + 40 for batch in batches[:-1])
+    assert len(batches) <= -(-total // MAX_BATCH)
+    assert hub.ticks_published == total
     assert hub.closed
     late = hub.subscribe("late", 4, OverflowPolicy.CUT_OFF)
     with pytest.raises(trio.EndOfChannel):

@@ -10,11 +10,12 @@ from functools import partial
 import pytest
 import trio
 from test_ingest_support import make_ticks, running_ingest, trades
-from trio_websocket import ConnectionClosed, WebSocketRequest, open_websocket_url, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from app.ingest.connection import StreamConnection
 from app.ingest.control import ControlError, ControlTimeout
 from app.ingest.status import ConnectionStatus, IngestStatus
+from app.ingest.stream_socket import open_stream_socket
 from app.ingest.subscriptions import (
     AlreadySubscribedError,
     ExchangeUnavailableError,
@@ -155,12 +156,12 @@ async def test_an_unanswered_request_times_out() -> None:
                 await socket.get_message()
 
     status = IngestStatus()
-    inbox_send, _inbox_receive = trio.open_memory_channel[Tick](10)
+    inbox_send, _inbox_receive = trio.open_memory_channel[list[Tick]](10)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(serve_websocket, silent, "127.0.0.1", 0, ssl_context=None))
             url = f"ws://127.0.0.1:{server.port}/stream?streams=btcusdt@trade"
-            async with open_websocket_url(url) as socket:
+            async with open_stream_socket(url, connect_timeout=5) as socket:
                 connection = StreamConnection(
                     "test", socket, ["btcusdt@trade"], ConnectionStatus("test", url), status, ack_timeout=0.3
                 )
@@ -173,9 +174,12 @@ async def test_an_unanswered_request_times_out() -> None:
 
 async def test_an_error_reply_fails_the_request_with_binances_code(simulator: Simulator) -> None:
     status = IngestStatus()
-    inbox_send, _inbox_receive = trio.open_memory_channel[Tick](10)
+    inbox_send, _inbox_receive = trio.open_memory_channel[list[Tick]](10)
     with trio.fail_after(5):
-        async with open_websocket_url(simulator.stream_url("btcusdt@trade")) as socket, trio.open_nursery() as nursery:
+        async with (
+            open_stream_socket(simulator.stream_url("btcusdt@trade"), connect_timeout=5) as socket,
+            trio.open_nursery() as nursery,
+        ):
             connection = StreamConnection("test", socket, ["btcusdt@trade"], ConnectionStatus("test", "url"), status)
             nursery.start_soon(connection.receive, inbox_send.send)
             with pytest.raises(ControlError, match="invalid stream name") as raised:

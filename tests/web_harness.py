@@ -51,16 +51,21 @@ def make_ticks(
     ]
 
 
+# Trades per batch in ``Harness.publish``: about what one 64 KiB socket read of trade frames holds.
+READ_BATCH = 300
+
+
 @attrs.define
 class Harness:
     state: ServiceState
     base_url: str
     ws_url: str
-    ticks: trio.MemorySendChannel[Tick]
+    ticks: trio.MemorySendChannel[list[Tick]]
 
     async def publish(self, ticks: Sequence[Tick]) -> None:
-        for tick in ticks:
-            await self.ticks.send(tick)
+        """Sends ``ticks`` as ingestion does: in batches of at most one socket read's worth."""
+        for start in range(0, len(ticks), READ_BATCH):
+            await self.ticks.send(list(ticks[start : start + READ_BATCH]))
 
     async def publish_and_settle(self, ticks: Sequence[Tick]) -> None:
         """Publishes ``ticks`` and returns once the hub and the candle builder have taken all of them."""
@@ -103,7 +108,7 @@ async def running_web(
     candles = CandleFeed(settings.candle_intervals, recent_limit=recent_candles)
     ingest = IngestStatus()
     state = ServiceState(settings=settings, hub=hub, candles=candles, storage=storage, ingest=ingest)
-    ticks_send, ticks_receive = trio.open_memory_channel[Tick](65_536)
+    ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](1024)
     closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](1024)
     candle_input = hub.subscribe("aggregator", 256, OverflowPolicy.BACKPRESSURE)
     try:

@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 
 import attrs
 import trio
-import trio_websocket
 
 from app.ingest.backoff import HEALTHY_AFTER_SECONDS, AttemptBudget, Backoff
 from app.ingest.connection import ACK_TIMEOUT_SECONDS, StreamConnection, TickSink
 from app.ingest.control import ControlError, ControlTimeout
 from app.ingest.status import ConnectionStatus, IngestStatus
+from app.ingest.stream_socket import HandshakeFailed, SocketClosed, open_stream_socket
 from app.ingest.urls import combined_stream_url, symbol_of_stream, uses_microseconds
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,15 @@ log = logging.getLogger(__name__)
 MAX_CONNECTION_AGE_SECONDS = 23.5 * 3600
 # Old and new connection both run this long after a switch, so the old one drains what it already holds.
 SWITCH_OVERLAP_SECONDS = 2.0
-# trio-websocket 0.12 notices a TCP reset during the opening handshake only at this timeout.
+# TCP connect, TLS and the WebSocket upgrade together.
 CONNECT_TIMEOUT_SECONDS = 5.0
-DISCONNECT_TIMEOUT_SECONDS = 2.0
-# Messages trio-websocket buffers per connection before it stops reading the socket.
-MESSAGE_QUEUE_SIZE = 256
-# trio-websocket reads 4 KiB at a time by default (~20 trade frames); larger reads mean fewer wake-ups.
+# One read is one batch of trades for the pipeline: 64 KiB holds ~300 trade frames.
 RECEIVE_BUFFER_BYTES = 65_536
 # Streams put into the URL; the rest (up to the shard's cap) are subscribed right after connecting.
 URL_STREAMS_LIMIT = 200
 # A connection that delivered this many trades counts as healthy, as does one that lived for HEALTHY_AFTER.
 HEALTHY_AFTER_TRADES = 100
-NETWORK_ERRORS = (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed)
+NETWORK_ERRORS = (OSError, trio.BrokenResourceError, HandshakeFailed, SocketClosed)
 
 
 class ConnectionHandle:
@@ -209,7 +206,7 @@ class StreamClient:
                 # A connection that does not answer is broken: replace it (the next one carries the stream).
                 connection.abort(f"control request unanswered: {error}")
                 await shard.wait_changed()
-            except trio_websocket.ConnectionClosed:
+            except SocketClosed:
                 # The connection is going; the next one subscribes the shard's streams when it opens.
                 await shard.wait_changed()
 
@@ -235,7 +232,7 @@ class StreamClient:
             try:
                 with trio.fail_after(self._ack_timeout):
                     await connection.unsubscribe([stream])
-            except (ControlError, trio_websocket.ConnectionClosed, trio.TooSlowError) as error:
+            except (ControlError, SocketClosed, trio.TooSlowError) as error:
                 # Not wanted any more either way: the next connection will not carry it, and the sequencer
                 # drops whatever still arrives.
                 log.warning("unsubscribe not confirmed stream=%s error=%s", stream, error)
@@ -306,12 +303,8 @@ class StreamClient:
         connection: StreamConnection | None = None
         try:
             with handle.scope:
-                async with trio_websocket.open_websocket_url(
-                    url,
-                    connect_timeout=self._connect_timeout,
-                    disconnect_timeout=DISCONNECT_TIMEOUT_SECONDS,
-                    message_queue_size=MESSAGE_QUEUE_SIZE,
-                    receive_buffer_size=RECEIVE_BUFFER_BYTES,
+                async with open_stream_socket(
+                    url, connect_timeout=self._connect_timeout, receive_bytes=RECEIVE_BUFFER_BYTES
                 ) as socket:
                     connection = StreamConnection(
                         shard.name, socket, url_streams, status, self._status,
@@ -350,7 +343,7 @@ class StreamClient:
             nursery.start_soon(self._retire_when_due, connection, handle)
             try:
                 await self._reconcile(shard, connection)
-            except (ControlError, trio_websocket.ConnectionClosed) as error:
+            except (ControlError, SocketClosed) as error:
                 connection.end_reason = f"subscribing failed: {error}"
                 nursery.cancel_scope.cancel()
                 return

@@ -1,10 +1,11 @@
 """One open WebSocket to Binance's combined stream: frames in (parsed to ticks), paced control requests out.
 
-The receive loop is the hot path: one ``orjson.loads``, one hand-tuned parse, and a ``send_nowait`` into the
-sequencer's inbox per trade. Anything else that arrives is classified explicitly: replies to our requests go
-to their waiter, ``serverShutdown`` asks for a replacement connection, other well-formed events are counted
-and skipped, and anything unparsable is counted and logged (rate-limited, frame truncated); none of it stops
-the stream.
+The receive loop is the hot path: each socket read yields a batch of messages; each gets one ``orjson.loads``
+and one hand-tuned parse, and the batch's trades go to the sequencer in one call. Anything else that arrives
+is classified explicitly: replies to our requests go to their waiter, ``serverShutdown`` asks for a
+replacement connection, other well-formed events are counted and skipped, and anything unparsable is counted
+and logged (rate-limited, frame truncated); none of it stops the stream. When the socket closes, requests
+still waiting for a reply fail at once (they do not wait out their timeout).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import orjson
 import trio
-import trio_websocket
 
 from app.convert import FrameError, quote_frame, trade_from_payload
 from app.ingest.control import (
@@ -30,6 +30,7 @@ from app.ingest.control import (
 from app.ingest.log_throttle import LogThrottle
 from app.ingest.pacer import Pacer
 from app.ingest.status import ConnectionStatus, IngestStatus
+from app.ingest.stream_socket import SocketClosed, StreamSocket
 from app.model import Tick
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ ACK_TIMEOUT_SECONDS = 10.0
 STREAMS_PER_REQUEST = 200
 SERVER_SHUTDOWN = "serverShutdown"
 
-# Where parsed trades go: the sequencer's ``accept`` (or a channel's ``send`` in tests).
-TickSink = Callable[[Tick], Awaitable[None]]
+# Where parsed trades go, a batch (one socket read) at a time: the sequencer's ``accept``.
+TickSink = Callable[[list[Tick]], Awaitable[None]]
 
 
 class StreamConnection:
@@ -49,7 +50,7 @@ class StreamConnection:
     def __init__(
         self,
         name: str,
-        socket: trio_websocket.WebSocketConnection,
+        socket: StreamSocket,
         url_streams: Iterable[str],
         status: ConnectionStatus,
         ingest: IngestStatus,
@@ -90,7 +91,7 @@ class StreamConnection:
     async def request(self, method: str, params: Sequence[str]) -> object:
         """Sends a paced request and returns its ``result``; raises ControlError on an error reply or silence."""
         request_id = self._pending.open()
-        await self._pacer.send(self.socket.send_message, request_frame(method, params, request_id))
+        await self._pacer.send(self.socket.send_text, request_frame(method, params, request_id))
         self.status.control_messages_sent += 1
         with trio.move_on_after(self._ack_timeout):
             reply = await self._pending.wait(request_id)
@@ -120,9 +121,9 @@ class StreamConnection:
     # --- receiving ---
 
     async def receive(self, accept: TickSink) -> None:
-        """Parses frames and hands each trade to ``accept`` until the connection closes (returns;
+        """Parses frames and hands each read's trades to ``accept`` until the connection closes (returns;
         ``end_reason`` says why)."""
-        get_message = self.socket.get_message
+        receive_batch = self.socket.receive_batch
         loads = orjson.loads
         parse = trade_from_payload
         microseconds = self._microseconds
@@ -130,28 +131,30 @@ class StreamConnection:
         current_time = trio.current_time
         try:
             while True:
-                frame = await get_message()
+                frames = await receive_batch()
                 self.last_frame_at = status.last_frame_at = current_time()
-                status.frames_received += 1
-                try:
-                    message = loads(frame)
-                    data = message.get("data")
-                except (orjson.JSONDecodeError, AttributeError):
-                    self._bad_frame("not a JSON object", frame)
-                    continue
-                if data is None:
-                    self._on_message(message, frame)
-                    continue
-                try:
-                    tick = parse(data, microseconds=microseconds)
-                except FrameError as error:
-                    self._on_event(data, error, frame, message.get("stream"))
-                    continue
-                self.trades_received += 1
-                await accept(tick)
-        except trio_websocket.ConnectionClosed as closed:
-            reason = closed.reason
-            self.end_reason = "closed" if reason is None else f"closed code={reason.code} reason={reason.reason}"
+                status.frames_received += len(frames)
+                ticks: list[Tick] = []
+                for frame in frames:
+                    try:
+                        message = loads(frame)
+                        data = message.get("data")
+                    except (orjson.JSONDecodeError, AttributeError):
+                        self._bad_frame("not a JSON object", frame)
+                        continue
+                    if data is None:
+                        self._on_message(message, frame)
+                        continue
+                    try:
+                        ticks.append(parse(data, microseconds=microseconds))
+                    except FrameError as error:
+                        self._on_event(data, error, frame, message.get("stream"))
+                if ticks:
+                    self.trades_received += len(ticks)
+                    await accept(ticks)
+        except SocketClosed as closed:
+            self.end_reason = str(closed)
+            self._pending.close(closed)
 
     def _on_message(self, message: dict[str, Any], frame: str | bytes) -> None:
         """A frame without ``data``: a reply to a request, or a raw-endpoint event."""

@@ -90,6 +90,8 @@ class PendingRequests:
     def __init__(self) -> None:
         self._next_id = 1
         self._waiters: dict[int, _Waiter] = {}
+        # Set when the connection ended: waiting requests (and later ones) raise it instead of timing out.
+        self._closed: BaseException | None = None
 
     def open(self) -> int:
         request_id = self._next_id
@@ -108,14 +110,24 @@ class PendingRequests:
         return True
 
     async def wait(self, request_id: int) -> ControlReply:
-        """The reply to ``request_id`` (the caller bounds the wait with a timeout)."""
+        """The reply to ``request_id`` (the caller bounds the wait with a timeout); raises the connection's end
+        (see ``close``) if it ends first."""
         waiter = self._waiters[request_id]
         try:
-            await waiter.done.wait()
+            if self._closed is None:
+                await waiter.done.wait()
         finally:
             self._waiters.pop(request_id, None)
-        assert waiter.reply is not None
+        if waiter.reply is None:
+            assert self._closed is not None
+            raise self._closed
         return waiter.reply
+
+    def close(self, error: BaseException) -> None:
+        """The connection ended with ``error``: every waiting request raises it now, not at its timeout."""
+        self._closed = error
+        for waiter in self._waiters.values():
+            waiter.done.set()
 
     def __len__(self) -> int:
         return len(self._waiters)

@@ -1,6 +1,6 @@
 """The sequencer: every trade of every subscribed symbol exactly once, in id order, gaps repaired over REST.
 
-Connections hand every parsed tick to ``TradeSequencer.accept`` (no extra task hop on the hot path). The
+Connections hand the parsed ticks of each socket read to ``TradeSequencer.accept`` (no task hop on the hot path). The
 per-symbol ``TradeSequence`` decides synchronously what may go out, and the ``Emitter`` sends it in the order
 decided, so ordering holds whichever task decided. A hole (after a reconnect, a stall, a dropped frame, or at
 start-up from a persisted trade id) starts one repair task for that symbol, which fetches the missing ids over
@@ -207,7 +207,10 @@ class TradeSequencer:
         await self._emitter.flush()
 
     async def run(
-        self, ticks: trio.MemorySendChannel[Tick], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        ticks: trio.MemorySendChannel[list[Tick]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Emits into ``ticks`` and hosts the repair tasks until cancelled."""
         async with trio.open_nursery() as nursery:
@@ -216,32 +219,42 @@ class TradeSequencer:
             task_status.started()
             await trio.sleep_forever()
 
-    async def accept(self, tick: Tick) -> None:
-        """A live tick from a connection: emitted now, held behind a hole, or dropped as a duplicate."""
-        sequence = self.sequences.get(tick.symbol)
-        if sequence is None:
-            self._status.ticks_ignored += 1
-            return
-        status = sequence.status
-        status.ticks_received += 1
-        status.last_tick_at = trio.current_time()
+    async def accept(self, ticks: list[Tick]) -> None:
+        """Live ticks from a connection (one socket read): each is emitted now, held behind a hole, or dropped
+        as a duplicate; the ones due go out as one batch."""
         emitter = self._emitter
         assert emitter is not None, "TradeSequencer.run is not running"
-        if tick.trade_id == sequence.next_id and not sequence.held:
-            # The hot path: the tick due, nothing held.
-            sequence.next_id = tick.trade_id + 1
-            status.ticks_emitted += 1
-            status.last_trade_id = tick.trade_id
-            if not emitter.try_send(tick):
-                await emitter.emit(tick)
-            return
-        if sequence.next_id is None:
-            self._start_stream(sequence, tick)
-        elif sequence.resume_unverified:
-            self._verify_resume(sequence, tick)
-        self._release(sequence, sequence.offer(tick))
-        if sequence.held:
-            self._check_hole(sequence)
+        sequences = self.sequences
+        now = trio.current_time()
+        due: list[Tick] = []
+        for tick in ticks:
+            sequence = sequences.get(tick.symbol)
+            if sequence is None:
+                self._status.ticks_ignored += 1
+                continue
+            status = sequence.status
+            status.ticks_received += 1
+            status.last_tick_at = now
+            trade_id = tick.trade_id
+            if trade_id == sequence.next_id and not sequence.held:
+                # The hot path: the tick due, nothing held.
+                sequence.next_id = trade_id + 1
+                status.ticks_emitted += 1
+                status.last_trade_id = trade_id
+                due.append(tick)
+                continue
+            # What this tick releases goes out after the ticks already due.
+            emitter.enqueue(due)
+            due = []
+            if sequence.next_id is None:
+                self._start_stream(sequence, tick)
+            elif sequence.resume_unverified:
+                self._verify_resume(sequence, tick)
+            self._release(sequence, sequence.offer(tick))
+            if sequence.held:
+                self._check_hole(sequence)
+        if due and not emitter.try_send(due):
+            emitter.enqueue(due)
         await emitter.flush()
 
     # --- synchronous decisions (no await: ordering is decided here) ---

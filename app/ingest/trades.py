@@ -1,10 +1,10 @@
 """``stream_trades``: the ingest task the supervisor starts, wiring the client, the sequencer and REST.
 
-    connections (StreamClient shards) ──accept(tick)──▶ TradeSequencer ──Emitter──▶ ``ticks`` (downstream)
+    connections (StreamClient shards) ──accept(ticks)──▶ TradeSequencer ──Emitter──▶ ``ticks`` (downstream)
                                   REST backfill tasks ──pages──┘
 
-The output carries, per symbol, every trade exactly once and in trade-id order; it is closed when the task
-ends. Ingest waits when ``ticks`` is full; it never drops.
+The output carries batches of ticks (about one socket read each) with, per symbol, every trade exactly once and
+in trade-id order; it is closed when the task ends. Ingest waits when ``ticks`` is full; it never drops.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 async def stream_trades(
     settings: Settings,
     subscriptions: SubscriptionManager,
-    ticks: trio.MemorySendChannel[Tick],
+    ticks: trio.MemorySendChannel[list[Tick]],
     resume_from: Mapping[str, int] | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from itertools import chain
 from operator import attrgetter
 
 import trio
@@ -53,7 +54,7 @@ class TickHub:
     ) -> trio.MemoryReceiveChannel[Sequence[Tick]]:
         """A new subscriber's channel of tick batches (``symbols`` None: every symbol).
 
-        ``buffer`` counts batches (of at most ``MAX_BATCH`` ticks). The channel ends when the hub closes
+        ``buffer`` counts batches (of at most about ``MAX_BATCH`` ticks). The channel ends when the hub closes
         (``closed`` is then True) or when the subscriber is cut off (``cut_off_reason_of`` says why). Closing
         the receiving end unsubscribes.
         """
@@ -110,18 +111,31 @@ class TickHub:
         self._fanout.close()
 
 
-async def fan_out(ticks: trio.MemoryReceiveChannel[Tick], hub: TickHub) -> None:
-    """Drains ingested ticks in batches into the hub; closes every subscriber when ingestion ends."""
+async def fan_out(ticks: trio.MemoryReceiveChannel[list[Tick]], hub: TickHub) -> None:
+    """Publishes ingested batches to the hub, merging those waiting (up to ``MAX_BATCH`` ticks) into one;
+    closes every subscriber when ingestion ends."""
     try:
         async with ticks:
             async for first in ticks:
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(ticks.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+                batch = first
+                if len(batch) < MAX_BATCH:
+                    waiting = _receive_waiting(ticks, MAX_BATCH - len(batch))
+                    if waiting:
+                        batch = [*batch, *chain.from_iterable(waiting)]
                 await hub.publish(batch)
     finally:
         hub.close()
     log.debug("fan_out ended published=%d", hub.ticks_published)
+
+
+def _receive_waiting(ticks: trio.MemoryReceiveChannel[list[Tick]], room: int) -> list[list[Tick]]:
+    """Batches already in the channel, until they hold ``room`` ticks (the last one may overshoot)."""
+    waiting: list[list[Tick]] = []
+    while room > 0:
+        try:
+            batch = ticks.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+        waiting.append(batch)
+        room -= len(batch)
+    return waiting

@@ -84,7 +84,7 @@ def assess_health(state: ServiceState, now: float) -> HealthReport:
 
 
 def channel_depths(state: ServiceState) -> list[ChannelDepth]:
-    """How full the ingest channel (in ticks) and each subscriber channel (in batches) are."""
+    """How full the ingest channel and each subscriber channel are (in batches)."""
     depths = [*state.hub.channel_depths(), *state.candles.channel_depths()]
     if state.tick_channel is not None:
         statistics = state.tick_channel.statistics()
