@@ -75,8 +75,8 @@ class FeedLimits:
     # ... and at least this far apart once a frame carries ``busy_frame_items`` or more: a trickle (1,000 trades/s)
     # goes out within about a millisecond, while under load each frame gathers more items instead of taking the
     # CPU ingestion needs (a frame costs about the same whatever it holds).
-    busy_frame_interval_seconds: float = 0.005
-    busy_frame_items: int = 8
+    busy_frame_interval_seconds: float = 0.002
+    busy_frame_items: int = 32
     # Data frames per second to all clients together (a frame costs ~100 µs here, Quart + Hypercorn + wsproto):
     # with many subscribed clients their interval grows (N / budget), so the feed never takes the CPU ingestion
     # needs; they get fewer, fuller frames.
