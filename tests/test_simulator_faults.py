@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trio
 from trio_websocket import ConnectionClosed
+from ws_client import open_websocket_client
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Event, Ping, Request, TextMessage
 
@@ -20,7 +21,6 @@ from app.convert import FrameError, parse_trade_frame
 from app.model import Tick
 from app.replay.config import Faults, Limits, ManualSource, SimulatorConfig
 from app.replay.simulator import Simulator, open_simulator
-from app.replay.wsclient import open_websocket_client
 
 
 def make_tick(trade_id: int, symbol: str = "BTCUSDT") -> Tick:

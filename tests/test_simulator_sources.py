@@ -8,13 +8,13 @@ from pathlib import Path
 
 import orjson
 import trio
+from ws_client import open_websocket_client
 
 from app.convert import parse_trade_frame
 from app.ingest.recording import read_recording
 from app.replay.config import ReplaySource, SimulatorConfig, SyntheticSource
 from app.replay.simulator import open_simulator
 from app.replay.sources import SyntheticMarket, load_recording, replay_schedule, synthetic_profiles
-from app.replay.wsclient import open_websocket_client
 
 DATA = Path(__file__).resolve().parents[1] / "app" / "data"
 DEMO = DATA / "demo-binance-2024-08-08.rec.zst"

@@ -9,12 +9,12 @@ import orjson
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from ws_client import open_websocket_client
 
 from app.convert import parse_trade_frame
 from app.model import Tick
 from app.replay.config import Limits, ManualSource, SimulatorConfig
 from app.replay.simulator import Simulator, open_simulator
-from app.replay.wsclient import open_websocket_client
 
 
 def make_tick(trade_id: int = 3735683259, symbol: str = "BTCUSDT", price: str = "61837.63000000",

@@ -3,13 +3,14 @@
     trades.py          stream_trades: the task the supervisor starts (wires everything below)
     binance_stream.py  StreamClient: shards, reconnects, watchdog, make-before-break, live (un)subscribe
     connection.py      StreamConnection: one socket, the parsing hot path, paced control requests
+    stream_socket.py   StreamSocket: the RFC 6455 client, each socket read parsed into a batch of messages
     control.py         SUBSCRIBE/UNSUBSCRIBE frames, replies and their correlation by id
     pacer.py           control messages at <= 3 per sliding second (the server's pings take the 4th)
     backoff.py         full-jitter exponential backoff and the connection-attempt budget
     gap_repair.py      TradeSequencer: duplicates dropped, holes backfilled over REST, gaps reported;
                        last trade ids checked when a connection comes up and before unsubscribing
     sequence.py        TradeSequence: the pure per-symbol core of the above
-    emitter.py         Emitter: ordered, lossless hand-over to the output channel
+    emitter.py         Emitter: ordered, lossless hand-over of tick batches to the output channel
     rest.py            BinanceRest: historicalTrades/24hr ticker/exchangeInfo, 429/418/Retry-After honoured
     exchange_info.py   SymbolDirectory: exchangeInfo, cached
     subscriptions.py   SubscriptionManager: the live symbol set the web layer changes

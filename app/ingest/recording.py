@@ -43,11 +43,11 @@ from urllib.parse import urlsplit
 import attrs
 import orjson
 import trio
-import trio_websocket
 import zstandard
 
 from app.ingest import urls
-from app.replay.wsclient import open_websocket_client
+from app.ingest.binance_stream import CONNECT_TIMEOUT_SECONDS
+from app.ingest.stream_socket import HandshakeFailed, SocketClosed, open_stream_socket
 
 log = logging.getLogger(__name__)
 
@@ -277,22 +277,22 @@ async def _receive_frames(
     progress_interval: float,
     task_status: trio.TaskStatus[str],
 ) -> None:
-    async with frames_send, open_websocket_client(url) as socket:
+    async with frames_send, open_stream_socket(url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as socket:
         log.info("recording from url=%s", url)
         task_status.started(url)
         received = 0
         next_progress = trio.current_time() + progress_interval
         while True:
             try:
-                message = await socket.get_message()
-            except trio_websocket.ConnectionClosed as closed:
-                log.info("server closed the connection reason=%s frames=%d", closed.reason, received)
+                messages = await socket.receive_batch()
+            except SocketClosed as closed:
+                log.info("server closed the connection reason=%s frames=%d", closed, received)
                 return
-            # Stamp first: the receive time must not include our own processing.
+            # Stamp first: the receive time must not include our own processing. Frames of one read share it.
             recv_ns = time.time_ns()
-            text = message if isinstance(message, str) else message.decode("utf-8", "replace")
-            await frames_send.send(RecordedFrame(recv_ns=recv_ns, frame=text))
-            received += 1
+            for message in messages:
+                await frames_send.send(RecordedFrame(recv_ns=recv_ns, frame=message.decode("utf-8", "replace")))
+            received += len(messages)
             if trio.current_time() >= next_progress:
                 log.info("recording progress frames=%d", received)
                 next_progress = trio.current_time() + progress_interval
@@ -324,11 +324,11 @@ def record_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.info("recording interrupted; file closed")
         return 0
-    except (OSError, trio_websocket.HandshakeError) as error:
+    except (OSError, HandshakeFailed) as error:
         log.error("recording failed: %s", error)
         return 1
     except BaseExceptionGroup as group:
-        failures, others = group.split((OSError, trio_websocket.HandshakeError))
+        failures, others = group.split((OSError, HandshakeFailed))
         if others is not None or failures is None:
             raise
         log.error("recording failed: %s", failures.exceptions[0])

@@ -14,6 +14,5 @@ Modules, one job each:
 * ``sources``    - recordings replayed (looping with shifted ids) and the seeded synthetic market.
 * ``events``     - frames in Binance's ``@trade`` layout; ``klines``, ``ticker``, ``ledger`` - REST's data.
 * ``faults``     - malformed frames, TCP resets, seeded per-frame dice.
-* ``wsclient``   - a client connection that closes its socket even when the server closed first.
 * ``cli``        - the ``simulate`` and ``record`` sub-commands; ``convert_shared`` rebuilds ``app/data``.
 """
