@@ -61,6 +61,42 @@ async def test_pending_requests_hand_each_reply_to_its_waiter(autojump_clock: tr
     assert len(pending) == 0
 
 
+async def test_a_reply_that_arrives_before_anyone_waits_is_kept_for_the_waiter() -> None:
+    # A fast server answers while the request frame is still being sent: the reply must not be lost (it once
+    # was, and the waiter's lookup crashed the service).
+    pending = PendingRequests()
+    request_id = pending.open()
+    assert pending.resolve(ControlReply(request_id, result=["btcusdt@trade"]))
+    assert not pending.resolve(ControlReply(request_id))  # a second reply to the same id is a stray
+    with trio.fail_after(1):
+        assert await pending.wait(request_id) == ControlReply(request_id, result=["btcusdt@trade"])
+    assert len(pending) == 0
+
+
+async def test_waiting_requests_fail_with_the_connections_end_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pending = PendingRequests()
+    first, second = pending.open(), pending.open()
+    ended = RuntimeError("closed code=1008 reason=too many messages")
+    failures: list[BaseException] = []
+
+    async def wait(request_id: int) -> None:
+        try:
+            await pending.wait(request_id)
+        except RuntimeError as error:
+            failures.append(error)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, first)
+        await trio.testing.wait_all_tasks_blocked()
+        pending.close(ended)
+        nursery.start_soon(wait, second)  # a request that starts waiting after the end fails too
+    assert failures == [ended, ended]
+    assert trio.current_time() == 0  # nobody waited out a timeout
+    assert len(pending) == 0
+
+
 async def test_a_timed_out_wait_forgets_its_request(autojump_clock: trio.testing.MockClock) -> None:
     pending = PendingRequests()
     request_id = pending.open()

@@ -15,7 +15,7 @@ from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 from app.ingest.connection import StreamConnection
 from app.ingest.control import ControlError, ControlTimeout
 from app.ingest.status import ConnectionStatus, IngestStatus
-from app.ingest.stream_socket import open_stream_socket
+from app.ingest.stream_socket import SocketClosed, open_stream_socket
 from app.ingest.subscriptions import (
     AlreadySubscribedError,
     ExchangeUnavailableError,
@@ -169,6 +169,28 @@ async def test_an_unanswered_request_times_out() -> None:
                 with pytest.raises(ControlTimeout, match="no reply within"):
                     await connection.subscribe(["ethusdt@trade"])
                 assert "ethusdt@trade" not in connection.subscribed
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_request_fails_as_soon_as_its_connection_closes() -> None:
+    # Binance closes a connection that sends too many messages (1008) without answering the last request.
+    async def closing(request: WebSocketRequest) -> None:
+        socket = await request.accept()
+        await socket.get_message()
+        await socket.aclose(1008, "Too many requests")
+
+    status = IngestStatus()
+    inbox_send, _inbox_receive = trio.open_memory_channel[list[Tick]](10)
+    with trio.fail_after(3):  # far below the 10 s ack timeout
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve_websocket, closing, "127.0.0.1", 0, ssl_context=None))
+            url = f"ws://127.0.0.1:{server.port}/stream?streams=btcusdt@trade"
+            async with open_stream_socket(url, connect_timeout=5) as socket:
+                connection = StreamConnection("test", socket, ["btcusdt@trade"], ConnectionStatus("test", url), status)
+                nursery.start_soon(connection.receive, inbox_send.send)
+                with pytest.raises(SocketClosed, match="code=1008 reason=Too many requests"):
+                    await connection.subscribe(["ethusdt@trade"])
+            assert connection.end_reason == "closed code=1008 reason=Too many requests"
             nursery.cancel_scope.cancel()
 
 

@@ -91,7 +91,11 @@ class StreamConnection:
     async def request(self, method: str, params: Sequence[str]) -> object:
         """Sends a paced request and returns its ``result``; raises ControlError on an error reply or silence."""
         request_id = self._pending.open()
-        await self._pacer.send(self.socket.send_text, request_frame(method, params, request_id))
+        try:
+            await self._pacer.send(self.socket.send_text, request_frame(method, params, request_id))
+        except BaseException:
+            self._pending.forget(request_id)
+            raise
         self.status.control_messages_sent += 1
         with trio.move_on_after(self._ack_timeout):
             reply = await self._pending.wait(request_id)

@@ -100,10 +100,11 @@ class PendingRequests:
         return request_id
 
     def resolve(self, reply: ControlReply) -> bool:
-        """Hands ``reply`` to its waiter; False when no request has that id (a stray or late reply)."""
+        """Hands ``reply`` to its waiter, which may not be waiting yet (a fast server answers while the request
+        is still being sent); False when no request has that id or it was answered already (a stray reply)."""
         request_id = reply.request_id
-        waiter = self._waiters.pop(request_id, None) if type(request_id) is int else None
-        if waiter is None:
+        waiter = self._waiters.get(request_id) if type(request_id) is int else None
+        if waiter is None or waiter.reply is not None:
             return False
         waiter.reply = reply
         waiter.done.set()
@@ -111,17 +112,21 @@ class PendingRequests:
 
     async def wait(self, request_id: int) -> ControlReply:
         """The reply to ``request_id`` (the caller bounds the wait with a timeout); raises the connection's end
-        (see ``close``) if it ends first."""
+        (see ``close``) if it ends first. The request is forgotten afterwards, however the wait ends."""
         waiter = self._waiters[request_id]
         try:
-            if self._closed is None:
+            if self._closed is None and waiter.reply is None:
                 await waiter.done.wait()
         finally:
-            self._waiters.pop(request_id, None)
+            self.forget(request_id)
         if waiter.reply is None:
             assert self._closed is not None
             raise self._closed
         return waiter.reply
+
+    def forget(self, request_id: int) -> None:
+        """Drops a request nobody will wait for (its frame could not be sent)."""
+        self._waiters.pop(request_id, None)
 
     def close(self, error: BaseException) -> None:
         """The connection ended with ``error``: every waiting request raises it now, not at its timeout."""
