@@ -143,7 +143,9 @@ def drain(child: Child) -> None:
 # --- row 1 and 2: capacity, fed at socket speed ----------------------------------------------------------------
 
 
-async def ingest_capacity(kind: str, plan: Plan, workdir: Path, feeder: Child, info: dict[str, object]) -> float:
+async def ingest_capacity(kind: str, plan: Plan, workdir: Path, feeder: Child, info: dict[str, object],
+                          integrity: list[str]) -> float:
+    """Trades/s into the store; the project's integrity counters are appended to ``integrity``."""
     drain(feeder)
     system = await start_system(kind, workdir, str(info["ws_url"]), list(info["symbols"]))  # type: ignore[call-overload]
     try:
@@ -155,6 +157,8 @@ async def ingest_capacity(kind: str, plan: Plan, workdir: Path, feeder: Child, i
         after, ended = await system.ticks_ingested(), time.perf_counter()
         if after >= int(info["frames"]) * 0.98:  # type: ignore[call-overload]
             log.warning("the feeder ran dry during the window: raise feed_frames")
+        if isinstance(system, Service):
+            integrity.append(await system.integrity())
         return (after - before) / (ended - started)
     finally:
         await system.stop()
@@ -188,13 +192,15 @@ async def capacity_rows(plan: Plan, workdir: Path, rows: set[str], source: str) 
     results: list[Result] = []
     try:
         if "ingest" in rows:
-            result = Result("1", "ingest capacity, no subscriber", "trades/s", target=">= 50,000 (project)",
-                            note=f"feed: {source}; counters: /health ticks_published, baseline stats")
+            result = Result("1", "ingest capacity, no subscriber", "trades/s", target=">= 50,000 (project)")
+            integrity: list[str] = []
             for number in range(plan.repeat):
                 for kind in SYSTEMS:
-                    rate = await ingest_capacity(kind, plan, workdir, feeder, info)
+                    rate = await ingest_capacity(kind, plan, workdir, feeder, info, integrity)
                     getattr(result, kind).append(rate)
                     log.info("ingest %s run=%d trades_per_s=%.0f", kind, number + 1, rate)
+            result.note = (f"feed: {source}; counters: /health ticks_published, baseline stats; project after "
+                           f"each run: {' | '.join(integrity)}")
             results.append(result)
         if "e2e" in rows:
             for subscribers in plan.subscriber_counts:
@@ -299,9 +305,10 @@ async def scale_row(plan: Plan, workdir: Path) -> list[Result]:
             cpu = (cpu_seconds(service.pid) - cpu_before) / elapsed
             try:
                 ingested = await service.ticks_ingested()
+                integrity = await service.integrity()
             except httpx.HTTPError as error:
-                log.warning("scale: /health did not answer: %r", error)
-                ingested = -1
+                log.warning("scale: /health or /metrics did not answer: %r", error)
+                ingested, integrity = -1, "unknown"
         finally:
             await service.stop()
     finally:
@@ -325,7 +332,7 @@ async def scale_row(plan: Plan, workdir: Path) -> list[Result]:
                "trades/s", project=[delivered / streaming],
                note=f"simulator paced at {plan.scale_rate:,.0f}/s; {delivered:,} trades delivered to 1 subscriber "
                f"({ingested:,} ingested) in {streaming:.0f} s from the first (start-up {elapsed - streaming:.1f} s); "
-               f"service CPU {cpu:.0%} of a core; {len(warnings)} warnings in the service's log"),
+               f"service CPU {cpu:.0%} of a core; {len(warnings)} warnings in the service's log; {integrity}"),
         Result("4", "scale: RSS after 20% / at end / peak", "MB", project=[final / mb], higher_is_better=False,
                target="flat (growth <= max(10 MB, 5%))",
                note=f"{warm / mb:.1f} / {final / mb:.1f} / {peak / mb:.1f} MB: growth {growth / mb:+.1f} MB -> "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 log = logging.getLogger("bench")
@@ -166,11 +167,28 @@ class Service:
             raise RuntimeError(f"/health carries no tick counter: {response.text[:300]}")
         return count
 
+    async def integrity(self) -> str:
+        """What the service says it lost, repaired or dropped (from ``/metrics``), as a note: fast must not mean
+        lossy."""
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"{self.http_url}/metrics")
+        totals = dict.fromkeys(INTEGRITY_COUNTERS, 0.0)
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                name = sample.name.removeprefix("marketdata_").removesuffix("_total")
+                if name in totals:
+                    totals[name] += sample.value
+        return ", ".join(f"{name} {value:,.0f}" for name, value in totals.items())
+
     async def stop(self) -> None:
         await self.child.stop()
         warnings = service_warnings(self.child.log_path)
         if warnings:
             log.info("service log: %d warnings; first: %s", len(warnings), warnings[0][:240])
+
+
+# Counters that must stay 0 on a clean feed (the feeder's and the simulator's trade ids are consecutive).
+INTEGRITY_COUNTERS = ("gaps_found", "trades_lost", "parse_errors", "duplicate_ticks_dropped")
 
 
 def service_warnings(log_path: Path) -> list[str]:
