@@ -5,6 +5,7 @@ reading what the client sends) that write hand-made frames for what a real serve
 from __future__ import annotations
 
 import contextlib
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -12,6 +13,7 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
+import trustme
 import wsproto
 import wsproto.events
 from hypothesis import HealthCheck, given, settings
@@ -124,6 +126,38 @@ async def test_messages_pings_and_the_servers_close_against_trio_websocket() -> 
     assert messages[300:] == [b"x" * 70_000, b"\x00binary"]
     assert pongs == [True]
     assert (closed.code, closed.reason) == (4000, "bye")
+
+
+async def test_wss_works_over_tls_with_the_servers_certificate_checked() -> None:
+    # Binance is wss:// only: TLS with SNI and certificate checks, here against a test CA on loopback.
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message('{"over":"tls"}')
+        assert await ws.get_message() == "pong?"
+        await ws.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                partial(serve_websocket, handler, "127.0.0.1", 0, ssl_context=server_context)
+            )
+            url = f"wss://localhost:{server.port}/stream?streams=btcusdt@trade"
+            async with open_stream_socket(url, connect_timeout=5, ssl_context=client_context) as socket:
+                assert await socket.receive_batch() == [b'{"over":"tls"}']
+                await socket.send_text("pong?")
+                _, closed = await receive_all(socket)
+            assert closed.code == 1000
+            # Without the test CA the certificate is refused: no data from an unverified server.
+            with pytest.raises(HandshakeFailed, match="CERTIFICATE_VERIFY_FAILED"):
+                async with open_stream_socket(url, connect_timeout=5):
+                    pass
+            nursery.cancel_scope.cancel()
 
 
 async def test_requests_reach_the_server_masked_and_whole() -> None:

@@ -307,6 +307,11 @@ async def open_stream_socket(
         if stream is not None:
             await trio.aclose_forcefully(stream)
         raise HandshakeFailed(f"no WebSocket within {connect_timeout:.1f} s") from None
+    except trio.BrokenResourceError as error:
+        # TLS failures (an unverifiable certificate, for one) arrive wrapped: name the cause.
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise HandshakeFailed(f"connection failed during the upgrade: {error.__cause__ or error!r}") from error
     except BaseException:
         if stream is not None:
             await trio.aclose_forcefully(stream)
