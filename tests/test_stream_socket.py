@@ -183,6 +183,24 @@ async def test_requests_reach_the_server_masked_and_whole() -> None:
     assert received == texts
 
 
+async def test_a_send_cancelled_midway_ends_the_socket() -> None:
+    # A server that stops reading: sends block once the TCP buffers are full, and the cancelled one may have
+    # put half a frame on the wire, after which nothing the client sends could be parsed.
+    async def script(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with raw_server(script) as server, open_stream_socket(server.url, connect_timeout=5) as socket:
+            with trio.move_on_after(0.5) as scope:
+                while True:
+                    await socket.send_text("x" * 100_000)
+            assert scope.cancelled_caught
+            with pytest.raises(SocketClosed, match="cancelled midway"):
+                await socket.send_text("{}")
+            with pytest.raises(SocketClosed, match="cancelled midway"):
+                await socket.receive_batch()
+
+
 async def test_frames_in_the_same_packet_as_the_upgrade_reply_are_kept() -> None:
     async def script(stream: trio.SocketStream) -> None:
         await stream.aclose()

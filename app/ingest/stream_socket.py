@@ -243,6 +243,12 @@ class StreamSocket:
                 if self.closed is None:
                     self.closed = SocketClosed(ABNORMAL_CLOSURE, f"connection lost: {error!r}")
                 raise self.closed from error
+            except trio.Cancelled:
+                # Part of the frame may be on the wire: no later frame could be parsed by the server.
+                if self.closed is None:
+                    self.closed = SocketClosed(ABNORMAL_CLOSURE, "a send was cancelled midway")
+                self._close_sent = True
+                raise
 
     async def aclose(self, code: int = NORMAL_CLOSURE) -> None:
         """Closes politely (a close frame, then the TCP connection), within ``CLOSE_TIMEOUT_SECONDS``."""
