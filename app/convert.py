@@ -87,8 +87,40 @@ _TRADE_KEYS = ("s", "p", "q", "T", "E", "t", "m")
 def trade_from_payload(payload: Mapping[str, Any], *, microseconds: bool = False) -> Tick:
     """A ``Tick`` from the ``data`` object of a Binance ``@trade`` event (hand-tuned hot path).
 
-    ``microseconds`` is for streams opened with ``timeUnit=MICROSECOND``; times are kept in ms.
+    ``microseconds`` is for streams opened with ``timeUnit=MICROSECOND``; times are kept in ms. Well-formed
+    trades are checked inline (half the cost of the per-field checks); anything else goes through
+    ``_checked_trade`` for the precise ``FrameError``.
     """
+    try:
+        if payload["e"] == "trade":
+            symbol = payload["s"]
+            price_text = payload["p"]
+            quantity_text = payload["q"]
+            trade_time = payload["T"]
+            event_time = payload["E"]
+            trade_id = payload["t"]
+            is_buyer_maker = payload["m"]
+            if (
+                type(symbol) is str and type(price_text) is str and type(quantity_text) is str
+                and type(trade_time) is int and type(event_time) is int and type(trade_id) is int
+                and type(is_buyer_maker) is bool and trade_time >= 0 and event_time >= 0 and trade_id >= 0
+                and symbol.isalnum() and symbol.isupper()
+            ):
+                price = Decimal(price_text)
+                quantity = Decimal(quantity_text)
+                # A NaN makes the comparison raise InvalidOperation: the checked path then names the field.
+                if price > 0 and quantity > 0 and price.is_finite() and quantity.is_finite():
+                    if microseconds:
+                        trade_time //= 1000
+                        event_time //= 1000
+                    return Tick(symbol, price, quantity, trade_time, event_time, trade_id, is_buyer_maker)
+    except (KeyError, TypeError, IndexError, InvalidOperation):
+        pass
+    return _checked_trade(payload, microseconds=microseconds)
+
+
+def _checked_trade(payload: Mapping[str, Any], *, microseconds: bool) -> Tick:
+    """``trade_from_payload`` field by field: the same result for a good trade, a precise error for a bad one."""
     if not isinstance(payload, Mapping):
         raise FrameError(f"trade payload must be a JSON object, got {type(payload).__name__}")
     event_type = payload.get("e")

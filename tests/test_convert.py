@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from app.convert import (
     FrameError,
+    _checked_trade,
     decimal_text,
     iso_utc,
     parse_trade_frame,
@@ -119,6 +120,9 @@ VALID = trade_payload("1.50000000", "2.00000000", 7, 1_700_000_000_000, False)
         ({"p": 1.5}, "field 'p' must be a decimal string, got float 1.5"),
         ({"q": "abc"}, "field 'q' is not a decimal: 'abc'"),
         ({"q": "NaN"}, "field 'q' must be a positive finite decimal"),
+        ({"q": "sNaN"}, "field 'q' must be a positive finite decimal"),
+        ({"p": "Infinity"}, "field 'p' must be a positive finite decimal"),
+        ({"t": -1}, "field 't' must not be negative, got -1"),
         ({"p": "-1.0"}, "field 'p' must be a positive finite decimal"),
         ({"p": "0.00000000"}, "field 'p' must be a positive finite decimal"),
         ({"t": "7"}, "field 't' must be an integer, got str '7'"),
@@ -135,6 +139,33 @@ def test_invalid_trade_field_is_named_in_the_error(change: dict[str, object], me
     assert message in str(raised.value)
     with pytest.raises(FrameError):
         structure_trade({**VALID, **change})
+
+
+json_scalars = (
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats() | st.text(max_size=12)
+    | st.sampled_from(["1.5", "-0", "0E-8", "1e400", "NaN", "-Infinity", " 2 ", "BTCUSDT", "btc", "trade"])
+)
+json_values = json_scalars | st.lists(json_scalars, max_size=2) | st.dictionaries(st.just("k"), json_scalars)
+
+
+@given(
+    changes=st.dictionaries(st.sampled_from(["e", "s", "p", "q", "T", "E", "t", "m", "x"]), json_values, max_size=3),
+    removed=st.sets(st.sampled_from(["e", "s", "p", "q", "T", "E", "t", "m"]), max_size=2),
+    microseconds=st.booleans(),
+)
+def test_the_inline_fast_path_agrees_with_the_field_by_field_checks(
+    changes: dict[str, object], removed: set[str], microseconds: bool
+) -> None:
+    payload = {key: value for key, value in {**VALID, **changes}.items() if key not in removed}
+    try:
+        expected: Tick | str = _checked_trade(payload, microseconds=microseconds)
+    except FrameError as error:
+        expected = error.reason
+    try:
+        got: Tick | str = trade_from_payload(payload, microseconds=microseconds)
+    except FrameError as error:
+        got = error.reason
+    assert got == expected
 
 
 def test_missing_fields_are_listed() -> None:
