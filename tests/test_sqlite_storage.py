@@ -39,7 +39,7 @@ async def test_a_new_database_is_created_in_wal_mode_at_the_latest_schema(tmp_pa
     storage = await SQLiteStorage.open(str(tmp_path / "new.sqlite3"))
     await storage.close()
     with sqlite3.connect(tmp_path / "new.sqlite3") as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -52,7 +52,7 @@ async def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path)
     assert await storage.last_trade_ids() == {"BTCUSDT": 7}
     await storage.close()
     with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         indexes = {row[1] for row in connection.execute("PRAGMA index_list(ticks)")}
         assert "ticks_by_symbol_time" in indexes
 
@@ -137,4 +137,21 @@ async def test_a_write_to_a_full_disk_fails_cleanly_and_succeeds_later(tmp_path:
     connection.execute("PRAGMA max_page_count=1073741823")
     await storage.write_ticks(many)
     assert await storage.last_trade_ids() == {"BTCUSDT": 5000}
+    await storage.close()
+
+
+async def test_tick_batches_of_any_size_use_a_handful_of_distinct_statements(tmp_path: Path) -> None:
+    # sqlite3 keeps 128 prepared statements; one per batch size once held ~50 MB of SQLite heap.
+    connection = connect(str(tmp_path / "statements.sqlite3"))
+    inserts: set[str] = set()
+    connection.set_trace_callback(lambda sql: inserts.add(sql) if sql.startswith("INSERT") else None)
+    storage = SQLiteStorage(connection)
+    first = 0
+    for size in [*range(1, 300, 7), 1023, 1024, 1025, 3000]:
+        await storage.write_ticks([tick(first + number, first + number) for number in range(size)])
+        first += size
+    assert await storage.last_trade_ids() == {"BTCUSDT": first - 1}
+    assert len(await storage.ticks("BTCUSDT", 0, -1, 100_000)) == first
+    # Statements of 1, 2, 4, ... 1,024 ticks only (the trace shows them with their values expanded).
+    assert len({sql.count("),(") for sql in inserts}) <= 11
     await storage.close()
