@@ -75,8 +75,9 @@ async def _supervise(
 ) -> None:
     hub = TickHub()
     candle_feed = CandleFeed(settings.candle_intervals)
+    symbols = await _symbols_to_serve(settings, storage)
     # Before any tick: reload candles and rebuild open ones from stored ticks; store candles lost in a crash.
-    restored = await restore(storage, candle_feed.builder, settings.symbols)
+    restored = await restore(storage, candle_feed.builder, symbols)
     await storage.write_candles(restored.recovered)
     persist_status = PersistStatus()
     ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](settings.tick_buffer)
@@ -84,7 +85,7 @@ async def _supervise(
     aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
     persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
     ingest_status = IngestStatus()
-    subscriptions = SubscriptionManager(settings.symbols, ingest_status)
+    subscriptions = SubscriptionManager(symbols, ingest_status)
     state = ServiceState(
         settings=settings, hub=hub, candles=candle_feed, storage=storage, ingest=ingest_status,
         subscriptions=subscriptions, persist=persist_status, tick_channel=ticks_receive,
@@ -112,6 +113,14 @@ async def _supervise(
             task_status.started(urls)
         log.info("pipeline drained; stopping the HTTP server")
         service.cancel_scope.cancel()
+
+
+async def _symbols_to_serve(settings: Settings, storage: Storage) -> tuple[str, ...]:
+    """The configured symbols, then those added at run time before the last stop (``POST /api/symbols``)."""
+    added = [symbol for symbol in await storage.added_symbols() if symbol not in settings.symbols]
+    if added:
+        log.info("subscribing symbols added at run time symbols=%s", ",".join(added))
+    return (*settings.symbols, *added)
 
 
 async def _run_ingest(

@@ -139,6 +139,32 @@ async def test_symbols_are_added_and_removed_live_through_the_api() -> None:
                 assert simulator.open_connections == 1
 
 
+async def test_symbols_added_at_run_time_are_subscribed_again_after_a_restart(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        source = ManualSource(symbols=("BTCUSDT", "ETHUSDT", "XRPUSDT"))
+        async with open_simulator(SimulatorConfig(source=source)) as simulator:
+            settings = service_settings(
+                simulator, ("BTCUSDT", "XRPUSDT"), database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}"
+            )
+            async with running_service(settings) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+                assert (await client.post("/api/symbols", json={"symbol": "ETHUSDT"})).status_code == 201
+                # A configured symbol removed at run time is not remembered: the configuration still wants it.
+                assert (await client.delete("/api/symbols/XRPUSDT")).status_code == 200
+                simulator.publish([trade("ETHUSDT", 500, "2683.80")])
+                await wait_for(client, "/api/ticks/ETHUSDT", lambda r: r.status_code == 200)
+            simulator.publish([trade("ETHUSDT", 501, "2684.10")])  # while the service is down
+            async with running_service(settings) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+                symbols = [row["symbol"] for row in (await client.get("/api/symbols")).json()["symbols"]]
+                assert symbols == ["BTCUSDT", "XRPUSDT", "ETHUSDT"]
+                # Resumed from its stored trade id: the trade made while down is backfilled.
+                tick = await wait_for(client, "/api/ticks/ETHUSDT", lambda r: r.json().get("trade_id") == 501)
+                assert tick.json()["price"] == 2684.1
+                assert (await client.delete("/api/symbols/ETHUSDT")).status_code == 200
+            async with running_service(settings) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+                symbols = [row["symbol"] for row in (await client.get("/api/symbols")).json()["symbols"]]
+                assert symbols == ["BTCUSDT", "XRPUSDT"]
+
+
 async def test_feed_delivers_the_simulators_trades_exactly_and_candles_that_match_rest() -> None:
     with trio.fail_after(30):
         source = ManualSource(symbols=("BTCUSDT", "ETHUSDT"))

@@ -49,6 +49,14 @@ class Storage(Protocol):
         in trade-id order (page through by passing the last id seen)."""
         ...
 
+    async def added_symbols(self) -> list[str]:
+        """Symbols added at run time (``POST /api/symbols``) and not removed since, oldest first."""
+        ...
+
+    async def set_symbol_added(self, symbol: str, added: bool) -> None:
+        """Records that ``symbol`` was added at run time (``added``) or removed, so a restart keeps the change."""
+        ...
+
     async def delete_ticks_before(self, cutoff_ms: int, limit: int) -> int:
         """Deletes up to ``limit`` ticks with a trade time before ``cutoff_ms`` (one short transaction, so
         writers are not held up); returns how many."""
