@@ -1,9 +1,9 @@
 """Pacing of the control messages (SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS) sent on one connection.
 
 Binance closes a connection that receives more than 5 messages per second, counting pings, pongs and JSON
-requests; clients pacing at exactly 5/s were still cut off, so the total stays at 4/s or below. trio-websocket
-answers the server's pings by itself (one every 20 s at Binance), so requests get 3 slots per sliding second
-and the automatic pong always finds the fourth free.
+requests; clients pacing at exactly 5/s were still cut off, so the total stays at 4/s or below. The stream
+socket answers the server's pings by itself (one every 20 s at Binance), so requests get 3 slots per sliding
+second and the automatic pong always finds the fourth free.
 """
 
 from __future__ import annotations
