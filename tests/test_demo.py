@@ -12,24 +12,8 @@ from pathlib import Path
 
 import httpx
 import trio
+from process_output import read_until
 from trio_websocket import open_websocket_url
-
-
-async def read_until(stream: trio.abc.ReceiveStream, pattern: str, seen: list[str]) -> re.Match[str]:
-    """Reads lines into ``seen`` until one matches (what follows it in the same chunk is kept too)."""
-    buffer = b""
-    while True:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            raise AssertionError(f"demo ended before {pattern!r}; output:\n" + "".join(seen))
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        seen.extend(line.decode() + "\n" for line in lines)
-        for line in lines:
-            match = re.search(pattern, line.decode())
-            if match:
-                seen.append(buffer.decode())
-                return match
 
 
 async def test_demo_serves_a_candle_within_seconds_and_exits_0_on_sigterm(tmp_path: Path) -> None:

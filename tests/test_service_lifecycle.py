@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from process_output import read_rest, read_until
 
 from app.settings import VARIABLES
 
@@ -23,28 +23,6 @@ UNREACHABLE_EXCHANGE = "ws://127.0.0.1:9/ws"
 def service_command(*flags: str) -> list[str]:
     return [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", "0",
             "--ws-url", UNREACHABLE_EXCHANGE, "--rest-url", "http://127.0.0.1:9", "--log-level", "INFO", *flags]
-
-
-async def wait_for_line(stream: trio.abc.ReceiveStream, pattern: str, seen: list[str]) -> re.Match[str]:
-    """Read stderr lines until one matches ``pattern``; every line read is kept in ``seen``."""
-    buffer = b""
-    while True:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            raise AssertionError(f"process ended before {pattern!r}; output:\n" + "".join(seen))
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            text = line.decode()
-            seen.append(text + "\n")
-            match = re.search(pattern, text)
-            if match:
-                return match
-
-
-async def read_rest(stream: trio.abc.ReceiveStream, seen: list[str]) -> None:
-    while chunk := await stream.receive_some(65536):
-        seen.append(chunk.decode())
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -58,7 +36,7 @@ async def test_service_serves_then_exits_0_on_signal(tmp_path: Path, signum: sig
         )
         assert process.stderr is not None
         try:
-            match = await wait_for_line(process.stderr, r"serving urls=(\S+)", seen)
+            match = await read_until(process.stderr, r"serving urls=(\S+)", seen)
             async with httpx.AsyncClient(base_url=match.group(1)) as client:
                 response = await client.get("/health")
             assert response.status_code in (200, 503)
