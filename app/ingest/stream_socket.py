@@ -79,6 +79,11 @@ class StreamSocket:
         self._stream = stream
         # Bytes received but not yet parsed: at most one incomplete frame between reads.
         self._unparsed = buffered
+        # Reads that cannot complete the incomplete frame yet, joined once it can (``_needed`` bytes, when its
+        # header is known): concatenating every read onto a large frame would copy it over and over.
+        self._waiting: list[bytes] = []
+        self._waiting_bytes = 0
+        self._needed = 0
         self._max_message_bytes = max_message_bytes
         self._receive_bytes = receive_bytes
         self._fragments: list[bytes] | None = None
@@ -123,7 +128,16 @@ class StreamSocket:
                 self.closed = SocketClosed(ABNORMAL_CLOSURE, "connection lost: TCP closed without a close frame")
                 raise self.closed
             # bytes(x) of a bytes object is x itself (no copy); SSL streams may return a bytearray.
-            self._unparsed = self._unparsed + data if self._unparsed else bytes(data)
+            data = bytes(data)
+            if self._needed:
+                self._waiting.append(data)
+                self._waiting_bytes += len(data)
+                if len(self._unparsed) + self._waiting_bytes < self._needed:
+                    continue
+                data = self._waiting[0] if len(self._waiting) == 1 else b"".join(self._waiting)
+                self._waiting.clear()
+                self._waiting_bytes = 0
+            self._unparsed = self._unparsed + data if self._unparsed else data
 
     def _parse(self, messages: list[bytes]) -> None:
         """Moves every complete frame of ``_unparsed`` out: messages to ``messages``, control frames handled."""
@@ -131,6 +145,7 @@ class StreamSocket:
         end = len(data)
         position = 0
         limit = self._max_message_bytes
+        self._needed = 0
         try:
             while end - position >= 2:
                 first = data[position]
@@ -153,6 +168,7 @@ class StreamSocket:
                     raise _ProtocolViolation(MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds {limit}")
                 start = position + header
                 if end - start < length:
+                    self._needed = header + length
                     break
                 position = start + length
                 if first == _FINAL_TEXT and self._fragments is None:
