@@ -269,29 +269,25 @@ async def test_protocol_violations_close_with_a_precise_code_after_the_good_mess
     assert [event.code for event in server.events if isinstance(event, wsproto.events.CloseConnection)] == [code]
 
 
-async def test_a_refused_upgrade_is_a_handshake_failure() -> None:
-    async def script(stream: trio.SocketStream) -> None:
-        await stream.receive_some()
-        await stream.send_all(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n")
-
-    with trio.fail_after(5):
-        async with raw_server(script, upgrade=False) as server:
-            with pytest.raises(HandshakeFailed, match="HTTP 429"):
-                async with open_stream_socket(server.url, connect_timeout=5):
-                    pass
-
-
-async def test_a_wrong_accept_key_is_a_handshake_failure() -> None:
-    async def script(stream: trio.SocketStream) -> None:
-        await stream.receive_some()
-        await stream.send_all(
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n", "HTTP 429"),
+        (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: c2VjcmV0\r\n\r\n"
-        )
+            b"Sec-WebSocket-Accept: c2VjcmV0\r\n\r\n",
+            "wrong Sec-WebSocket-Accept",
+        ),
+    ],
+)
+async def test_a_refused_or_wrong_upgrade_is_a_handshake_failure(reply: bytes, error: str) -> None:
+    async def script(stream: trio.SocketStream) -> None:
+        await stream.receive_some()
+        await stream.send_all(reply)
 
     with trio.fail_after(5):
         async with raw_server(script, upgrade=False) as server:
-            with pytest.raises(HandshakeFailed, match="wrong Sec-WebSocket-Accept"):
+            with pytest.raises(HandshakeFailed, match=error):
                 async with open_stream_socket(server.url, connect_timeout=5):
                     pass
 

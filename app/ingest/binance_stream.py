@@ -23,7 +23,7 @@ from app.ingest.backoff import HEALTHY_AFTER_SECONDS, AttemptBudget, Backoff
 from app.ingest.connection import ACK_TIMEOUT_SECONDS, StreamConnection, TickSink
 from app.ingest.control import ControlError, ControlTimeout
 from app.ingest.status import ConnectionStatus, IngestStatus
-from app.ingest.stream_socket import HandshakeFailed, SocketClosed, open_stream_socket
+from app.ingest.stream_socket import CONNECT_TIMEOUT_SECONDS, HandshakeFailed, SocketClosed, open_stream_socket
 from app.ingest.urls import combined_stream_url, symbol_of_stream, uses_microseconds
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 MAX_CONNECTION_AGE_SECONDS = 23.5 * 3600
 # Old and new connection both run this long after a switch, so the old one drains what it already holds.
 SWITCH_OVERLAP_SECONDS = 2.0
-# TCP connect, TLS and the WebSocket upgrade together.
-CONNECT_TIMEOUT_SECONDS = 5.0
-# One read is one batch of trades for the pipeline: 64 KiB holds ~300 trade frames.
-RECEIVE_BUFFER_BYTES = 65_536
 # Streams put into the URL; the rest (up to the shard's cap) are subscribed right after connecting.
 URL_STREAMS_LIMIT = 200
 # A connection that delivered this many trades counts as healthy, as does one that lived for HEALTHY_AFTER.
@@ -303,9 +299,7 @@ class StreamClient:
         connection: StreamConnection | None = None
         try:
             with handle.scope:
-                async with open_stream_socket(
-                    url, connect_timeout=self._connect_timeout, receive_bytes=RECEIVE_BUFFER_BYTES
-                ) as socket:
+                async with open_stream_socket(url, connect_timeout=self._connect_timeout) as socket:
                     connection = StreamConnection(
                         shard.name, socket, url_streams, status, self._status,
                         microseconds=self._microseconds, ack_timeout=self._ack_timeout,

@@ -253,9 +253,10 @@ class TradeSequencer:
             self._release(sequence, sequence.offer(tick))
             if sequence.held:
                 self._check_hole(sequence)
-        if due and not emitter.try_send(due):
-            emitter.enqueue(due)
-        await emitter.flush()
+        if due:
+            await emitter.emit(due)
+        else:
+            await emitter.flush()
 
     # --- synchronous decisions (no await: ordering is decided here) ---
 

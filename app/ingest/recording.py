@@ -46,7 +46,6 @@ import trio
 import zstandard
 
 from app.ingest import urls
-from app.ingest.binance_stream import CONNECT_TIMEOUT_SECONDS
 from app.ingest.stream_socket import HandshakeFailed, SocketClosed, open_stream_socket
 
 log = logging.getLogger(__name__)
@@ -277,7 +276,7 @@ async def _receive_frames(
     progress_interval: float,
     task_status: trio.TaskStatus[str],
 ) -> None:
-    async with frames_send, open_stream_socket(url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as socket:
+    async with frames_send, open_stream_socket(url) as socket:
         log.info("recording from url=%s", url)
         task_status.started(url)
         received = 0

@@ -40,7 +40,10 @@ PROTOCOL_ERROR = 1002
 MESSAGE_TOO_BIG = 1009
 # Not sent on the wire: the code reported when the TCP connection ended without a close frame.
 ABNORMAL_CLOSURE = 1006
+# One read is one batch of trades for the pipeline: 64 KiB holds ~300 trade frames.
 RECEIVE_BYTES = 65_536
+# TCP connect, TLS and the WebSocket upgrade together.
+CONNECT_TIMEOUT_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 CLOSE_TIMEOUT_SECONDS = 2.0
 
@@ -297,7 +300,7 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
 async def open_stream_socket(
     url: str,
     *,
-    connect_timeout: float,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     receive_bytes: int = RECEIVE_BYTES,
     ssl_context: ssl.SSLContext | None = None,

@@ -241,17 +241,11 @@ class SQLiteStorage:
         return [str(row[0]) for row in rows]
 
     async def set_symbol_added(self, symbol: str, added: bool) -> None:
-        parameters: tuple[object, ...]
         if added:
-            sql, parameters = ("INSERT OR REPLACE INTO added_symbols (symbol, added_at_ms) VALUES (?, ?)",
-                               (symbol, int(time.time() * 1000)))
+            await self._run(self._write, "INSERT OR REPLACE INTO added_symbols (symbol, added_at_ms) VALUES (?, ?)",
+                            [(symbol, int(time.time() * 1000))])
         else:
-            sql, parameters = "DELETE FROM added_symbols WHERE symbol = ?", (symbol,)
-
-        def change(connection: sqlite3.Connection) -> None:
-            connection.execute(sql, parameters)
-
-        await self._run(self._transaction, change)
+            await self._run(self._write, "DELETE FROM added_symbols WHERE symbol = ?", [(symbol,)])
 
     async def last_trade_ids(self) -> dict[str, int]:
         def query() -> list[tuple[str, int]]:
