@@ -10,37 +10,20 @@ from collections.abc import Sequence
 import trio
 
 from app import service
-from app.settings import VARIABLES, Settings, SettingsError, configure_logging, load_settings
+from app.settings import (
+    Settings,
+    SettingsError,
+    add_settings_flags,
+    configure_logging,
+    flag_overrides,
+    load_settings,
+)
 from app.store.storage import StorageError
 
 log = logging.getLogger("app")
 
-# CLI flag -> settings variable; every flag overrides the environment and .env.
-SERVE_FLAGS: dict[str, tuple[str, str]] = {
-    "--symbols": ("SYMBOLS", "comma-separated symbols, e.g. BTCUSDT,ETHUSDT"),
-    "--ws-url": ("BINANCE_WS_URL", "Binance WebSocket base URL (…/ws)"),
-    "--rest-url": ("BINANCE_REST_URL", "Binance REST base URL, used for backfill"),
-    "--intervals": ("CANDLE_INTERVALS", "candle intervals, e.g. 1m,5m,1h (1s … 1M)"),
-    "--host": ("HTTP_HOST", "address the HTTP API listens on"),
-    "--port": ("HTTP_PORT", "port the HTTP API listens on (0: any free port)"),
-    "--database-url": ("DATABASE_URL", "sqlite:///PATH, or sqlite:///:memory: to keep nothing"),
-    "--log-level": ("LOG_LEVEL", "DEBUG, INFO, WARNING (default), ERROR"),
-    "--max-streams-per-connection": ("MAX_STREAMS_PER_CONNECTION", "streams per exchange connection (≤ 1024)"),
-    "--stale-after": ("STALE_AFTER_SECONDS", "replace a connection silent this many seconds"),
-    "--max-backfill-trades": ("MAX_BACKFILL_TRADES", "most trades fetched over REST to repair one gap"),
-    "--tick-retention-days": ("TICK_RETENTION_DAYS", "days of raw ticks kept in the database"),
-}
-
-
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    for flag, (variable, help_text) in SERVE_FLAGS.items():
-        assert variable in VARIABLES
-        parser.add_argument(flag, dest=variable, metavar=variable, help=f"{help_text} [env {variable}]")
-
-
 def _settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {variable: getattr(args, variable) for variable, _ in SERVE_FLAGS.values()}
-    return load_settings(overrides=overrides)
+    return load_settings(overrides=flag_overrides(args))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -79,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect to Binance's trade streams and serve ticks and candles. Settings come from "
         "the environment and .env; each flag overrides its variable.",
     )
-    _add_settings_flags(serve)
+    add_settings_flags(serve)
     serve.set_defaults(func=_serve)
     _add_optional_commands(commands)
     return parser

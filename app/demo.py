@@ -24,21 +24,11 @@ from app import service
 from app.replay.cli import shipped_recording
 from app.replay.config import ReplaySource, SimulatorConfig
 from app.replay.simulator import Simulator, run_simulator
-from app.settings import Settings, configure_logging, load_settings
+from app.settings import Settings, add_settings_flags, configure_logging, flag_overrides, load_settings
 
 log = logging.getLogger(__name__)
 
 DEMO_RECORDING = "demo-binance-2024-08-08.rec.zst"
-
-# Flag -> settings variable, parsed and validated by the settings module like ``serve``'s flags.
-DEMO_FLAGS: dict[str, tuple[str, str, str | None]] = {
-    "--host": ("HTTP_HOST", "address the HTTP API listens on", "127.0.0.1"),
-    "--port": ("HTTP_PORT", "port the HTTP API listens on (0: any free port)", "8000"),
-    "--intervals": ("CANDLE_INTERVALS", "candle intervals, e.g. 1m,5m,1h", None),
-    "--database-url": ("DATABASE_URL", "sqlite:///PATH (default: a temporary file, deleted at exit)", None),
-    "--log-level": ("LOG_LEVEL", "DEBUG, INFO, WARNING (default), ERROR", None),
-}
-
 
 @attrs.frozen(slots=True)
 class DemoOptions:
@@ -56,9 +46,7 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "ETHUSDT trades (2024-08-08) in a loop on loopback, and the service connected to it, then print URLs "
         "to try. Stop with Ctrl-C.",
     )
-    for flag, (variable, help_text, default) in DEMO_FLAGS.items():
-        suffix = f" [default {default}]" if default is not None else ""
-        parser.add_argument(flag, dest=variable, metavar=variable, default=default, help=help_text + suffix)
+    add_settings_flags(parser, demo=True, demo_defaults={"DATABASE_URL": "a temporary file, deleted at exit"})
     parser.add_argument("--speed", type=_positive_speed, default=1.0,
                         help="replay speed: 1 = as recorded, 10 = ten times faster [default 1]")
     parser.add_argument("--recording", default=DEMO_RECORDING,
@@ -77,7 +65,7 @@ def _positive_speed(text: str) -> float:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    overrides = {variable: getattr(args, variable) for variable, _, _ in DEMO_FLAGS.values()}
+    overrides = flag_overrides(args)
     # Hermetic: the demo does not read .env or the environment (a SYMBOLS=... there would not match the recording).
     settings = load_settings(environ={}, overrides=overrides, dotenv_path=None)
     configure_logging(settings.log_level)

@@ -1,16 +1,22 @@
 """Settings: one frozen object, read from the environment (and ``.env``), overridable by CLI flags.
 
-Every value is validated once, here; an invalid one raises ``SettingsError`` naming the variable and the value,
-which the CLI prints as a single line before exiting.
+Each setting is declared once, as a field of ``Settings`` carrying its variable, flag, parser and help; the
+variable table, the command-line flags, the demo's flags and the README's configuration table are derived from
+those declarations. Every value is validated by its parser, whether it comes from the environment, a flag or
+code (``Settings(symbols=("solusdt",))`` is normalised to ``("SOLUSDT",)``); an invalid one raises
+``SettingsError`` naming the variable and the value, which the CLI prints as a single line before exiting.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -20,6 +26,7 @@ from app.intervals import Interval, UnknownIntervalError, parse_intervals
 
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SPEC = "marketdata.setting"
 
 
 class SettingsError(ValueError):
@@ -30,33 +37,47 @@ class SettingsError(ValueError):
 
 
 @attrs.frozen(slots=True)
-class Settings:
-    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
-    binance_ws_url: str = "wss://stream.testnet.binance.vision/ws"
-    binance_rest_url: str = "https://testnet.binance.vision"
-    candle_intervals: tuple[Interval, ...] = (Interval("1m"), Interval("5m"), Interval("1h"))
-    http_host: str = "127.0.0.1"
-    http_port: int = 8000
-    database_url: str = "sqlite:///./marketdata.sqlite3"
-    log_level: str = "WARNING"
-    # Streams per WebSocket connection; Binance allows 1024.
-    max_streams_per_connection: int = 1024
-    # A connection with subscribed symbols that delivers nothing for this long is replaced.
-    stale_after_seconds: float = 30.0
-    # The most trades fetched over REST to repair one gap; beyond it the gap is reported, not repaired.
-    max_backfill_trades: int = 100_000
-    # Raw ticks older than this are deleted from the database; candles are kept.
-    tick_retention_days: float = 7.0
-    # Buffer of the ingest -> store channel, in batches (one socket read each, at most ~450 trades); ingest
-    # waits when it is full, it never drops.
-    tick_buffer: int = 256
+class SettingSpec:
+    """How one setting is written outside the code: its variable, its flag, and how its text is read."""
 
-    @property
-    def sqlite_path(self) -> str | None:
-        """The SQLite file path (``":memory:"`` for none), or None for a non-SQLite URL."""
-        if not self.database_url.startswith("sqlite:///"):
-            return None
-        return self.database_url.removeprefix("sqlite:///")
+    variable: str
+    flag: str
+    # Text -> value; raises ValueError naming the problem.
+    parse: Callable[[str], Any]
+    help: str
+    # Value -> text as it would be written in the environment (the inverse of ``parse``).
+    render: Callable[[Any], str]
+    # Whether ``marketdata demo`` offers the flag too (the demo ignores the environment).
+    in_demo: bool
+    field: str = ""
+
+
+def _joined(values: Any) -> str:
+    return ",".join(getattr(value, "name", value) for value in values)
+
+
+def _normalise(spec: SettingSpec, value: Any) -> Any:
+    if value is None:  # an optional setting left unset
+        return None
+    text = value if isinstance(value, str) else spec.render(value)
+    try:
+        return spec.parse(text)
+    except ValueError as error:
+        raise SettingsError(spec.variable, text, str(error)) from None
+
+
+def _setting(
+    default: Any,
+    variable: str,
+    flag: str,
+    parse: Callable[[str], Any],
+    help: str,
+    *,
+    render: Callable[[Any], str] = str,
+    in_demo: bool = False,
+) -> Any:
+    spec = SettingSpec(variable=variable, flag=flag, parse=parse, help=help, render=render, in_demo=in_demo)
+    return attrs.field(default=default, metadata={_SPEC: spec}, converter=lambda value: _normalise(spec, value))
 
 
 def _parse_symbols(text: str) -> tuple[str, ...]:
@@ -142,21 +163,72 @@ def _streams_per_connection(text: str) -> int:
     return value
 
 
-# variable name -> (Settings field, parser). Parsers raise ValueError naming the problem.
-VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
-    "SYMBOLS": ("symbols", _parse_symbols),
-    "BINANCE_WS_URL": ("binance_ws_url", _parse_url(("ws", "wss"))),
-    "BINANCE_REST_URL": ("binance_rest_url", _parse_url(("http", "https"))),
-    "CANDLE_INTERVALS": ("candle_intervals", _parse_intervals),
-    "HTTP_HOST": ("http_host", _parse_host),
-    "HTTP_PORT": ("http_port", _parse_port),
-    "DATABASE_URL": ("database_url", _parse_database_url),
-    "LOG_LEVEL": ("log_level", _parse_log_level),
-    "MAX_STREAMS_PER_CONNECTION": ("max_streams_per_connection", _streams_per_connection),
-    "STALE_AFTER_SECONDS": ("stale_after_seconds", _positive_float),
-    "MAX_BACKFILL_TRADES": ("max_backfill_trades", _positive_int),
-    "TICK_RETENTION_DAYS": ("tick_retention_days", _positive_float),
-}
+def _number(value: float) -> str:
+    """``30.0`` as ``30``: how a person writes it in the environment."""
+    return f"{value:g}"
+
+def _intervals_text(intervals: tuple[Interval, ...]) -> str:
+    return _joined(intervals)
+
+
+@attrs.frozen(slots=True)
+class Settings:
+    symbols: tuple[str, ...] = _setting(
+        ("BTCUSDT", "ETHUSDT"), "SYMBOLS", "--symbols", _parse_symbols,
+        "symbols to ingest at start-up, comma-separated (more can be added live)", render=_joined)
+    binance_ws_url: str = _setting(
+        "wss://stream.testnet.binance.vision/ws", "BINANCE_WS_URL", "--ws-url", _parse_url(("ws", "wss")),
+        "WebSocket base; mainnet `wss://stream.binance.com:9443/ws`; may carry `?timeUnit=MICROSECOND`")
+    binance_rest_url: str = _setting(
+        "https://testnet.binance.vision", "BINANCE_REST_URL", "--rest-url", _parse_url(("http", "https")),
+        "REST base for backfill and `exchangeInfo`; mainnet `https://api.binance.com`")
+    candle_intervals: tuple[Interval, ...] = _setting(
+        (Interval("1m"), Interval("5m"), Interval("1h")), "CANDLE_INTERVALS", "--intervals", _parse_intervals,
+        "candle intervals, any of `1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M`", render=_intervals_text,
+        in_demo=True)
+    http_host: str = _setting(
+        "127.0.0.1", "HTTP_HOST", "--host", _parse_host, "address the HTTP API listens on", in_demo=True)
+    http_port: int = _setting(
+        8000, "HTTP_PORT", "--port", _parse_port, "port the HTTP API listens on (0: any free port)", in_demo=True)
+    database_url: str = _setting(
+        "sqlite:///./marketdata.sqlite3", "DATABASE_URL", "--database-url", _parse_database_url,
+        "`sqlite:///PATH` (relative to the working directory), or `sqlite:///:memory:` to keep nothing",
+        in_demo=True)
+    log_level: str = _setting(
+        "WARNING", "LOG_LEVEL", "--log-level", _parse_log_level, "`DEBUG`, `INFO`, `WARNING`, `ERROR`",
+        in_demo=True)
+    max_streams_per_connection: int = _setting(
+        1024, "MAX_STREAMS_PER_CONNECTION", "--max-streams-per-connection", _streams_per_connection,
+        "streams per WebSocket connection (Binance's limit is 1024); more symbols open more connections")
+    stale_after_seconds: float = _setting(
+        30.0, "STALE_AFTER_SECONDS", "--stale-after", _positive_float,
+        "a connection silent this long, with symbols subscribed, is replaced", render=_number)
+    max_backfill_trades: int = _setting(
+        100_000, "MAX_BACKFILL_TRADES", "--max-backfill-trades", _positive_int,
+        "the most trades fetched over REST to repair one gap; beyond it the gap is reported")
+    tick_retention_days: float = _setting(
+        7.0, "TICK_RETENTION_DAYS", "--tick-retention-days", _positive_float,
+        "raw ticks older than this are pruned; candles are kept", render=_number)
+    tick_buffer: int = _setting(
+        256, "TICK_BUFFER", "--tick-buffer", _positive_int,
+        "batches (one socket read each) waiting between ingest and the store; ingest waits when it is full, "
+        "it never drops")
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file path (``":memory:"`` for none), or None for a non-SQLite URL."""
+        if not self.database_url.startswith("sqlite:///"):
+            return None
+        return self.database_url.removeprefix("sqlite:///")
+
+
+def _specs() -> Iterator[SettingSpec]:
+    for field in attrs.fields(Settings):
+        yield attrs.evolve(field.metadata[_SPEC], field=field.name)
+
+
+# Every setting, by variable name, in declaration order.
+SETTINGS: dict[str, SettingSpec] = {spec.variable: spec for spec in _specs()}
 
 
 def load_settings(
@@ -173,16 +245,43 @@ def load_settings(
         values.update({key: value for key, value in dotenv_values(dotenv_path).items() if value is not None})
     values.update(os.environ if environ is None else environ)
     values.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    fields: dict[str, object] = {}
-    for variable, (field, parse) in VARIABLES.items():
-        if variable not in values:
+    fields = {spec.field: _normalise(spec, values[variable]) for variable, spec in SETTINGS.items()
+              if variable in values}
+    return Settings(**fields)
+
+
+def add_settings_flags(
+    parser: argparse.ArgumentParser, *, demo: bool = False, demo_defaults: Mapping[str, str] | None = None
+) -> None:
+    """One flag per setting (only the demo's when ``demo``, whose help shows defaults instead of variables, as
+    the demo ignores the environment); each overrides its variable."""
+    defaults = Settings()
+    for spec in SETTINGS.values():
+        if demo and not spec.in_demo:
             continue
-        raw = values[variable]
-        try:
-            fields[field] = parse(raw)
-        except ValueError as error:
-            raise SettingsError(variable, raw, str(error)) from None
-    return Settings(**fields)  # type: ignore[arg-type]
+        shown = (demo_defaults or {}).get(spec.variable) or default_text(defaults, spec)
+        default = f"default {shown}" if demo else f"env {spec.variable}"
+        parser.add_argument(spec.flag, dest=spec.variable, metavar=spec.variable,
+                            help=f"{spec.help.replace('`', '')} [{default}]".replace("%", "%%"))
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    """The flags given on the command line, keyed by variable, for ``load_settings(overrides=...)``."""
+    return {variable: getattr(args, variable, None) for variable in SETTINGS}
+
+
+def default_text(settings: Settings, spec: SettingSpec) -> str:
+    value = getattr(settings, spec.field)
+    return "(unset)" if value is None else spec.render(value)
+
+
+def configuration_table() -> str:
+    """The README's configuration table, derived from the declarations (a test keeps the README equal)."""
+    defaults = Settings()
+    rows = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{spec.variable}` | `{spec.flag}` | `{default_text(defaults, spec)}` | {spec.help} |"
+             for spec in SETTINGS.values()]
+    return "\n".join(rows) + "\n"
 
 
 def configure_logging(level: str) -> None:
@@ -194,3 +293,7 @@ def configure_logging(level: str) -> None:
     )
     # httpx logs every request at INFO: backfill would drown the service's own lines.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, getattr(logging, level)))
+
+
+if __name__ == "__main__":
+    sys.stdout.write(configuration_table())  # ``python -m app.settings`` prints the README table

@@ -14,7 +14,7 @@ import pytest
 import trio
 from process_output import read_rest, read_until
 
-from app.settings import VARIABLES
+from app.settings import SETTINGS
 
 # Nothing listens here: the service keeps reconnecting, which must not stop it from serving or stopping.
 UNREACHABLE_EXCHANGE = "ws://127.0.0.1:9/ws"
@@ -77,7 +77,7 @@ def test_help_of_every_command_is_useful() -> None:
         assert "usage: marketdata" in result.stdout
     serve_help = subprocess.run([sys.executable, "-m", "app", "serve", "--help"], capture_output=True, text=True,
                                 timeout=60, check=True).stdout
-    for variable in VARIABLES:
+    for variable in SETTINGS:
         assert variable in serve_help
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 from app.intervals import Interval
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import SETTINGS, Settings, SettingsError, configuration_table, load_settings
 
 
 def test_defaults_match_the_documented_ones() -> None:
@@ -95,3 +97,32 @@ def test_cli_prints_one_line_and_exits_2_on_invalid_setting(tmp_path: Path) -> N
 def test_intervals_setting_holds_interval_objects() -> None:
     settings = load_settings(environ={"CANDLE_INTERVALS": "5m"}, dotenv_path=None)
     assert settings.candle_intervals == (Interval("5m"),)
+
+
+def test_readme_configuration_table_is_the_declared_settings() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("<!-- settings-table:")
+    table = readme[readme.index("\n", start) + 1:readme.index("<!-- settings-table end -->")]
+    assert table == configuration_table(), "README is stale: paste the output of `python -m app.settings`"
+
+
+def test_settings_built_in_code_are_validated_and_normalised_like_the_environment() -> None:
+    settings = Settings(symbols=("solusdt", "BTCUSDT", "solusdt"), candle_intervals="1h,1m")  # type: ignore[arg-type]
+    assert settings.symbols == ("SOLUSDT", "BTCUSDT")
+    assert settings.candle_intervals == (Interval("1m"), Interval("1h"))
+    assert settings == load_settings(environ={"SYMBOLS": "SOLUSDT,BTCUSDT", "CANDLE_INTERVALS": "1m,1h"},
+                                     dotenv_path=None)
+    with pytest.raises(SettingsError, match=r"^invalid HTTP_PORT='70000': port out of range 0-65535$"):
+        Settings(http_port=70000)
+    with pytest.raises(SettingsError, match=r"^invalid SYMBOLS='BTC-USDT': "):
+        attrs.evolve(Settings(), symbols=("BTC-USDT",))
+
+
+def test_every_setting_has_one_flag_and_one_variable() -> None:
+    flags = [spec.flag for spec in SETTINGS.values()]
+    assert len(set(flags)) == len(flags) == len(attrs.fields(Settings))
+    # A wide terminal, so argparse does not wrap "[env VARIABLE]" across lines.
+    serve_help = subprocess.run([sys.executable, "-m", "app", "serve", "--help"], capture_output=True, text=True,
+                                timeout=60, check=True, env={**os.environ, "COLUMNS": "500"}).stdout
+    for spec in SETTINGS.values():
+        assert spec.flag in serve_help and f"env {spec.variable}" in serve_help
