@@ -22,6 +22,7 @@ run: install    ## the service against the exchange configured in the environmen
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy app
+	@out=$$($(BIN)/lint-imports --no-cache 2>&1) || { echo "$$out"; exit 1; }; echo "$$out" | grep '^Contracts:'
 
 test: lint      ## lint, types, then the whole test suite
 	$(BIN)/pytest -q

@@ -30,7 +30,7 @@ from app.ingest.trades import stream_trades
 from app.model import Candle, Tick
 from app.settings import Settings
 from app.state import ServiceState
-from app.store.aggregator import CandleFeed, aggregate, feed_is_live
+from app.store.aggregator import CandleFeed, aggregate
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import PersistStatus, persist_candles, persist_ticks, prune_ticks
 from app.store.restore import restore
@@ -106,7 +106,7 @@ async def _supervise(
             )
             pipeline.start_soon(fan_out, ticks_receive, hub)
             pipeline.start_soon(
-                partial(aggregate, aggregator_input, closed_send, candle_feed, is_live=feed_is_live(ingest_status))
+                partial(aggregate, aggregator_input, closed_send, candle_feed, is_live=ingest_status.is_live)
             )
             pipeline.start_soon(persist_ticks, persistence_input, storage, persist_status)
             pipeline.start_soon(persist_candles, closed_receive, storage, persist_status)

@@ -10,10 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from app.ingest.status import ConnectionStatus, IngestStatus
 from app.intervals import Interval
 from app.model import Candle, Tick
-from app.store.aggregator import CLOSE_GRACE_MS, CandleFeed, aggregate, feed_is_live
+from app.store.aggregator import CLOSE_GRACE_MS, CandleFeed, aggregate
 from app.store.latest import OverflowPolicy
 
 BASE_MS = 1_723_161_300_000  # 2024-08-08 23:55:00 UTC, a minute boundary
@@ -136,16 +135,3 @@ async def test_the_end_of_the_ticks_ends_every_candle_channel(pipeline: Pipeline
 def test_subscribing_to_an_interval_that_is_not_configured_is_refused(pipeline: Pipeline) -> None:
     with pytest.raises(ValueError, match="not configured"):
         pipeline.feed.subscribe_candles("ws:1", 4, OverflowPolicy.CUT_OFF, None, "5m")
-
-
-def test_a_feed_is_live_only_when_connected_not_backfilling_and_trading() -> None:
-    status = IngestStatus()
-    is_live = feed_is_live(status)
-    assert not is_live("BTCUSDT")
-    symbol = status.symbol("BTCUSDT")
-    symbol.last_tick_at = 1.0
-    assert not is_live("BTCUSDT")  # no connection up
-    status.connections["shard-0"] = ConnectionStatus("shard-0", "ws://x", connected=True)
-    assert is_live("BTCUSDT")
-    symbol.backfilling = True
-    assert not is_live("BTCUSDT")

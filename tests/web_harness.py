@@ -21,7 +21,7 @@ from app.intervals import Interval
 from app.model import Candle, Tick
 from app.settings import Settings
 from app.state import ServiceState
-from app.store.aggregator import CandleFeed, aggregate, feed_is_live
+from app.store.aggregator import CandleFeed, aggregate
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import persist_candles
 from app.store.sqlite import SQLiteStorage
@@ -116,7 +116,7 @@ async def running_web(
             urls = await nursery.start(serve_http, create_app(state, feed_limits), "127.0.0.1", 0)
             base_url = urls[0]
             nursery.start_soon(fan_out, ticks_receive, hub)
-            nursery.start_soon(partial(aggregate, candle_input, closed_send, candles, is_live=feed_is_live(ingest)))
+            nursery.start_soon(partial(aggregate, candle_input, closed_send, candles, is_live=ingest.is_live))
             nursery.start_soon(persist_candles, closed_receive, storage, state.persist)
             yield Harness(state, base_url, base_url.replace("http://", "ws://") + "/ws", ticks_send)
             nursery.cancel_scope.cancel()

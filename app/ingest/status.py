@@ -95,6 +95,14 @@ class IngestStatus:
             status = self.symbols[symbol] = SymbolStatus(symbol)
         return status
 
+    def is_live(self, symbol: str) -> bool:
+        """Whether the clock may close the symbol's candles: it has had a trade since the service started, is not
+        backfilling, and some exchange connection is up (else trades may be in flight)."""
+        symbol_status = self.symbols.get(symbol)
+        if symbol_status is None or symbol_status.backfilling or symbol_status.last_tick_at is None:
+            return False
+        return any(connection.connected for connection in self.connections.values())
+
     @property
     def gaps_unrepaired(self) -> int:
         return sum(status.gaps_unrepaired for status in self.symbols.values())

@@ -17,7 +17,6 @@ from operator import attrgetter
 import trio
 import trio.lowlevel
 
-from app.ingest.status import IngestStatus
 from app.intervals import Interval
 from app.model import Candle, Tick
 from app.store.broadcast import ChannelDepth, Fanout, OverflowPolicy, Subscriber
@@ -35,19 +34,6 @@ MAX_BATCHES_PER_ROUND = 64
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def feed_is_live(status: IngestStatus) -> Callable[[str], bool]:
-    """A symbol's candles may close by the clock only while its feed is live: it has had a trade since the
-    service started, is not backfilling, and some exchange connection is up (else trades may be in flight)."""
-
-    def is_live(symbol: str) -> bool:
-        symbol_status = status.symbols.get(symbol)
-        if symbol_status is None or symbol_status.backfilling or symbol_status.last_tick_at is None:
-            return False
-        return any(connection.connected for connection in status.connections.values())
-
-    return is_live
 
 
 class CandleFeed:
@@ -156,7 +142,7 @@ async def aggregate(
     """Runs until ``tick_batches`` ends; then closes ``closed_candles`` and the candle subscribers.
 
     ``clock_ms`` gives the local wall time in epoch ms (tests drive it from trio's MockClock); ``is_live(symbol)``
-    says whether the clock may close that symbol's candles (see ``feed_is_live``).
+    says whether the clock may close that symbol's candles (the supervisor passes ``IngestStatus.is_live``).
 
     Candles close by the *exchange's* clock: local time plus the offset between trade event times and the
     local time they were received. Against Binance the offset is the network latency plus clock skew;
