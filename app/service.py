@@ -85,7 +85,7 @@ async def _supervise(
     aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
     persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
     ingest_status = IngestStatus()
-    subscriptions = SubscriptionManager(symbols, ingest_status)
+    subscriptions = SubscriptionManager(symbols, ingest_status, configured=settings.symbols, memory=storage)
     state = ServiceState(
         settings=settings, hub=hub, candles=candle_feed, storage=storage, ingest=ingest_status,
         subscriptions=subscriptions, persist=persist_status, tick_channel=ticks_receive,

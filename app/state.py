@@ -27,7 +27,11 @@ class ServiceState:
     ingest: IngestStatus
     # The live symbol set (POST/DELETE /api/symbols); attached to the running ingest by stream_trades.
     subscriptions: SubscriptionManager = attrs.field(
-        default=attrs.Factory(lambda self: SubscriptionManager(self.settings.symbols, self.ingest), takes_self=True)
+        default=attrs.Factory(
+            lambda self: SubscriptionManager(self.settings.symbols, self.ingest, configured=self.settings.symbols,
+                                             memory=self.storage),
+            takes_self=True,
+        )
     )
     # Owned by the persistence tasks: what has been committed.
     persist: PersistStatus = attrs.Factory(PersistStatus)

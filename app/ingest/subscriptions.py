@@ -1,6 +1,6 @@
 """The subscribed symbol set, as the web layer changes it (``POST/DELETE /api/symbols``).
 
-``SubscriptionManager`` is created by the supervisor with the configured symbols and handed to both the web
+``SubscriptionManager`` is created by the supervisor with the symbols to serve and handed to both the web
 layer (through ``ServiceState.subscriptions``) and ``stream_trades``, which attaches the running client to it.
 ``add`` validates the symbol against Binance's ``exchangeInfo`` and returns once the SUBSCRIBE is acknowledged
 on an open connection; ``remove`` once the UNSUBSCRIBE is. Changes are serialised, so concurrent calls for the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from typing import Protocol
 
 import trio
 
@@ -54,10 +55,30 @@ class ExchangeUnavailableError(SubscriptionError):
     """The exchange could not be asked (exchangeInfo or the stream is down, or no ack came): try again later."""
 
 
+class SymbolMemory(Protocol):
+    """Where changes of the symbol set are kept across restarts (the storage implements it)."""
+
+    async def set_symbol_added(self, symbol: str, added: bool) -> None:
+        """Raises a ``RuntimeError`` (the storage's ``StorageError``) when the change cannot be kept."""
+        ...
+
+
 class SubscriptionManager:
-    def __init__(self, symbols: Iterable[str], status: IngestStatus) -> None:
+    """The live symbol set. ``configured`` symbols come back at every start from the configuration; every other
+    change is written to ``memory`` (whoever made it), so a restart subscribes what was subscribed."""
+
+    def __init__(
+        self,
+        symbols: Iterable[str],
+        status: IngestStatus,
+        *,
+        configured: Iterable[str] = (),
+        memory: SymbolMemory | None = None,
+    ) -> None:
         self.status = status
         self._symbols: dict[str, None] = dict.fromkeys(symbols)
+        self._configured = frozenset(configured)
+        self._memory = memory
         self._client: StreamClient | None = None
         self._sequencer: TradeSequencer | None = None
         self._directory: SymbolDirectory | None = None
@@ -107,6 +128,8 @@ class SubscriptionManager:
                 raise ExchangeUnavailableError(f"no connection acknowledged {symbol} in time") from None
             self._set_changed()
             log.info("subscribed symbol=%s symbols=%d", symbol, len(self._symbols))
+        if symbol not in self._configured:
+            await self._remember(symbol, added=True)
 
     async def remove(self, symbol: str) -> None:
         """Unsubscribes ``symbol``. Its trades up to the exchange's last trade id at this moment are emitted first
@@ -124,6 +147,18 @@ class SubscriptionManager:
             self._set_changed()
             await client.unsubscribe(trade_stream(symbol))
             log.info("unsubscribed symbol=%s symbols=%d", symbol, len(self._symbols))
+        # A configured symbol is subscribed again at the next start: the configuration says it is wanted.
+        await self._remember(symbol, added=False)
+
+    async def _remember(self, symbol: str, *, added: bool) -> None:
+        """Keeps the change for the next start; the live change stands even if that fails (logged)."""
+        if self._memory is None:
+            return
+        try:
+            await self._memory.set_symbol_added(symbol, added)
+        except RuntimeError as error:
+            log.error("symbol change not stored symbol=%s added=%s error=%s: it will not survive a restart",
+                      symbol, added, error)
 
     async def drop_unlisted(self) -> None:
         """Checks the configured symbols against exchangeInfo and unsubscribes those Binance does not list.

@@ -10,9 +10,8 @@ from prometheus_client import CollectorRegistry
 from quart import Quart, Response, request
 
 from app.convert import api_converter, iso_utc
-from app.intervals import Interval
-from app.model import Candle
 from app.state import ServiceState
+from app.store.candle_query import query_candles
 from app.web.errors import ApiError
 from app.web.health import assess_health
 from app.web.metrics import CONTENT_TYPE, render_metrics
@@ -50,7 +49,8 @@ def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry
         interval = parse_interval(request.args.get("interval"), state.settings.candle_intervals)
         limit = parse_limit(request.args.get("limit"))
         start_ms, end_ms = parse_time_range(request.args.get("start"), request.args.get("end"))
-        result = await _candles(state, symbol, interval, start_ms, end_ms, limit)
+        result = await query_candles(state.candles, state.storage, symbol, interval, start_ms=start_ms,
+                                     end_ms=end_ms, limit=limit)
         if not result and symbol not in served_symbols(state):
             raise ApiError(404, "unknown_symbol", f"{symbol} is not subscribed and has no stored candles")
         return json_response(result)
@@ -84,55 +84,6 @@ def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry
     @app.get("/openapi.json")
     async def openapi() -> Response:
         return Response(document, content_type="application/json")
-
-
-async def _candles(
-    state: ServiceState, symbol: str, interval: Interval, start_ms: int | None, end_ms: int | None, limit: int
-) -> list[Candle]:
-    """Closed candles from memory (the newest) and the database (older ones), plus the open candle.
-
-    As Binance's klines: ``start_ms <= open_time <= end_ms``; with a start the first ``limit`` from it,
-    without one the last ``limit``; oldest first.
-    """
-    builder = state.candles
-    if start_ms is not None:
-        # The first ``limit`` candles from start open no later than this: bounding ``end`` makes "the last
-        # ``limit`` in range" and "the first ``limit`` from start" the same set, whichever the storage returns.
-        first_open = interval.open_time(start_ms)
-        if first_open < start_ms:
-            first_open = interval.next_open_time(first_open)
-        last_open = _open_time_after(interval, first_open, limit - 1)
-        end_ms = last_open if end_ms is None else min(end_ms, last_open)
-    name = interval.name
-    by_open_time: dict[int, Candle] = {}
-    oldest_in_memory = builder.oldest_recent_open_ms(symbol, name)
-    memory_covers = oldest_in_memory is not None and (start_ms is None or start_ms >= oldest_in_memory)
-    recent = builder.recent_closed(symbol, name, start_ms, end_ms, limit)
-    if not (memory_covers and (start_ms is not None or len(recent) >= limit)):
-        for candle in await state.storage.candles(symbol, name, start_ms, end_ms, limit):
-            by_open_time[candle.open_time_ms] = candle
-    for candle in recent:
-        stored = by_open_time.get(candle.open_time_ms)
-        if stored is None or candle.revision >= stored.revision:
-            by_open_time[candle.open_time_ms] = candle
-    current = builder.open_candle(symbol, name)
-    if (
-        current is not None
-        and current.open_time_ms not in by_open_time
-        and (start_ms is None or current.open_time_ms >= start_ms)
-        and (end_ms is None or current.open_time_ms <= end_ms)
-    ):
-        by_open_time[current.open_time_ms] = current
-    ordered = [by_open_time[open_time] for open_time in sorted(by_open_time)]
-    return ordered[:limit] if start_ms is not None else ordered[-limit:]
-
-
-def _open_time_after(interval: Interval, open_time_ms: int, steps: int) -> int:
-    if interval.name != "1M":
-        return open_time_ms + steps * interval.nominal_ms
-    for _ in range(steps):
-        open_time_ms = interval.next_open_time(open_time_ms)
-    return open_time_ms
 
 
 def _symbol_row(state: ServiceState, symbol: str) -> dict[str, object]:

@@ -5,8 +5,6 @@ Errors of the ingest's ``SubscriptionManager`` become ``ApiError``s here, in one
 
 from __future__ import annotations
 
-import logging
-
 from app.ingest.subscriptions import (
     AlreadySubscribedError,
     ExchangeUnavailableError,
@@ -15,10 +13,7 @@ from app.ingest.subscriptions import (
     UnknownSymbolError,
 )
 from app.state import ServiceState
-from app.store.storage import StorageError
 from app.web.errors import ApiError
-
-log = logging.getLogger(__name__)
 
 
 def served_symbols(state: ServiceState) -> tuple[str, ...]:
@@ -38,9 +33,6 @@ async def add_symbol(state: ServiceState, symbol: str) -> None:
         raise ApiError(503, "exchange_unavailable", str(error)) from None
     except SubscriptionError as error:
         raise ApiError(502, "exchange_refused", str(error)) from None
-    if symbol not in state.settings.symbols:
-        # Kept across restarts; configured symbols come back from the configuration anyway.
-        await _remember(state, symbol, added=True)
 
 
 async def remove_symbol(state: ServiceState, symbol: str) -> None:
@@ -53,14 +45,3 @@ async def remove_symbol(state: ServiceState, symbol: str) -> None:
         raise ApiError(503, "exchange_unavailable", str(error)) from None
     except SubscriptionError as error:
         raise ApiError(502, "exchange_refused", str(error)) from None
-    # A configured symbol is subscribed again at the next start: the configuration says it is wanted.
-    await _remember(state, symbol, added=False)
-
-
-async def _remember(state: ServiceState, symbol: str, *, added: bool) -> None:
-    """Stores the change for the next start; the live change stands even if that fails (logged)."""
-    try:
-        await state.storage.set_symbol_added(symbol, added)
-    except StorageError as error:
-        log.error("symbol change not stored symbol=%s added=%s error=%s: it will not survive a restart",
-                  symbol, added, error)

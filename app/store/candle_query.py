@@ -1,0 +1,67 @@
+"""The candle query: closed candles from memory (the newest) and the database (older ones), plus the open one.
+
+One function for every reader (the REST route, and later API replicas and the Python API), so they all answer
+with the same rules.
+"""
+
+from __future__ import annotations
+
+from app.intervals import Interval
+from app.model import Candle
+from app.store.aggregator import CandleFeed
+from app.store.storage import Storage
+
+
+async def query_candles(
+    feed: CandleFeed,
+    storage: Storage,
+    symbol: str,
+    interval: Interval,
+    *,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    limit: int = 500,
+) -> list[Candle]:
+    """Candles of ``symbol`` at ``interval``, oldest first, the open candle last (``closed`` false).
+
+    As Binance's klines: ``start_ms <= open_time <= end_ms``; with a start the first ``limit`` from it,
+    without one the last ``limit``. Where memory and the database both hold a candle, the higher revision wins.
+    """
+    if start_ms is not None:
+        # The first ``limit`` candles from start open no later than this: bounding ``end`` makes "the last
+        # ``limit`` in range" and "the first ``limit`` from start" the same set, whichever the storage returns.
+        first_open = interval.open_time(start_ms)
+        if first_open < start_ms:
+            first_open = interval.next_open_time(first_open)
+        last_open = _open_time_after(interval, first_open, limit - 1)
+        end_ms = last_open if end_ms is None else min(end_ms, last_open)
+    name = interval.name
+    by_open_time: dict[int, Candle] = {}
+    oldest_in_memory = feed.oldest_recent_open_ms(symbol, name)
+    memory_covers = oldest_in_memory is not None and (start_ms is None or start_ms >= oldest_in_memory)
+    recent = feed.recent_closed(symbol, name, start_ms, end_ms, limit)
+    if not (memory_covers and (start_ms is not None or len(recent) >= limit)):
+        for candle in await storage.candles(symbol, name, start_ms, end_ms, limit):
+            by_open_time[candle.open_time_ms] = candle
+    for candle in recent:
+        stored = by_open_time.get(candle.open_time_ms)
+        if stored is None or candle.revision >= stored.revision:
+            by_open_time[candle.open_time_ms] = candle
+    current = feed.open_candle(symbol, name)
+    if (
+        current is not None
+        and current.open_time_ms not in by_open_time
+        and (start_ms is None or current.open_time_ms >= start_ms)
+        and (end_ms is None or current.open_time_ms <= end_ms)
+    ):
+        by_open_time[current.open_time_ms] = current
+    ordered = [by_open_time[open_time] for open_time in sorted(by_open_time)]
+    return ordered[:limit] if start_ms is not None else ordered[-limit:]
+
+
+def _open_time_after(interval: Interval, open_time_ms: int, steps: int) -> int:
+    if interval.name != "1M":
+        return open_time_ms + steps * interval.nominal_ms
+    for _ in range(steps):
+        open_time_ms = interval.next_open_time(open_time_ms)
+    return open_time_ms
