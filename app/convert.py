@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -308,3 +308,36 @@ def api_fields(cls: type) -> tuple[str, ...]:
     renames = {"trade_time_ms": "timestamp", "event_time_ms": "event_time", "open_time_ms": "open_time",
                "close_time_ms": "close_time", "detected_at_ms": "detected_at"}
     return tuple(renames.get(field.name, field.name) for field in attrs.fields(cls))
+
+
+# --- model <-> bus (Redis stream entries) -------------------------------------------------------------------
+# Positional arrays with decimals as their exact text: compact (a tick is ~80 bytes) and fast to decode. The
+# field order is the attrs order of the class, so the format follows the model.
+
+
+def _bus_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(unstruct_strat=cattrs.UnstructureStrategy.AS_TUPLE)
+    converter.register_unstructure_hook(Decimal, str)
+    converter.register_structure_hook(Decimal, lambda value, _type: Decimal(value))
+    return converter
+
+
+bus_converter = _bus_converter()
+
+
+def ticks_to_bus(ticks: Sequence[Tick]) -> bytes:
+    return orjson.dumps([(t.symbol, str(t.price), str(t.quantity), t.trade_time_ms, t.event_time_ms, t.trade_id,
+                          t.is_buyer_maker) for t in ticks])
+
+
+def ticks_from_bus(payload: bytes | str) -> list[Tick]:
+    return [Tick(symbol, Decimal(price), Decimal(quantity), trade_time, event_time, trade_id, maker)
+            for symbol, price, quantity, trade_time, event_time, trade_id, maker in orjson.loads(payload)]
+
+
+def candles_to_bus(candles: Sequence[Candle]) -> bytes:
+    return orjson.dumps(bus_converter.unstructure(list(candles)))
+
+
+def candles_from_bus(payload: bytes | str) -> list[Candle]:
+    return [bus_converter.structure(row, Candle) for row in orjson.loads(payload)]
