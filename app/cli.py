@@ -72,8 +72,10 @@ def _add_optional_commands(commands: argparse._SubParsersAction[argparse.Argumen
     """Commands from other modules, each adding its own sub-parser."""
     from app.demo import add_demo_command
     from app.replay.cli import add_record_command, add_simulate_command
+    from app.roles.commands import add_role_commands
 
     add_demo_command(commands)
+    add_role_commands(commands)
     add_simulate_command(commands)
     add_record_command(commands)
 

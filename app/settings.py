@@ -163,6 +163,23 @@ def _streams_per_connection(text: str) -> int:
     return value
 
 
+def _parse_prefix(text: str) -> str:
+    prefix = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", prefix):
+        raise ValueError("expected 1-64 letters, digits, '_', '.' or '-'")
+    return prefix
+
+
+def _parse_shard(text: str) -> str:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None:
+        raise ValueError("expected K/N, e.g. 0/2")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or not 0 <= index < count:
+        raise ValueError("expected 0 <= K < N")
+    return f"{index}/{count}"
+
+
 def _number(value: float) -> str:
     """``30.0`` as ``30``: how a person writes it in the environment."""
     return f"{value:g}"
@@ -213,6 +230,33 @@ class Settings:
         256, "TICK_BUFFER", "--tick-buffer", _positive_int,
         "batches (one socket read each) waiting between ingest and the store; ingest waits when it is full, "
         "it never drops")
+
+    # The scale-out roles (``marketdata ingest|api|persist``): Redis Streams between processes.
+    bus_url: str | None = _setting(
+        None, "BUS_URL", "--bus-url", _parse_url(("redis", "rediss")),
+        "`redis://HOST:PORT/DB` of the bus (Redis ≥ 7 or Valkey) for the scale-out roles; unset: one process")
+    bus_prefix: str = _setting(
+        "marketdata", "BUS_PREFIX", "--bus-prefix", _parse_prefix,
+        "prefix of every key the service keeps in Redis (deployments can share a server)")
+    bus_max_entries: int = _setting(
+        100_000, "BUS_MAX_ENTRIES", "--bus-max-entries", _positive_int,
+        "entries kept per bus stream (`MAXLEN ~`; one entry is one batch of ticks); a reader further behind "
+        "gets an explicit gap")
+    shard: str = _setting(
+        "0/1", "SHARD", "--shard", _parse_shard,
+        "`K/N`: this ingest process owns the symbols whose CRC-32 (of the upper-case symbol) mod N is K")
+    lease_ttl_seconds: float = _setting(
+        3.0, "LEASE_TTL_SECONDS", "--lease-ttl", _positive_float,
+        "an ingest shard's leader lease; a standby takes over this long after the leader stops renewing",
+        render=_number)
+
+    @property
+    def shard_index(self) -> int:
+        return int(self.shard.split("/")[0])
+
+    @property
+    def shard_count(self) -> int:
+        return int(self.shard.split("/")[1])
 
     @property
     def sqlite_path(self) -> str | None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from app.bus.connection import BUS_UNAVAILABLE, redis_client
+from app.bus.keys import BusKeys
 from app.replay.config import ManualSource, SimulatorConfig
 from app.replay.simulator import Simulator, open_simulator
 
@@ -20,3 +24,28 @@ async def simulator() -> AsyncIterator[Simulator]:
     """
     async with open_simulator(SimulatorConfig(source=ManualSource(symbols=("BTCUSDT", "ETHUSDT")))) as sim:
         yield sim
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Any]:
+    """A client of the machine's Redis (127.0.0.1:6379); the test skips, saying what to install, without one."""
+    client = redis_client(REDIS_URL)
+    try:
+        async with client:
+            await client.ping()
+            yield client
+    except BUS_UNAVAILABLE:
+        pytest.skip("no Redis at 127.0.0.1:6379: install redis-server (apt install redis-server) to run bus tests")
+
+
+@pytest.fixture
+async def keys(redis: Any) -> AsyncIterator[BusKeys]:
+    """A key prefix of the test's own on that Redis, deleted afterwards."""
+    keys = BusKeys(prefix=f"test-{uuid.uuid4().hex[:12]}")
+    yield keys
+    stale = [key async for key in redis.scan_iter(match=f"{keys.prefix}:*")]
+    if stale:
+        await redis.delete(stale)

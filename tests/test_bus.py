@@ -6,43 +6,18 @@ server the tests skip with one line saying what to install.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import trio
 
-from app.bus.connection import BUS_UNAVAILABLE, redis_client
 from app.bus.follow import BusEntry, StreamGap, StreamPosition, check_sequence, follow_stream, stream_end
 from app.bus.keys import BusKeys
 from app.bus.lease import Lease, LeaseTimings, campaign, new_token
 from app.bus.publish import BusPublisher, Fenced, Overlap, last_trade_ids
 from app.convert import candles_from_bus, ticks_from_bus
 from app.model import Candle, Tick
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Any]:
-    client = redis_client(REDIS_URL)
-    try:
-        async with client:
-            await client.ping()
-            yield client
-    except BUS_UNAVAILABLE:
-        pytest.skip("no Redis at 127.0.0.1:6379: install redis-server (apt install redis-server) to run bus tests")
-
-
-@pytest.fixture
-async def keys(redis: Any) -> AsyncIterator[BusKeys]:
-    keys = BusKeys(prefix=f"test-{uuid.uuid4().hex[:12]}")
-    yield keys
-    stale = [key async for key in redis.scan_iter(match=f"{keys.prefix}:*")]
-    if stale:
-        await redis.delete(stale)
 
 
 def tick(trade_id: int, symbol: str = "BTCUSDT", price: str = "61837.63000000") -> Tick:

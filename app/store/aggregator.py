@@ -197,7 +197,7 @@ async def aggregate(
                     symbol_count = builder.symbol_count
                     if next_wake_ms is None or exchange_now_ms >= next_wake_ms or symbol_count != scanned_symbols:
                         scanned_symbols = symbol_count
-                        next_wake_ms = _close_by_clock(builder, exchange_now_ms, close_grace_ms, is_live, changed,
+                        next_wake_ms = close_by_clock(builder, exchange_now_ms, close_grace_ms, is_live, changed,
                                                        touched)
                 if changed:
                     await closed_candles.send(changed)
@@ -219,7 +219,7 @@ def _feed(builder: CandleBuilder, batch: Sequence[Tick], changed: list[Candle], 
     return latest_event_ms
 
 
-def _close_by_clock(
+def close_by_clock(
     builder: CandleBuilder,
     now_ms: int,
     grace_ms: int,

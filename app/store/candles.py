@@ -436,6 +436,20 @@ class CandleBuilder:
         series.current = _Bar(next_open, series.interval.close_time(next_open), last.close)
         series.replay_floor_ms = next_open
 
+    def continue_candle(self, candle: Candle) -> None:
+        """Continues a series from the newest published version of its current candle (a new leader taking
+        over): later trades are added to it exactly as the old leader would have added them."""
+        series = next((s for s in self._series_of(candle.symbol) if s.interval.name == candle.interval), None)
+        if series is None:
+            raise ValueError(f"interval {candle.interval!r} is not configured")
+        if candle.closed:
+            series.closed.clear()
+            series.closed.append(candle)
+            next_open = series.interval.next_open_time(candle.open_time_ms)
+            series.current = _Bar(next_open, series.interval.close_time(next_open), candle.close)
+        else:
+            series.current = _Bar.from_candle(candle)
+
     def seed_from_finer(self, symbol: str, interval: str, finer: Sequence[Candle], floor_ms: int) -> list[Candle]:
         """Rebuilds a seeded series up to ``floor_ms`` from stored closed candles of a finer interval that tiles
         it (oldest first); trades before ``floor_ms`` are then skipped during the replay. Returns the candles of

@@ -1,0 +1,50 @@
+"""The scale-out commands: ``marketdata ingest`` (and, as they land, ``api`` and ``persist``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from app.bus.connection import BusError
+from app.roles.ingest import run_ingest
+from app.settings import Settings, add_settings_flags, configure_logging, flag_overrides, load_settings
+
+log = logging.getLogger("app")
+
+Role = Callable[[Settings], Awaitable[None]]
+
+
+def add_role_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "ingest",
+        help="one ingest shard publishing to the bus (leader, or hot standby of the same shard)",
+        description="Ingest the symbols of one shard (SHARD=K/N) and publish ticks and candles to Redis "
+        "Streams (BUS_URL). A second process with the same shard waits as hot standby and takes over when the "
+        "leader's lease (LEASE_TTL_SECONDS) expires. Serves /health and /metrics on HTTP_HOST:HTTP_PORT.",
+    )
+    add_settings_flags(parser)
+    parser.set_defaults(func=lambda args: run_role("ingest", run_ingest, args))
+
+
+def run_role(name: str, role: Role, args: argparse.Namespace) -> int:
+    settings = load_settings(overrides=flag_overrides(args))
+    configure_logging(settings.log_level)
+    if settings.bus_url is None:
+        print(f"marketdata {name}: set BUS_URL (or --bus-url) to the bus, e.g. redis://127.0.0.1:6379/0",
+              file=sys.stderr)
+        return 2
+    try:
+        trio.run(role, settings)
+    except KeyboardInterrupt:
+        return 0
+    except BusError as error:
+        print(f"marketdata {name}: {error}", file=sys.stderr)
+        return 2
+    except BaseException as error:  # the top: log every crash, exit non-zero
+        log.critical("%s crashed: %r", name, error, exc_info=error)
+        return 1
+    return 0
