@@ -6,16 +6,15 @@ TCP reset behind a generic close, which is exactly what these tests look at.
 
 from __future__ import annotations
 
-from collections import deque
 from decimal import Decimal
 
 import httpx
 import pytest
 import trio
+from raw_ws_client import RawClient
 from trio_websocket import ConnectionClosed
 from ws_client import open_websocket_client
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Event, Ping, Request, TextMessage
+from wsproto.events import CloseConnection, Ping, TextMessage
 
 from app.convert import FrameError, parse_trade_frame
 from app.model import Tick
@@ -32,35 +31,6 @@ def make_tick(trade_id: int, symbol: str = "BTCUSDT") -> Tick:
 def config(**changes: object) -> SimulatorConfig:
     base = SimulatorConfig(source=ManualSource(symbols=("BTCUSDT",)))
     return SimulatorConfig(**{**{"source": base.source}, **changes})  # type: ignore[arg-type]
-
-
-class RawClient:
-    """A bare WebSocket client: no automatic pong, and a TCP reset surfaces as BrokenResourceError."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.protocol = WSConnection(ConnectionType.CLIENT)
-        self.pending: deque[Event] = deque()
-
-    @classmethod
-    async def connect(cls, simulator: Simulator, target: str) -> RawClient:
-        client = cls(await trio.open_tcp_stream("127.0.0.1", simulator.ws_port))
-        await client.send(Request(host="127.0.0.1", target=target))
-        assert isinstance(await client.next_event(), AcceptConnection)
-        return client
-
-    async def send(self, event: Event) -> None:
-        await self.stream.send_all(self.protocol.send(event))
-
-    async def next_event(self) -> Event | None:
-        """The next event, or None at a clean end of the TCP stream."""
-        while not self.pending:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                return None
-            self.protocol.receive_data(data)
-            self.pending.extend(self.protocol.events())
-        return self.pending.popleft()
 
 
 def is_trade(frame: str) -> bool:

@@ -1,20 +1,16 @@
-"""The WebSocket side: Binance spot market streams over trio-websocket, limits and faults included.
+"""The WebSocket side: Binance spot market streams, limits and faults included, on ``websocket.py``.
 
-Each TCP connection runs one handler (``serve_connection``) with four tasks: requests in, frames out
-(batched: several frames per socket write), keep-alive pings, and the 24-hour age limit. Every way a
-connection ends goes through ``Client.terminate``; the handler then sends the close frame or the TCP reset.
+Each TCP connection runs one handler (``serve_connection``) with four tasks: requests in (with pings and pongs,
+which count towards Binance's message rate), frames out (batched: several frames per socket write),
+keep-alive pings, and the 24-hour age limit. Every way a connection ends goes through ``Client.terminate``;
+the handler then sends the close frame or the TCP reset.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import Ping, Pong, TextMessage
 
 from app.replay.config import Limits
 from app.replay.faults import FaultDice, malformed_frame, reset_tcp
@@ -28,6 +24,7 @@ from app.replay.protocol import (
     parse_target,
     result_response,
 )
+from app.replay.websocket import ControlFrame, ServerWebSocket, WebSocketClosed
 
 log = logging.getLogger(__name__)
 
@@ -39,48 +36,14 @@ TOO_MANY_REQUESTS = Termination(1008, "Too many requests")
 TOO_MANY_SUBSCRIPTIONS = Termination(1008, "Too many subscriptions")
 PONG_TIMEOUT = Termination(1008, "Pong timeout")
 AGE_LIMIT = Termination(1000, "Connection reached its 24-hour limit")
-
-
-class SimWebSocket(WebSocketConnection):
-    """trio-websocket's connection plus what an exchange needs and the public API lacks (it relies on
-    trio-websocket 0.12 internals): a hook on incoming pings and pongs (they count towards Binance's
-    message rate), pings that do not wait for their pong, and several frames per socket write."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        super().__init__(stream, WSConnection(ConnectionType.SERVER), message_queue_size=64)
-        self.socket_stream = stream
-        self.on_control: Callable[[str, bytes], None] | None = None
-
-    async def _handle_ping_event(self, event: Ping) -> None:
-        if self.on_control is not None:
-            self.on_control("ping", bytes(event.payload))
-        await super()._handle_ping_event(event)
-
-    async def _handle_pong_event(self, event: Pong) -> None:
-        if self.on_control is not None:
-            self.on_control("pong", bytes(event.payload))
-        await super()._handle_pong_event(event)
-
-    async def send_ping(self, payload: bytes) -> None:
-        await self._send(Ping(payload=payload))
-
-    async def send_messages(self, messages: Sequence[str]) -> None:
-        if self._close_reason:
-            raise ConnectionClosed(self._close_reason)
-        data = b"".join(self._wsproto.send(TextMessage(data=message)) for message in messages)
-        async with self._stream_lock:
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._abort_web_socket()
-                raise ConnectionClosed(self._close_reason) from None
+PEER_GONE = Termination(1000, "peer gone")
 
 
 async def serve_connection(hub: Hub, dice: FaultDice, stream: trio.SocketStream) -> None:
     """The handler for one TCP connection (``trio.serve_tcp``): a failing connection never stops the server."""
     try:
         await _serve_connection(hub, dice, stream)
-    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed, OSError) as group:
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, WebSocketClosed, OSError) as group:
         log.debug("connection ended with %r", group.exceptions[0])
 
 
@@ -89,58 +52,57 @@ async def _serve_connection(hub: Hub, dice: FaultDice, stream: trio.SocketStream
         hub.counters.connections_refused += 1
         await reset_tcp(stream)
         return
-    async with trio.open_nursery() as nursery:
-        socket = SimWebSocket(stream)
-        nursery.start_soon(socket._reader_task)
-        target = await _handshake(hub, socket)
-        if target is None:
-            nursery.cancel_scope.cancel()
-            await stream.aclose()
-            return
-        outbox_send, outbox_recv = trio.open_memory_channel[list[str]](hub.limits.outbox_batches)
-        client = hub.add_client(target.combined, target.microseconds, outbox_send)
-        log.debug("client=%d connected streams=%d", client.id, len(target.streams))
-        try:
-            if len(target.streams) > hub.limits.max_streams:
-                client.terminate(TOO_MANY_SUBSCRIPTIONS)
-            else:
-                hub.subscribe(client, target.streams)
-                await _run_client(hub, dice, client, socket, outbox_recv)
-        finally:
-            hub.remove_client(client)
-            with trio.CancelScope(shield=True):
-                await _finish(hub, client, socket, outbox_recv)
-            outbox_recv.close()
-            nursery.cancel_scope.cancel()
+    socket = ServerWebSocket(stream)
+    target = await _handshake(hub, socket)
+    if target is None:
+        await stream.aclose()
+        return
+    outbox_send, outbox_recv = trio.open_memory_channel[list[str]](hub.limits.outbox_batches)
+    client = hub.add_client(target.combined, target.microseconds, outbox_send)
+    log.debug("client=%d connected streams=%d", client.id, len(target.streams))
+    try:
+        if len(target.streams) > hub.limits.max_streams:
+            client.terminate(TOO_MANY_SUBSCRIPTIONS)
+        else:
+            hub.subscribe(client, target.streams)
+            await _run_client(hub, dice, client, socket, outbox_recv)
+    finally:
+        hub.remove_client(client)
+        with trio.CancelScope(shield=True):
+            await _finish(hub, client, socket, outbox_recv)
+        outbox_recv.close()
 
 
-async def _handshake(hub: Hub, socket: SimWebSocket) -> Target | None:
+async def _handshake(hub: Hub, socket: ServerWebSocket) -> Target | None:
     """The accepted target, or None when the handshake failed, timed out or was rejected."""
     with trio.move_on_after(_HANDSHAKE_TIMEOUT):
-        request = await socket._get_request()
-        if not hub.attempt_allowed():
-            hub.counters.connections_rejected += 1
-            await request.reject(429, body=b"Too many connection attempts")
-            return None
         try:
-            target = parse_target(request.path)
-        except TargetError as error:
-            hub.counters.connections_rejected += 1
-            await request.reject(error.status, body=error.message.encode())
+            path = await socket.receive_request()
+            if not hub.attempt_allowed():
+                hub.counters.connections_rejected += 1
+                await socket.reject(429, b"Too many connection attempts")
+                return None
+            try:
+                target = parse_target(path)
+            except TargetError as error:
+                hub.counters.connections_rejected += 1
+                await socket.reject(error.status, error.message.encode())
+                return None
+            await socket.accept()
+        except WebSocketClosed:
             return None
-        await request.accept()
-        return target if socket._wsproto.state == ConnectionState.OPEN else None
+        return target
     return None
 
 
 async def _finish(
-    hub: Hub, client: Client, socket: SimWebSocket, outbox: trio.MemoryReceiveChannel[list[str]]
+    hub: Hub, client: Client, socket: ServerWebSocket, outbox: trio.MemoryReceiveChannel[list[str]]
 ) -> None:
     termination = client.termination
     if termination is not None and termination.code is None:
         hub.counters.connections_reset += 1
         log.debug("client=%d reset reason=%s", client.id, termination.reason)
-        await reset_tcp(socket.socket_stream)
+        await reset_tcp(socket.stream)
         return
     code, reason = (1000, None) if termination is None else (termination.code, termination.reason)
     log.debug("client=%d closing code=%s reason=%s", client.id, code, reason)
@@ -149,8 +111,8 @@ async def _finish(
         pending = _drain(outbox)
         if pending:
             await _send(hub, client, socket, pending)
-        await socket.aclose(code or 1000, reason)
-    await socket.socket_stream.aclose()
+        await socket.close(code or 1000, reason)
+    await socket.stream.aclose()
 
 
 def _drain(outbox: trio.MemoryReceiveChannel[list[str]]) -> list[str]:
@@ -163,21 +125,9 @@ def _drain(outbox: trio.MemoryReceiveChannel[list[str]]) -> list[str]:
 
 
 async def _run_client(
-    hub: Hub, dice: FaultDice, client: Client, socket: SimWebSocket, outbox: trio.MemoryReceiveChannel[list[str]]
+    hub: Hub, dice: FaultDice, client: Client, socket: ServerWebSocket, outbox: trio.MemoryReceiveChannel[list[str]]
 ) -> None:
     limits = hub.limits
-
-    def on_control(kind: str, payload: bytes) -> None:
-        if kind == "ping":
-            hub.counters.pings_received += 1
-        else:
-            hub.counters.pongs_received += 1
-            if payload in client.pending_pings:
-                client.pending_pings.clear()
-                client.ping_outstanding_since = None
-        _count_incoming(hub, client, limits)
-
-    socket.on_control = on_control
     with client.scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_write_frames, hub, dice, client, socket, outbox)
@@ -201,12 +151,17 @@ def _count_incoming(hub: Hub, client: Client, limits: Limits) -> None:
         client.terminate(TOO_MANY_REQUESTS)
 
 
-async def _read_requests(hub: Hub, client: Client, socket: SimWebSocket) -> None:
+async def _read_requests(hub: Hub, client: Client, socket: ServerWebSocket) -> None:
     while True:
         try:
-            message = await socket.get_message()
-        except ConnectionClosed:
+            message = await socket.receive()
+        except WebSocketClosed:
             return
+        if isinstance(message, ControlFrame):
+            _control_frame(hub, client, message)
+            if client.termination is not None:
+                return
+            continue
         hub.counters.control_messages += 1
         _count_incoming(hub, client, hub.limits)
         if client.termination is not None:
@@ -220,6 +175,17 @@ async def _read_requests(hub: Hub, client: Client, socket: SimWebSocket) -> None
                 client.terminate(TOO_MANY_SUBSCRIPTIONS)
                 return
         hub.send_to(client, [reply])
+
+
+def _control_frame(hub: Hub, client: Client, frame: ControlFrame) -> None:
+    if frame.kind == "ping":
+        hub.counters.pings_received += 1
+    else:
+        hub.counters.pongs_received += 1
+        if frame.payload in client.pending_pings:
+            client.pending_pings.clear()
+            client.ping_outstanding_since = None
+    _count_incoming(hub, client, hub.limits)
 
 
 def _answer(hub: Hub, client: Client, request: Request) -> str:
@@ -242,7 +208,7 @@ def _answer(hub: Hub, client: Client, request: Request) -> str:
 
 
 async def _write_frames(
-    hub: Hub, dice: FaultDice, client: Client, socket: SimWebSocket, outbox: trio.MemoryReceiveChannel[list[str]]
+    hub: Hub, dice: FaultDice, client: Client, socket: ServerWebSocket, outbox: trio.MemoryReceiveChannel[list[str]]
 ) -> None:
     drop_after = dice.faults.drop_after_frames
     # The handler closes ``outbox`` after flushing it, so no ``async with`` here.
@@ -298,13 +264,13 @@ def _first_stream(client: Client) -> str:
     return next(iter(client.subscriptions), "btcusdt@trade")
 
 
-async def _send(hub: Hub, client: Client, socket: SimWebSocket, frames: list[str]) -> None:
+async def _send(hub: Hub, client: Client, socket: ServerWebSocket, frames: list[str]) -> None:
     if not frames:
         return
     try:
         await socket.send_messages(frames)
-    except ConnectionClosed:
-        client.terminate(Termination(1000, "peer gone"))
+    except WebSocketClosed:
+        client.terminate(PEER_GONE)
         return
     client.frames_sent += len(frames)
     client.last_frame = frames[-1]
@@ -312,7 +278,7 @@ async def _send(hub: Hub, client: Client, socket: SimWebSocket, frames: list[str
     hub.changed()
 
 
-async def _keep_alive(hub: Hub, client: Client, socket: SimWebSocket, limits: Limits) -> None:
+async def _keep_alive(hub: Hub, client: Client, socket: ServerWebSocket, limits: Limits) -> None:
     """A ping every ``ping_interval``; no pong to any of them within ``pong_timeout`` closes the socket."""
     next_ping = trio.current_time() + limits.ping_interval
     sequence = 0
@@ -336,8 +302,8 @@ async def _keep_alive(hub: Hub, client: Client, socket: SimWebSocket, limits: Li
                 client.ping_outstanding_since = now
             try:
                 await socket.send_ping(payload)
-            except ConnectionClosed:
-                client.terminate(Termination(1000, "peer gone"))
+            except WebSocketClosed:
+                client.terminate(PEER_GONE)
                 return
 
 
