@@ -9,23 +9,35 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
 from app.model import Tick
+from app.replay.agg_trades import AggTrade, group, joins
 
 
 class SymbolTrades:
-    """One symbol's published trades in publication order (ids and times ascending), at most ``cap``."""
+    """One symbol's published trades in publication order (ids and times ascending), at most ``cap``, and
+    the aggregate trade each belongs to (numbered from 0 in publication order, so ids never change)."""
 
     def __init__(self, cap: int) -> None:
         self._cap = cap
         self._ticks: list[Tick] = []
+        self._agg_ids: list[int] = []  # parallel to ``_ticks``, ascending
         # Evicted trades stay in the list until compaction, so eviction is amortised O(1).
         self._start = 0
+        # The aggregate of the newest evicted trade: what is left of it is not served (its quantity is gone).
+        self._evicted_agg = -1
 
     def append(self, tick: Tick) -> None:
+        if not self._ticks:
+            agg_id = self._evicted_agg + 1
+        else:
+            agg_id = self._agg_ids[-1] + (0 if joins(self._ticks[-1], tick) else 1)
         self._ticks.append(tick)
+        self._agg_ids.append(agg_id)
         if len(self._ticks) - self._start > self._cap:
+            self._evicted_agg = self._agg_ids[self._start]
             self._start += 1
             if self._start >= self._cap:
                 del self._ticks[: self._start]
+                del self._agg_ids[: self._start]
                 self._start = 0
 
     def __len__(self) -> int:
@@ -51,6 +63,37 @@ class SymbolTrades:
         """The last trade before ``time_ms``, if any is retained."""
         index = bisect_left(self._ticks, time_ms, lo=self._start, key=_trade_time)
         return self._ticks[index - 1] if index > self._start else None
+
+    # --- aggregate trades (whole ones only) ---
+
+    def agg_from_id(self, agg_id: int, limit: int) -> list[AggTrade]:
+        """Up to ``limit`` aggregates from ``agg_id`` on."""
+        first = bisect_left(self._agg_ids, max(agg_id, self._evicted_agg + 1), lo=self._start)
+        return self._aggregates(first, limit)
+
+    def agg_between(self, start_ms: int, end_ms: int, limit: int) -> list[AggTrade]:
+        """The first ``limit`` aggregates with ``start_ms <= time <= end_ms`` (trades of one aggregate share
+        their time, so a window never cuts one)."""
+        first = bisect_left(self._ticks, start_ms, lo=self._start, key=_trade_time)
+        last = bisect_right(self._ticks, end_ms, lo=first, key=_trade_time)
+        first = bisect_left(self._agg_ids, self._evicted_agg + 1, lo=first, hi=max(first, last))
+        return self._aggregates(first, limit, stop=last)
+
+    def agg_recent(self, limit: int) -> list[AggTrade]:
+        """The newest ``limit`` aggregates."""
+        if len(self) == 0:
+            return []
+        oldest = max(self._agg_ids[-1] - limit + 1, self._evicted_agg + 1)
+        return self._aggregates(bisect_left(self._agg_ids, oldest, lo=self._start), limit)
+
+    def _aggregates(self, first: int, limit: int, stop: int | None = None) -> list[AggTrade]:
+        """Up to ``limit`` whole aggregates of the trades at ``first`` .. ``stop`` (exclusive)."""
+        stop = len(self._ticks) if stop is None else stop
+        if first >= stop or limit < 1:
+            return []
+        # Aggregates are numbered consecutively, so the end of the ``limit``-th one is found by bisection.
+        end = bisect_left(self._agg_ids, self._agg_ids[first] + limit, lo=first, hi=stop)
+        return group(self._ticks[first:end], self._agg_ids[first:end])
 
     @property
     def last_time_ms(self) -> int | None:

@@ -1,7 +1,8 @@
-"""The REST side for backfill: Binance spot's ``/api/v3`` trade, kline, 24hr-ticker and exchange-info endpoints.
+"""The REST side for backfill: Binance spot's ``/api/v3`` trade, aggregate-trade, kline, 24hr-ticker and
+exchange-info endpoints.
 
-Responses and errors in Binance's shapes; a request-weight budget per minute with ``X-MBX-USED-WEIGHT-1M``
-headers and HTTP 429 + ``Retry-After`` beyond it. Only published trades are visible.
+Responses and errors in Binance's shapes (unknown paths and methods too); a request-weight budget per minute
+with ``X-MBX-USED-WEIGHT-1M`` headers and HTTP 429 + ``Retry-After`` beyond it. Only published trades are visible.
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from app.intervals import Interval, UnknownIntervalError
 from app.model import Tick
+from app.replay.agg_trades import AggTrade
 from app.replay.hub import Hub
 from app.replay.klines import build_klines
 from app.replay.ticker import DAY_MS, TickerParamError, parse_ticker_request, ticker_row, ticker_weight
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = {"historicalTrades": 25, "trades": 25, "klines": 2, "exchangeInfo": 20, "time": 1, "ping": 1}
+WEIGHTS = {"historicalTrades": 25, "trades": 25, "aggTrades": 4, "klines": 2, "exchangeInfo": 20, "time": 1, "ping": 1}
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
+HOUR_MS = 3_600_000
 
 
 class RestError(Exception):
@@ -90,11 +94,21 @@ def create_rest_app(hub: Hub) -> QuartTrio:
 
     endpoint("historicalTrades", lambda args: _historical_trades(hub, args))
     endpoint("trades", lambda args: _recent_trades(hub, args))
+    endpoint("aggTrades", lambda args: _agg_trades(hub, args))
     endpoint("klines", lambda args: _klines(hub, args))
     endpoint("exchangeInfo", lambda args: _exchange_info(hub, args))
     endpoint("ticker/24hr", lambda args: _ticker_24hr(hub, args), ticker_weight)
     endpoint("time", lambda args: {"serverTime": time.time_ns() // 1_000_000})
     endpoint("ping", lambda args: {})
+
+    async def unknown(error: HTTPException) -> Response:
+        # Binance's JSON error shape, so a client's error handling sees what it would see from Binance.
+        status = error.code or 404
+        message = f"This operation is not supported: {request.method} {request.path}"
+        return _json({"code": -1020, "msg": message}, status, {})
+
+    app.register_error_handler(404, unknown)
+    app.register_error_handler(405, unknown)
     return app
 
 
@@ -166,6 +180,47 @@ def _historical_trades(hub: Hub, args: Mapping[str, str]) -> list[dict[str, Any]
     trades = hub.ledger.symbol(symbol)
     ticks = trades.recent(limit) if from_id is None else trades.from_id(from_id, limit)
     return [_trade_row(tick) for tick in ticks]
+
+
+def _agg_trades(hub: Hub, args: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Binance's rules: ``fromId`` alone, or a time window of at most an hour (``startTime`` alone means the
+    hour from it, ``endTime`` alone the hour up to it), or neither: the most recent aggregates."""
+    symbol, limit = _symbol(hub, args), _limit(args)
+    from_id = _int_param(args, "fromId")
+    start_ms, end_ms = _int_param(args, "startTime"), _int_param(args, "endTime")
+    trades = hub.ledger.symbol(symbol)
+    if from_id is not None:
+        if start_ms is not None or end_ms is not None:
+            raise RestError(-1128, "Combination of optional parameters invalid.")
+        aggregates = trades.agg_from_id(from_id, limit)
+    elif start_ms is None and end_ms is None:
+        aggregates = trades.agg_recent(limit)
+    else:
+        if start_ms is None:
+            assert end_ms is not None
+            start_ms = max(0, end_ms - HOUR_MS)
+        elif end_ms is None:
+            end_ms = start_ms + HOUR_MS
+        if start_ms > end_ms:
+            raise RestError(-1023, "Start time is greater than end time.")
+        if end_ms - start_ms > HOUR_MS:
+            raise RestError(-1127, "More than 1 hours between startTime and endTime.")
+        aggregates = trades.agg_between(start_ms, end_ms, limit)
+    return [_agg_trade_row(aggregate) for aggregate in aggregates]
+
+
+def _agg_trade_row(aggregate: AggTrade) -> dict[str, Any]:
+    # ``M`` (best price match) is always true here, as in the trade rows.
+    return {
+        "a": aggregate.agg_id,
+        "p": f"{aggregate.price:.8f}",
+        "q": f"{aggregate.quantity:.8f}",
+        "f": aggregate.first_trade_id,
+        "l": aggregate.last_trade_id,
+        "T": aggregate.time_ms,
+        "m": aggregate.is_buyer_maker,
+        "M": True,
+    }
 
 
 def _recent_trades(hub: Hub, args: Mapping[str, str]) -> list[dict[str, Any]]:
