@@ -58,6 +58,12 @@ def add_simulate_command(subparsers: argparse._SubParsersAction[argparse.Argumen
     parser.add_argument("--malformed-probability", type=float, default=0.0,
                         help="fault: chance of a malformed frame after each frame")
     parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument("--break-symbols", type=_symbol_list, default=(),
+                        help="fault: comma-separated symbols in BREAK (listed, not trading)")
+    parser.add_argument("--delist-symbols", type=_symbol_list, default=(),
+                        help="fault: comma-separated symbols delisted (exchangeInfo omits them, REST -1121)")
+    parser.add_argument("--stop-symbols-after", type=float, default=None, metavar="SECONDS",
+                        help="fault: apply --break-symbols/--delist-symbols this long after start (default: at once)")
     parser.add_argument("--ping-interval", type=float, default=20.0)
     parser.add_argument("--pong-timeout", type=float, default=60.0)
     parser.add_argument("--weight-limit", type=int, default=6000, help="REST request weight per minute")
@@ -87,6 +93,10 @@ def _record(args: argparse.Namespace) -> int:
     return record_command(args)
 
 
+def _symbol_list(text: str) -> tuple[str, ...]:
+    return tuple(symbol.strip().upper() for symbol in text.split(",") if symbol.strip())
+
+
 def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
     source: Source
     if args.synthetic:
@@ -104,7 +114,9 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         limits=Limits(ping_interval=args.ping_interval, pong_timeout=args.pong_timeout,
                       rest_weight_per_minute=args.weight_limit),
         faults=Faults(drop_after_frames=args.drop_after, drop_probability=args.drop_probability,
-                      malformed_probability=args.malformed_probability, seed=args.fault_seed),
+                      malformed_probability=args.malformed_probability, seed=args.fault_seed,
+                      break_symbols=args.break_symbols, delisted_symbols=args.delist_symbols,
+                      symbols_stop_after=args.stop_symbols_after),
         retained_trades=args.retained_trades,
     )
 

@@ -80,6 +80,11 @@ class Faults:
     # Send a malformed frame with this probability after each frame.
     malformed_probability: float = 0.0
     seed: int = 0
+    # Symbols that stop trading: in BREAK (listed, no trades), or delisted (gone from exchangeInfo, -1121 over
+    # REST); from the start, or ``symbols_stop_after`` seconds after it (while streaming).
+    break_symbols: tuple[str, ...] = ()
+    delisted_symbols: tuple[str, ...] = ()
+    symbols_stop_after: float | None = None
 
 
 @attrs.frozen(slots=True)

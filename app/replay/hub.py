@@ -119,7 +119,11 @@ class Hub:
         self.counters = Counters()
         self.clients: dict[int, Client] = {}
         self.subscribers: dict[str, dict[Client, None]] = {}
-        self.symbols: dict[str, SymbolInfo] = {}
+        self.symbols: dict[str, SymbolInfo] = {}  # listed (exchangeInfo); REST knows no others
+        # Symbols not trading (status other than TRADING, e.g. BREAK), and delisted ones with their info:
+        # no trades of either are published.
+        self.trading_status: dict[str, str] = {}
+        self.delisted: dict[str, SymbolInfo] = {}
         self.stalled_until = float("-inf")
         self.refused_until = float("-inf")
         self.source_done = trio.Event()
@@ -199,6 +203,42 @@ class Hub:
             attempts.popleft()
         return len(attempts) <= self.limits.max_connection_attempts
 
+    # --- symbols that stop trading ---
+
+    def set_trading_status(self, symbol: str, status: str) -> None:
+        """Binance's symbol status: anything but ``TRADING`` (``BREAK``, ``HALT`` ...) keeps the symbol listed
+        but publishes none of its trades; ``TRADING`` again resumes them."""
+        if symbol not in self.symbols and symbol not in self.delisted:
+            self.symbols[symbol] = symbol_info(symbol)
+        if status == "TRADING":
+            self.trading_status.pop(symbol, None)
+        else:
+            self.trading_status[symbol] = status
+        log.info("symbol=%s status=%s", symbol, status)
+        self.changed()
+
+    def delist(self, symbol: str) -> None:
+        """Gone from exchangeInfo; REST answers -1121 "Invalid symbol." for it; none of its trades are published."""
+        info = self.symbols.pop(symbol, None) or self.delisted.get(symbol) or symbol_info(symbol)
+        self.delisted[symbol] = info
+        log.info("symbol=%s delisted", symbol)
+        self.changed()
+
+    def relist(self, symbol: str) -> None:
+        """Listed and trading again."""
+        info = self.delisted.pop(symbol, None)
+        if info is not None:
+            self.symbols.setdefault(symbol, info)
+        self.set_trading_status(symbol, "TRADING")
+
+    def trading(self, symbol: str) -> bool:
+        return symbol not in self.trading_status and symbol not in self.delisted
+
+    def _tradable(self, events: Sequence[MarketEvent]) -> Sequence[MarketEvent]:
+        if not self.trading_status and not self.delisted:
+            return events
+        return [event for event in events if event.tick is None or self.trading(event.tick.symbol)]
+
     # --- publishing ---
 
     def register_symbols(self, infos: Iterable[SymbolInfo]) -> None:
@@ -209,7 +249,7 @@ class Hub:
         """Ground truth first: trades are published (REST-visible) even when the socket is stalled."""
         ticks = [event.tick for event in events if event.tick is not None]
         for tick in ticks:
-            if tick.symbol not in self.symbols:
+            if tick.symbol not in self.symbols and tick.symbol not in self.delisted:
                 self.symbols[tick.symbol] = symbol_info(tick.symbol)
         self.ledger.add(ticks)
 
@@ -232,6 +272,7 @@ class Hub:
 
     def publish(self, events: Sequence[MarketEvent]) -> None:
         """Record and hand out without waiting: slow clients are dropped."""
+        events = self._tradable(events)
         self.record(events)
         for client, frames in self.route(events).items():
             self.send_to(client, frames)
@@ -239,6 +280,7 @@ class Hub:
 
     async def publish_waiting(self, events: Sequence[MarketEvent]) -> None:
         """Record and hand out, waiting for room in each client's queue (unpaced replay)."""
+        events = self._tradable(events)
         self.record(events)
         for client, frames in self.route(events).items():
             if client.termination is not None:

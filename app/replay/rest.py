@@ -312,7 +312,7 @@ def _exchange_info(hub: Hub, args: Mapping[str, str]) -> dict[str, Any]:
         "symbols": [
             {
                 "symbol": info.symbol,
-                "status": "TRADING",
+                "status": hub.trading_status.get(info.symbol, "TRADING"),
                 "baseAsset": info.base_asset,
                 "baseAssetPrecision": 8,
                 "quoteAsset": info.quote_asset,

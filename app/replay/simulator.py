@@ -21,7 +21,7 @@ import attrs
 import trio
 
 from app.model import Tick
-from app.replay.config import ManualSource, ReplaySource, SimulatorConfig, Source, SyntheticSource
+from app.replay.config import Faults, ManualSource, ReplaySource, SimulatorConfig, Source, SyntheticSource
 from app.replay.events import trade_event
 from app.replay.faults import FaultDice, malformed_frame
 from app.replay.hub import RESET, Hub, SymbolInfo, Termination, symbol_info
@@ -187,6 +187,19 @@ class Simulator:
         for client in list(self._hub.clients.values()):
             self._hub.send_to(client, list(frames))
 
+    def set_trading_status(self, symbol: str, status: str = "BREAK") -> None:
+        """The symbol stays listed with this exchangeInfo status and trades no more (``TRADING``: trades again)."""
+        self._hub.set_trading_status(symbol, status)
+
+    def delist(self, symbol: str) -> None:
+        """The symbol leaves exchangeInfo, REST answers -1121 "Invalid symbol." for it, and it trades no more.
+        Its open connections stay subscribed and silent, as on Binance."""
+        self._hub.delist(symbol)
+
+    def relist(self, symbol: str) -> None:
+        """Listed and trading again (after ``delist`` or ``set_trading_status``)."""
+        self._hub.relist(symbol)
+
     def server_shutdown(self) -> None:
         """Sends Binance's ``serverShutdown`` event to every connection (connections stay open)."""
         self._hub.server_shutdown_event()
@@ -252,8 +265,25 @@ async def run_simulator(
                     wait_for_subscribers=config.wait_for_subscribers,
                 )
             )
+        faults = config.faults
+        if faults.symbols_stop_after is None:
+            _stop_symbols(hub, faults)
+        else:
+            nursery.start_soon(_stop_symbols_later, hub, faults, faults.symbols_stop_after)
         log.info("simulator listening ws=%s rest=%s", simulator.ws_url, simulator.rest_url)
         task_status.started(simulator)
+
+
+def _stop_symbols(hub: Hub, faults: Faults) -> None:
+    for symbol in faults.break_symbols:
+        hub.set_trading_status(symbol, "BREAK")
+    for symbol in faults.delisted_symbols:
+        hub.delist(symbol)
+
+
+async def _stop_symbols_later(hub: Hub, faults: Faults, seconds: float) -> None:
+    await trio.sleep(seconds)
+    _stop_symbols(hub, faults)
 
 
 @asynccontextmanager
