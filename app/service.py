@@ -106,7 +106,8 @@ async def _supervise(
             )
             pipeline.start_soon(fan_out, ticks_receive, hub)
             pipeline.start_soon(
-                partial(aggregate, aggregator_input, closed_send, candle_feed, is_live=ingest_status.is_live)
+                partial(aggregate, aggregator_input, closed_send, candle_feed, is_live=ingest_status.is_live,
+                        is_stopped=ingest_status.is_stopped)
             )
             pipeline.start_soon(persist_ticks, persistence_input, storage, persist_status)
             pipeline.start_soon(persist_candles, closed_receive, storage, persist_status)

@@ -100,6 +100,31 @@ def test_clock_closes_a_candle_and_opens_an_empty_one() -> None:
     assert current.close == 10 and not current.closed
 
 
+def test_a_stopped_symbols_candle_closes_and_no_empty_ones_follow() -> None:
+    builder = CandleBuilder([Interval("1m"), Interval("1h")])
+    builder.update(tick(T0 + 5, 1, "10"))
+    assert builder.close_due("BTCUSDT", T0 + MINUTE - 1, stopped=True) == []  # not yet past its close time
+    (closed,) = builder.close_due("BTCUSDT", T0 + 2 * MINUTE, stopped=True)
+    assert (closed.interval, closed.trade_count, closed.closed) == ("1m", 1, True)
+    assert builder.open_candle("BTCUSDT", "1m") is None  # no empty candle opened after it
+    assert builder.open_candle("BTCUSDT", "1h") is not None  # the hour is not over yet
+    assert builder.next_close_ms("BTCUSDT") == T0 - T0 % 3_600_000 + 3_600_000 - 1
+    # Trading again: its next trade opens a candle of its own, with no empty minutes made up for the stop.
+    assert builder.update(tick(T0 + 3 * MINUTE + 7, 2, "12")) == []
+    resumed = builder.open_candle("BTCUSDT", "1m")
+    assert resumed is not None and (resumed.open_time_ms, resumed.open, resumed.trade_count) == (
+        T0 + 3 * MINUTE, 12, 1)
+
+
+def test_a_late_trade_for_a_stopped_symbols_closed_candle_revises_it() -> None:
+    builder = CandleBuilder([Interval("1m")])
+    builder.update(tick(T0 + 5, 1, "10"))
+    builder.close_due("BTCUSDT", T0 + MINUTE, stopped=True)
+    (revised,) = builder.update(tick(T0 + 30, 2, "11"))
+    assert (revised.open_time_ms, revised.trade_count, revised.revision, revised.close) == (T0, 2, 1, 11)
+    assert builder.open_candle("BTCUSDT", "1m") is None
+
+
 def test_late_trade_revises_the_closed_candle_and_the_empty_ones_after_it() -> None:
     builder = CandleBuilder([Interval("1m")])
     builder.update(tick(T0 + 5, 10, "10"))

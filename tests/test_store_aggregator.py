@@ -34,11 +34,12 @@ class Pipeline:
         self.ticks_send, self.ticks_receive = trio.open_memory_channel[Sequence[Tick]](16)
         self.closed_send, self.closed_receive = trio.open_memory_channel[Sequence[Candle]](16)
         self.live = {"BTCUSDT": True}
+        self.stopped: set[str] = set()
 
     def start(self, nursery: trio.Nursery, is_live: Callable[[str], bool] | None = None) -> None:
         nursery.start_soon(partial(aggregate, self.ticks_receive, self.closed_send, self.feed,
                                    is_live=is_live or (lambda symbol: self.live.get(symbol, False)),
-                                   clock_ms=clock_ms))
+                                   is_stopped=lambda symbol: symbol in self.stopped, clock_ms=clock_ms))
 
     def closed_so_far(self) -> list[Candle]:
         candles: list[Candle] = []
@@ -91,6 +92,23 @@ async def test_no_candle_closes_by_the_clock_while_the_feed_is_not_live(
         # backfilled trades' old event times do not hold the exchange's clock back.
         await trio.sleep(1.5)
         assert len(pipeline.closed_so_far()) == 9
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stopped_symbols_open_candle_closes_on_time_and_no_empty_one_follows(
+    pipeline: Pipeline, autojump_clock: trio.testing.MockClock
+) -> None:
+    pipeline.live["BTCUSDT"] = False  # e.g. the connection is down: a stopped symbol's trades are all in anyway
+    async with trio.open_nursery() as nursery:
+        pipeline.start(nursery)
+        await pipeline.ticks_send.send([tick(BASE_MS + 5_000, 1)])
+        pipeline.stopped.add("BTCUSDT")  # BREAK or delisted
+        (batch,) = [await pipeline.closed_receive.receive()]
+        assert [(c.open_time_ms, c.trade_count) for c in batch] == [(BASE_MS, 1)]
+        assert clock_ms() + 5_000 == BASE_MS + MINUTE - 1 + CLOSE_GRACE_MS
+        assert pipeline.feed.open_candle("BTCUSDT", "1m") is None
+        await trio.sleep(10 * 60)
+        assert pipeline.closed_so_far() == []  # no empty minutes while it is stopped
         nursery.cancel_scope.cancel()
 
 

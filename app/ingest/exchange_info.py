@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 
 import trio
 
@@ -13,6 +14,25 @@ log = logging.getLogger(__name__)
 # The whole list is refreshed this often; an unknown symbol refreshes it sooner (new listings).
 EXCHANGE_INFO_TTL_SECONDS = 3600.0
 UNKNOWN_REFRESH_AFTER_SECONDS = 60.0
+# The subscribed symbols' statuses are checked this often (weight 20 a time): a symbol that stops trading
+# (BREAK, delisted) is noticed within it.
+TRADING_STATUS_CHECK_SECONDS = 60.0
+TRADING = "TRADING"
+# Our status for a symbol exchangeInfo no longer lists: REST then answers -1121 "Invalid symbol." for it.
+DELISTED = "DELISTED"
+
+
+def status_changes(
+    known: Mapping[str, str], listed: Mapping[str, str], symbols: Iterable[str]
+) -> list[tuple[str, str]]:
+    """``(symbol, new status)`` for each of ``symbols`` whose exchangeInfo status (``listed``; ``DELISTED`` when
+    absent) differs from ``known`` (``TRADING`` when absent)."""
+    changes = []
+    for symbol in symbols:
+        new = listed.get(symbol, DELISTED)
+        if new != known.get(symbol, TRADING):
+            changes.append((symbol, new))
+    return changes
 
 
 class SymbolDirectory:
@@ -35,6 +55,12 @@ class SymbolDirectory:
             if stale or (symbol not in self._statuses and age is not None and age > UNKNOWN_REFRESH_AFTER_SECONDS):
                 await self._refresh()
         return self._statuses.get(symbol)
+
+    async def refresh(self) -> Mapping[str, str]:
+        """Fetches the list now; returns symbol -> status. Raises RestError when it cannot be fetched."""
+        async with self._lock:
+            await self._refresh()
+        return self._statuses
 
     async def _refresh(self) -> None:
         info = await self._rest.exchange_info()

@@ -33,6 +33,12 @@ class SymbolStatus:
     trades_lost: int = 0
     # False once the symbol was unsubscribed (the entry is kept for its history).
     subscribed: bool = True
+    # Binance's status from exchangeInfo (``TRADING``, ``BREAK`` ...), or ``DELISTED`` once it is not listed.
+    trading_status: str = "TRADING"
+
+    @property
+    def stopped_trading(self) -> bool:
+        return self.trading_status != "TRADING"
 
     def record_gap(self, gap: Gap) -> None:
         self.unrepaired_gaps.append(gap)
@@ -102,6 +108,12 @@ class IngestStatus:
         if symbol_status is None or symbol_status.backfilling or symbol_status.last_tick_at is None:
             return False
         return any(connection.connected for connection in self.connections.values())
+
+    def is_stopped(self, symbol: str) -> bool:
+        """Whether the symbol stopped trading (BREAK, delisted) with all its trades in (not backfilling): its
+        open candles may close by the clock whatever the connection, and no empty candles follow them."""
+        symbol_status = self.symbols.get(symbol)
+        return symbol_status is not None and symbol_status.stopped_trading and not symbol_status.backfilling
 
     @property
     def gaps_unrepaired(self) -> int:

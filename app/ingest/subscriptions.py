@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import trio
 
 from app.ingest.binance_stream import StreamClient
 from app.ingest.control import ControlError
-from app.ingest.exchange_info import SymbolDirectory
+from app.ingest.exchange_info import DELISTED, TRADING, TRADING_STATUS_CHECK_SECONDS, SymbolDirectory, status_changes
 from app.ingest.gap_repair import TradeSequencer
 from app.ingest.rest import RestError
 from app.ingest.status import IngestStatus
@@ -160,28 +160,53 @@ class SubscriptionManager:
             log.error("symbol change not stored symbol=%s added=%s error=%s: it will not survive a restart",
                       symbol, added, error)
 
-    async def drop_unlisted(self) -> None:
-        """Checks the configured symbols against exchangeInfo and unsubscribes those Binance does not list.
+    async def watch_trading_status(self, every: float = TRADING_STATUS_CHECK_SECONDS) -> None:
+        """Checks the symbols' exchangeInfo status at start-up and then every ``every`` seconds.
 
-        Runs in the background at start-up so an unreachable REST API delays nothing; when exchangeInfo cannot
-        be fetched the symbols stay (they may well exist).
+        A symbol that stops trading is said once (WARNING). In ``BREAK`` (or any status but TRADING) it stays
+        subscribed, silent, until it trades again; delisted (exchangeInfo omits it, REST answers -1121) it is
+        unsubscribed and no longer backfilled or checked. Either way its open candles close with the trades
+        they have, and no empty candles follow while it is stopped. When exchangeInfo cannot be fetched the
+        symbols stay as they are (said once until it can be fetched again).
         """
-        for symbol in self.symbols():
-            try:
-                # A listed symbol that is not trading now (BREAK) stays: it may trade again.
-                await self._validate(symbol, require_trading=False)
-            except UnknownSymbolError as error:
-                log.error("configured symbol dropped: %s", error)
-                async with self._lock:
-                    if symbol in self._symbols:
-                        client, sequencer = self._running()
-                        del self._symbols[symbol]
-                        sequencer.forget(symbol)
-                        self._set_changed()
-                        await client.unsubscribe(trade_stream(symbol))
-            except ExchangeUnavailableError as error:
-                log.warning("configured symbols not validated: %s", error)
+        unreachable = False
+        while True:
+            if self._directory is not None:
+                try:
+                    listed = await self._directory.refresh()
+                except RestError as error:
+                    if not unreachable:
+                        log.warning("trading status not checked: exchangeInfo unavailable: %s", error)
+                    unreachable = True
+                else:
+                    unreachable = False
+                    await self._apply_trading_status(listed)
+            await trio.sleep(every)
+
+    async def _apply_trading_status(self, listed: Mapping[str, str]) -> None:
+        known = {symbol: status.trading_status for symbol, status in self.status.symbols.items()}
+        stopped = [symbol for symbol, status in known.items() if status != TRADING]
+        for symbol, new in status_changes(known, listed, dict.fromkeys([*self._symbols, *stopped])):
+            self.status.symbol(symbol).trading_status = new
+            if new == TRADING:
+                log.warning("symbol trading again symbol=%s", symbol)
+            elif new == DELISTED:
+                log.warning("symbol delisted symbol=%s: exchangeInfo no longer lists it; unsubscribed, no more "
+                            "backfill or last-id checks for it", symbol)
+                await self._drop(symbol)
+            else:
+                log.warning("symbol stopped trading symbol=%s status=%s: kept subscribed until it trades again",
+                            symbol, new)
+
+    async def _drop(self, symbol: str) -> None:
+        async with self._lock:
+            if symbol not in self._symbols:
                 return
+            client, sequencer = self._running()
+            del self._symbols[symbol]
+            sequencer.forget(symbol)
+            self._set_changed()
+            await client.unsubscribe(trade_stream(symbol))
 
     def _undo_add(self, symbol: str, client: StreamClient, sequencer: TradeSequencer) -> None:
         del self._symbols[symbol]
@@ -192,7 +217,7 @@ class SubscriptionManager:
             raise ExchangeUnavailableError("ingestion is not running")
         return self._client, self._sequencer
 
-    async def _validate(self, symbol: str, *, require_trading: bool = True) -> None:
+    async def _validate(self, symbol: str) -> None:
         if self._directory is None:
             return
         try:
@@ -201,7 +226,7 @@ class SubscriptionManager:
             raise ExchangeUnavailableError(f"cannot check {symbol} against exchangeInfo: {error}") from None
         if status is None:
             raise UnknownSymbolError(symbol)
-        if status != "TRADING" and require_trading:
+        if status != TRADING:
             raise UnknownSymbolError(symbol, f"its status is {status}, not TRADING")
 
 

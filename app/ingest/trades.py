@@ -62,7 +62,7 @@ async def stream_trades(
                 await nursery.start(client.run, [trade_stream(symbol) for symbol in symbols])
                 subscriptions.attach(client, sequencer, directory)
                 log.info("ingest started symbols=%d resume=%d", len(symbols), len(resume))
-                nursery.start_soon(subscriptions.drop_unlisted)
+                nursery.start_soon(subscriptions.watch_trading_status)
                 task_status.started()
                 try:
                     await trio.sleep_forever()

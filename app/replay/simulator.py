@@ -139,6 +139,10 @@ class Simulator:
         still count: after a restart, wait for ``wait_accepted`` first)."""
         await self.wait_until(lambda: len(self._hub.subscribers.get(stream, ())) >= clients)
 
+    def subscriber_count(self, stream: str) -> int:
+        """How many open connections subscribe to ``stream``."""
+        return len(self._hub.subscribers.get(stream, ()))
+
     async def wait_source_done(self) -> None:
         await self._hub.source_done.wait()
 

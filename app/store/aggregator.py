@@ -36,6 +36,10 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _never_stopped(symbol: str) -> bool:
+    return False
+
+
 class CandleFeed:
     """The candles the web layer reads (``state.candles``): open candles, recent closed ones, and updates.
 
@@ -136,13 +140,15 @@ async def aggregate(
     candles: CandleFeed,
     *,
     is_live: Callable[[str], bool],
+    is_stopped: Callable[[str], bool] = _never_stopped,
     clock_ms: Callable[[], int] = wall_clock_ms,
     close_grace_ms: int = CLOSE_GRACE_MS,
 ) -> None:
     """Runs until ``tick_batches`` ends; then closes ``closed_candles`` and the candle subscribers.
 
     ``clock_ms`` gives the local wall time in epoch ms (tests drive it from trio's MockClock); ``is_live(symbol)``
-    says whether the clock may close that symbol's candles (the supervisor passes ``IngestStatus.is_live``).
+    says whether the clock may close that symbol's candles (the supervisor passes ``IngestStatus.is_live``),
+    ``is_stopped(symbol)`` whether it stopped trading (``IngestStatus.is_stopped``).
 
     Candles close by the *exchange's* clock: local time plus the offset between trade event times and the
     local time they were received. Against Binance the offset is the network latency plus clock skew;
@@ -197,8 +203,8 @@ async def aggregate(
                     symbol_count = builder.symbol_count
                     if next_wake_ms is None or exchange_now_ms >= next_wake_ms or symbol_count != scanned_symbols:
                         scanned_symbols = symbol_count
-                        next_wake_ms = close_by_clock(builder, exchange_now_ms, close_grace_ms, is_live, changed,
-                                                       touched)
+                        next_wake_ms = close_by_clock(builder, exchange_now_ms, close_grace_ms, is_live, is_stopped,
+                                                       changed, touched)
                 if changed:
                     await closed_candles.send(changed)
                 await candles.publish(changed, touched)
@@ -224,10 +230,11 @@ def close_by_clock(
     now_ms: int,
     grace_ms: int,
     is_live: Callable[[str], bool],
+    is_stopped: Callable[[str], bool],
     changed: list[Candle],
     touched: set[str],
 ) -> int | None:
-    """Closes due candles of live symbols; returns when to look again (epoch ms; None: nothing open)."""
+    """Closes due candles of live and stopped symbols; returns when to look again (epoch ms; None: nothing open)."""
     next_wake: int | None = None
     for symbol in builder.symbols:
         close_ms = builder.next_close_ms(symbol)
@@ -235,7 +242,14 @@ def close_by_clock(
             continue
         due_ms = close_ms + grace_ms
         if due_ms <= now_ms:
-            if is_live(symbol):
+            if is_stopped(symbol):
+                changed.extend(builder.close_due(symbol, now_ms - grace_ms + 1, stopped=True))
+                touched.add(symbol)
+                close_ms = builder.next_close_ms(symbol)
+                if close_ms is None:
+                    continue
+                due_ms = close_ms + grace_ms
+            elif is_live(symbol):
                 closed = builder.close_due(symbol, now_ms - grace_ms + 1)
                 changed.extend(closed)
                 touched.add(symbol)

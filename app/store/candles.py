@@ -276,6 +276,10 @@ class CandleBuilder:
                 continue
             bar = series.current
             if bar is None:
+                if series.closed and trade_time <= series.closed[-1].close_time_ms:
+                    # Closed because the symbol stopped trading; a late trade revises its candle.
+                    self._revise(series, tick, quote, out)
+                    continue
                 open_time = series.interval.open_time(trade_time)
                 bar = series.current = _Bar(open_time, series.interval.close_time(open_time), tick.price)
             elif trade_time > bar.close_time_ms:
@@ -295,11 +299,13 @@ class CandleBuilder:
                 continue
             bar.add(tick, quote)
 
-    def close_due(self, symbol: str, before_ms: int) -> list[Candle]:
+    def close_due(self, symbol: str, before_ms: int, *, stopped: bool = False) -> list[Candle]:
         """Closes every candle of ``symbol`` whose close time is before ``before_ms``.
 
         The caller decides when the clock may close candles (close time plus a grace, feed healthy); the
-        interval that then opens is empty until a trade arrives, as on Binance.
+        interval that then opens is empty until a trade arrives, as on Binance. For a symbol that ``stopped``
+        trading (BREAK, delisted) none opens: no empty candles are made up while it is stopped (a later trade
+        opens its own).
         """
         out: list[Candle] = []
         for series in self._series.get(symbol, ()):
@@ -307,7 +313,11 @@ class CandleBuilder:
             if bar is None or bar.close_time_ms >= before_ms:
                 continue
             before = len(out)
-            self.counters.empty_candles_skipped += series.roll_to(series.interval.open_time(before_ms), out)
+            if stopped:
+                series.close_current(out)
+                series.current = None
+            else:
+                self.counters.empty_candles_skipped += series.roll_to(series.interval.open_time(before_ms), out)
             self._count_closed(out, before)
         return out
 

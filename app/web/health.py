@@ -74,6 +74,9 @@ def assess_health(state: ServiceState, now: float) -> HealthReport:
         "reasons": [{"code": problem.code, "message": problem.message} for problem in problems],
         "connections": connection_rows,
         "ticks_published": state.hub.ticks_published,
+        # Symbols the exchange stopped (BREAK, delisted): the service is fine, those markets are not trading.
+        "stopped_symbols": [{"symbol": status.symbol, "trading_status": status.trading_status}
+                            for status in state.ingest.symbols.values() if status.stopped_trading],
         # The newest few; /api/symbols lists them per symbol.
         "unrepaired_gaps": api_converter.unstructure(sorted(
             (gap for status in state.ingest.symbols.values() for gap in status.unrepaired_gaps),

@@ -113,6 +113,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "gaps_repaired": {"type": "integer"},
             "unrepaired_gaps": {"type": "array", "items": _ref("Gap")},
             "backfilling": {"type": "boolean"},
+            "trading_status": {"type": "string",
+                               "description": "Binance's status (TRADING, BREAK ...), or DELISTED"},
         }),
         "Subscription": _object({"symbol": {"type": "string"}, "subscribed": {"type": "boolean"}}),
         "Health": _object({
@@ -130,6 +132,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "reconnects": {"type": "integer"},
             })},
             "ticks_published": {"type": "integer"},
+            "stopped_symbols": {"type": "array", "items": _object({
+                "symbol": {"type": "string"},
+                "trading_status": {"type": "string"},
+            })},
             "unrepaired_gaps": {"type": "array", "items": _ref("Gap")},
         }),
     }

@@ -17,7 +17,7 @@ from app.web.health import assess_health
 from app.web.metrics import CONTENT_TYPE, render_metrics
 from app.web.openapi import openapi_document
 from app.web.params import parse_interval, parse_limit, parse_symbol, parse_symbol_body, parse_time_range
-from app.web.symbols import add_symbol, remove_symbol, served_symbols
+from app.web.symbols import add_symbol, listed_symbols, remove_symbol, served_symbols
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -57,7 +57,7 @@ def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry
 
     @app.get("/api/symbols")
     async def symbols() -> Response:
-        return json_response({"symbols": [_symbol_row(state, symbol) for symbol in served_symbols(state)]})
+        return json_response({"symbols": [_symbol_row(state, symbol) for symbol in listed_symbols(state)]})
 
     @app.post("/api/symbols")
     async def subscribe() -> Response:
@@ -100,6 +100,7 @@ def _symbol_row(state: ServiceState, symbol: str) -> dict[str, object]:
         "gaps_repaired": 0,
         "unrepaired_gaps": [],
         "backfilling": False,
+        "trading_status": "TRADING",
     }
     if status is not None:
         if status.last_trade_id is not None:
@@ -111,4 +112,5 @@ def _symbol_row(state: ServiceState, symbol: str) -> dict[str, object]:
         row["gaps_repaired"] = status.gaps_repaired
         row["unrepaired_gaps"] = api_converter.unstructure(status.unrepaired_gaps)
         row["backfilling"] = status.backfilling
+        row["trading_status"] = status.trading_status
     return row

@@ -21,6 +21,15 @@ def served_symbols(state: ServiceState) -> tuple[str, ...]:
     return state.subscriptions.symbols()
 
 
+def listed_symbols(state: ServiceState) -> tuple[str, ...]:
+    """For ``/api/symbols``: the served symbols, then those no longer served because they stopped trading
+    (delisted), so that what happened to them stays visible."""
+    served = served_symbols(state)
+    stopped = [symbol for symbol, status in state.ingest.symbols.items()
+               if status.stopped_trading and symbol not in served]
+    return (*served, *stopped)
+
+
 async def add_symbol(state: ServiceState, symbol: str) -> None:
     """Subscribes ``symbol`` live (no reconnect); returns once the exchange acknowledged it."""
     try:
