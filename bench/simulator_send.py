@@ -3,8 +3,9 @@ client that only reads, in this process. Prints frames per second and process CP
 
     python -m bench.simulator_send [SECONDS] [RUNS]
 
-Not a row of ``python -m bench`` (the service is not involved); run it on two checkouts to compare
-(``PYTHONPATH=/other/checkout``).
+Not a row of ``python -m bench`` (the service is not involved). To compare two checkouts, run the file from
+outside both (``-m`` puts the working directory first on the path) with ``PYTHONPATH=/other/checkout`` for
+the other one: ``cd /tmp && PYTHONPATH=/other python /this/bench/simulator_send.py``.
 """
 
 from __future__ import annotations
