@@ -186,6 +186,7 @@ def _control_frame(hub: Hub, client: Client, frame: ControlFrame) -> None:
             client.pending_pings.clear()
             client.ping_outstanding_since = None
     _count_incoming(hub, client, hub.limits)
+    hub.changed()
 
 
 def _answer(hub: Hub, client: Client, request: Request) -> str:
