@@ -82,7 +82,7 @@ async def test_a_plain_http_request_is_answered_400_and_closed(simulator: Simula
         while chunk := await stream.receive_some(65536):
             response += chunk
     assert response.startswith(b"HTTP/1.1 400 ")
-    assert simulator.open_connections == 0
+    assert simulator.stats.connections_accepted == 0
 
 
 async def test_a_rejected_upgrade_carries_its_status_and_body(simulator: Simulator) -> None:

@@ -68,10 +68,6 @@ class ServerWebSocket:
         self._send_lock = trio.StrictFIFOLock()
         self._closed: WebSocketClosed | None = None
 
-    @property
-    def is_open(self) -> bool:
-        return self._closed is None and self._protocol.state is ConnectionState.OPEN
-
     # --- the upgrade ---
 
     async def receive_request(self) -> str:
