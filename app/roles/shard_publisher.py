@@ -155,7 +155,7 @@ class _Leading:
                                                                                           offset)
         if self.exchange_offset_ms is not None:
             self.next_close_ms = close_by_clock(self.builder, now_ms + self.exchange_offset_ms, CLOSE_GRACE_MS,
-                                                lambda symbol: True, changed, touched)
+                                                lambda symbol: True, lambda symbol: False, changed, touched)
         candles = [*changed, *self._open_candles(touched)]
         if not fresh and not candles:
             return
