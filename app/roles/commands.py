@@ -6,12 +6,16 @@ import argparse
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
 from app.bus.connection import BusError
 from app.roles.ingest import run_ingest
+from app.roles.persist import run_persist
+from app.service import open_storage
 from app.settings import Settings, add_settings_flags, configure_logging, flag_overrides, load_settings
+from app.store.storage import StorageError
 
 log = logging.getLogger("app")
 
@@ -28,6 +32,15 @@ def add_role_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     add_settings_flags(parser)
     parser.set_defaults(func=lambda args: run_role("ingest", run_ingest, args))
+    parser = commands.add_parser(
+        "persist",
+        help="write the bus's ticks and closed candles into the database (many may share the load)",
+        description="Read the bus (BUS_URL) as one consumer of the group 'persist' and write ticks and closed "
+        "candles into DATABASE_URL, acknowledging each entry after its commit; entries a dead persister left "
+        "pending are claimed. Serves /health and /metrics on HTTP_HOST:HTTP_PORT.",
+    )
+    add_settings_flags(parser)
+    parser.set_defaults(func=lambda args: run_role("persist", partial(run_persist, open_storage=open_storage), args))
 
 
 def run_role(name: str, role: Role, args: argparse.Namespace) -> int:
@@ -41,7 +54,7 @@ def run_role(name: str, role: Role, args: argparse.Namespace) -> int:
         trio.run(role, settings)
     except KeyboardInterrupt:
         return 0
-    except BusError as error:
+    except (BusError, StorageError) as error:
         print(f"marketdata {name}: {error}", file=sys.stderr)
         return 2
     except BaseException as error:  # the top: log every crash, exit non-zero

@@ -1,0 +1,153 @@
+"""``marketdata persist``: the bus's ticks and closed candles into the database, exactly once in effect.
+
+    Redis streams ──XREADGROUP (group "persist")──▶ write (idempotent) ──commit──▶ XACK
+                   └─XAUTOCLAIM (entries a dead persister left pending)──┘
+
+Any number of persisters share the group; an entry is acknowledged only after its rows are committed, so a
+persister killed at any point loses nothing (its pending entries are claimed by another after
+``CLAIM_IDLE_MS``) and writes nothing twice in effect (ticks are keyed by (symbol, trade id), candles by
+(symbol, interval, open time) and replaced only by a newer revision).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from app.bus.connection import BUS_UNAVAILABLE, check_server, redis_client
+from app.bus.consume import acknowledge, claim_stale, ensure_group, read_new
+from app.bus.follow import BusEntry
+from app.bus.keys import BusKeys
+from app.convert import candles_from_bus, ticks_from_bus
+from app.settings import Settings
+from app.store.storage import Storage, StorageWriteError
+from app.web.role_app import create_role_app
+from app.web.server import serve_http
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GROUP = "persist"
+# Entries pending this long belong to a persister that died (a live one acknowledges within seconds).
+CLAIM_IDLE_MS = 15_000
+CLAIM_EVERY_SECONDS = 5.0
+READ_ENTRIES = 200
+RETRY_START_SECONDS = 0.1
+RETRY_CAP_SECONDS = 5.0
+
+
+@attrs.define
+class PersisterStatus:
+    ticks_written: int = 0
+    candles_written: int = 0
+    entries_acknowledged: int = 0
+    entries_claimed: int = 0
+    write_failures: int = 0
+    bus_errors: int = 0
+
+
+async def run_persist(
+    settings: Settings,
+    open_storage: Callable[[Settings], Awaitable[Storage]],
+    *,
+    task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    if settings.bus_url is None:
+        raise ValueError("marketdata persist needs BUS_URL")
+    keys = BusKeys(settings.bus_prefix)
+    consumer = f"persist-{socket.gethostname()}-{os.getpid()}"
+    status = PersisterStatus()
+    storage = await open_storage(settings)
+    try:
+        async with redis_client(settings.bus_url) as redis:
+            await check_server(redis, settings.bus_url)
+            app = create_role_app("persist", lambda: (True, attrs.asdict(status)),
+                                  {"writer": status})
+            async with trio.open_nursery() as nursery:
+                urls = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
+                log.warning("role=persist consumer=%s database=%s urls=%s", consumer, settings.database_url,
+                            ",".join(urls))
+                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(persist_from_bus, redis, keys, consumer, storage, status)
+                task_status.started(urls)
+    finally:
+        with trio.CancelScope(shield=True):
+            await storage.close()
+
+
+async def persist_from_bus(
+    redis: Any,
+    keys: BusKeys,
+    consumer: str,
+    storage: Storage,
+    status: PersisterStatus,
+    *,
+    claim_idle_ms: int = CLAIM_IDLE_MS,
+    claim_every_seconds: float = CLAIM_EVERY_SECONDS,
+) -> None:
+    """Runs until cancelled: claims what dead persisters left, reads what is new, writes, acknowledges."""
+    streams = {keys.ticks: b"t", keys.candles: b"c"}
+    for stream in streams:
+        await ensure_group(redis, stream, GROUP)
+    next_claim = trio.current_time()
+    while True:
+        try:
+            if trio.current_time() >= next_claim:
+                next_claim = trio.current_time() + claim_every_seconds
+                for stream, field in streams.items():
+                    claimed = await claim_stale(redis, GROUP, consumer, stream, field, min_idle_ms=claim_idle_ms,
+                                                count=READ_ENTRIES)
+                    if claimed:
+                        status.entries_claimed += len(claimed)
+                        log.warning("claimed entries a persister left pending stream=%s entries=%d", stream,
+                                    len(claimed))
+                        await _write_and_ack(redis, stream, claimed, storage, keys, status)
+            for batch in await read_new(redis, GROUP, consumer, streams, count=READ_ENTRIES, block_ms=1000):
+                await _write_and_ack(redis, batch.stream, batch.entries, storage, keys, status)
+        except BUS_UNAVAILABLE as error:
+            status.bus_errors += 1
+            log.warning("bus unreachable error=%s: retrying (entries stay pending in the group)", error)
+            await trio.sleep(1.0)
+
+
+async def _write_and_ack(redis: Any, stream: str, entries: Sequence[BusEntry], storage: Storage, keys: BusKeys,
+                         status: PersisterStatus) -> None:
+    if stream == keys.ticks:
+        ticks = [tick for entry in entries for tick in ticks_from_bus(entry.payload)]
+        await _until_written(storage.write_ticks, ticks, status)
+        status.ticks_written += len(ticks)
+    else:
+        closed = [candle for entry in entries for candle in candles_from_bus(entry.payload) if candle.closed]
+        await _until_written(storage.write_candles, closed, status)
+        status.candles_written += len(closed)
+    await acknowledge(redis, GROUP, stream, entries)
+    status.entries_acknowledged += len(entries)
+
+
+async def _until_written(write: Callable[[T], Awaitable[None]], rows: T, status: PersisterStatus) -> None:
+    delay = RETRY_START_SECONDS
+    while True:
+        try:
+            await write(rows)
+            return
+        except StorageWriteError as error:
+            status.write_failures += 1
+            log.warning("write failed retry_in=%.1fs error=%s (entries stay pending)", delay, error)
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_CAP_SECONDS)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("received %s: stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return
