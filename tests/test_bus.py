@@ -16,6 +16,7 @@ from app.bus.follow import BusEntry, StreamGap, StreamPosition, check_sequence, 
 from app.bus.keys import BusKeys
 from app.bus.lease import Lease, LeaseTimings, campaign, new_token
 from app.bus.publish import BusPublisher, Fenced, Overlap, last_trade_ids
+from app.bus.snapshot import take_snapshot
 from app.convert import candles_from_bus, ticks_from_bus
 from app.model import Candle, Tick
 
@@ -154,3 +155,20 @@ async def test_a_standby_takes_over_when_the_leader_stops_renewing(redis: Any, k
             assert await standby_changes.receive() is True
             assert await standby.holder() == standby.token
             nursery.cancel_scope.cancel()
+
+
+async def test_a_snapshot_and_the_stream_after_it_hold_every_trade(redis: Any, keys: BusKeys) -> None:
+    lease = Lease(redis, keys.lease("0/1"), new_token("leader"), LeaseTimings())
+    assert await lease.try_acquire()
+    publisher = BusPublisher(redis, keys, lease.key, lease.token, max_entries=1000)
+    await publisher.publish([tick(1), tick(2)], [candle(0)])
+    snapshot = await take_snapshot(redis, keys)
+    await publisher.publish([tick(3)], [])
+    assert snapshot.position.sequence == 1
+    assert snapshot.last_trade_ids == {"BTCUSDT": 2}
+    assert snapshot.latest == {"BTCUSDT": tick(2)}
+    assert snapshot.candles == [candle(0)]
+    after = await redis.xrange(keys.ticks, start=b"(" + snapshot.position.entry_id)
+    assert [t.trade_id for entry in after for t in ticks_from_bus(entry.field_values[b"t"])] == [3]
+    empty = await take_snapshot(redis, BusKeys(prefix=keys.prefix + "-empty"))
+    assert (empty.position, empty.latest, empty.candles) == (StreamPosition(), {}, [])

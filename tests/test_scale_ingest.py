@@ -40,16 +40,19 @@ class IngestProcess:
 
 
 @asynccontextmanager
-async def ingest_process(simulator: Simulator, keys: BusKeys) -> AsyncIterator[IngestProcess]:
-    command = [sys.executable, "-m", "app", "ingest", "--symbols", ",".join(SYMBOLS), "--ws-url",
+async def role_process(role: str, simulator: Simulator, keys: BusKeys, *flags: str) -> AsyncIterator[IngestProcess]:
+    """``marketdata <role>`` against the simulator and the test's bus prefix; yields once it logged its role
+    line (``token`` is the ingest's lease token, or the role's URL)."""
+    command = [sys.executable, "-m", "app", role, "--symbols", ",".join(SYMBOLS), "--ws-url",
                simulator.ws_url, "--rest-url", simulator.rest_url, "--port", "0", "--bus-url", REDIS_URL,
-               "--bus-prefix", keys.prefix, "--lease-ttl", "1", "--log-level", "WARNING"]
+               "--bus-prefix", keys.prefix, "--lease-ttl", "1", "--log-level", "WARNING", *flags]
     process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE,
                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     output: list[str] = []
     assert process.stderr is not None
     try:
-        token = (await read_until(process.stderr, r"role=ingest .* token=(\S+)", output))[1]
+        pattern = r"role=ingest .* token=(\S+)" if role == "ingest" else rf"role={role} .* urls=(\S+)"
+        token = (await read_until(process.stderr, pattern, output))[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_rest, process.stderr, output)
             yield IngestProcess(process, token, output)
@@ -60,6 +63,10 @@ async def ingest_process(simulator: Simulator, keys: BusKeys) -> AsyncIterator[I
             process.kill()
         with trio.CancelScope(shield=True):
             await process.wait()
+
+
+def ingest_process(simulator: Simulator, keys: BusKeys) -> Any:
+    return role_process("ingest", simulator, keys)
 
 
 async def wait_until_published(redis: Any, keys: BusKeys, last_id: int, *processes: IngestProcess) -> None:

@@ -89,6 +89,12 @@ class SubscriptionManager:
         """The desired symbols, in the order they were added."""
         return tuple(self._symbols)
 
+    def track_external(self, symbol: str) -> None:
+        """Serves a symbol ingested by another process (an API replica learns its symbols from the bus)."""
+        if symbol not in self._symbols:
+            self._symbols[symbol] = None
+            self._set_changed()
+
     async def wait_changed(self) -> None:
         """Returns at the next change of the symbol set."""
         await self._changed.wait()

@@ -11,6 +11,7 @@ from functools import partial
 import trio
 
 from app.bus.connection import BusError
+from app.roles.api import run_api
 from app.roles.ingest import run_ingest
 from app.roles.persist import run_persist
 from app.service import open_storage
@@ -32,6 +33,15 @@ def add_role_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     add_settings_flags(parser)
     parser.set_defaults(func=lambda args: run_role("ingest", run_ingest, args))
+    parser = commands.add_parser(
+        "api",
+        help="a stateless API replica (REST, /ws, dashboard) for every shard, fed by the bus",
+        description="Serve the REST API and the /ws feed for all shards from the bus (BUS_URL): latest ticks and "
+        "current candles from a snapshot, then the streams from where the snapshot was taken; closed candle "
+        "history from DATABASE_URL (written by `marketdata persist`). Any number of replicas.",
+    )
+    add_settings_flags(parser)
+    parser.set_defaults(func=lambda args: run_role("api", partial(run_api, open_storage=open_storage), args))
     parser = commands.add_parser(
         "persist",
         help="write the bus's ticks and closed candles into the database (many may share the load)",
