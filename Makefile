@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo run test lint bench clean
+.PHONY: install demo run test lint bench vendor-charts clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: lint      ## lint, types, then the whole test suite
 
 bench: install
 	$(BIN)/python -m bench
+
+vendor-charts:  ## refresh the dashboard's chart library from the npm registry (VERSION=5.2.1 to pick one)
+	scripts/vendor-lightweight-charts.sh $(VERSION)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,6 +8,7 @@ from quart import websocket
 from quart_trio import QuartTrio
 
 from app.state import ServiceState
+from app.web.dashboard import STATIC_DIR, STATIC_URL_PATH, register_dashboard
 from app.web.errors import FEED_PATH, register_error_handlers
 from app.web.feed import FeedLimits, FeedStats, RenderCache, serve_feed
 from app.web.metrics import metrics_registry
@@ -18,13 +19,14 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(state: ServiceState, feed_limits: FeedLimits | None = None) -> QuartTrio:
-    app = QuartTrio("marketdata")
+    app = QuartTrio("marketdata", static_folder=str(STATIC_DIR), static_url_path=STATIC_URL_PATH)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     feed_stats = FeedStats()
     render_cache = RenderCache()
     limits = feed_limits or FeedLimits()
     register_error_handlers(app)
     register_routes(app, state, metrics_registry(state, feed_stats))
+    register_dashboard(app, state.settings)
 
     @app.websocket(FEED_PATH)
     async def feed() -> None:

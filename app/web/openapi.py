@@ -225,6 +225,21 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "responses": {"200": {"description": "metrics",
                                   "content": {"text/plain": {"schema": {"type": "string"}}}}},
         }},
+        "/": {"get": {
+            "operationId": "dashboard",
+            "summary": "The live dashboard (an HTML page; its files are under /static/)",
+            "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }},
+        "/api/config": {"get": {
+            "operationId": "config",
+            "summary": "Settings a client needs: candle intervals, when a symbol is stale, the exchange in use",
+            "responses": {"200": _json(_object({
+                "candle_intervals": {"type": "array", "items": {"type": "string"}},
+                "stale_after_seconds": {"type": "number", "description": "STALE_AFTER_SECONDS"},
+                "exchange_ws_url": {"type": "string", "description": "BINANCE_WS_URL"},
+                "exchange_rest_url": {"type": "string", "description": "BINANCE_REST_URL"},
+            }), "the settings")},
+        }},
         "/openapi.json": {"get": {
             "operationId": "openapi",
             "summary": "This document",
