@@ -44,7 +44,7 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help="run the service on a replay of real Binance trades, no network needed",
         description="Start the exchange simulator replaying the shipped recording of real Binance BTCUSDT and "
         "ETHUSDT trades (2024-08-08) in a loop on loopback, and the service connected to it, then print URLs "
-        "to try. Stop with Ctrl-C.",
+        "to try (the dashboard's first). Stop with Ctrl-C.",
     )
     add_settings_flags(parser, demo=True, demo_defaults={"DATABASE_URL": "a temporary file, deleted at exit"})
     parser.add_argument("--speed", type=_positive_speed, default=1.0,
@@ -127,6 +127,7 @@ def instructions(api_url: str, simulator: Simulator, options: DemoOptions) -> st
     interval = options.settings.candle_intervals[0].name
     ws_url = api_url.replace("http://", "ws://", 1) + "/ws"
     return "\n".join([
+        f"Dashboard: {api_url}/",
         f"marketdata demo: replaying {options.recording.name} ({', '.join(symbols)}) in a loop at speed "
         f"{options.speed:g}",
         f"  exchange simulator  {simulator.ws_url}  (REST {simulator.rest_url})",

@@ -61,6 +61,8 @@ async def test_demo_serves_a_candle_within_seconds_and_exits_0_on_sigterm(tmp_pa
     assert candles[-1]["closed"] is False
     assert {row["symbol"] for row in symbols} == {"BTCUSDT", "ETHUSDT"}
     assert data["channel"] == "ticks" and data["data"][0]["symbol"] == "BTCUSDT"
+    # The dashboard's URL comes first.
+    assert seen[0] == f"Dashboard: {api_url}/\n"
     for expected in ("curl ", "/api/candles/BTCUSDT", "/health", '"op": "subscribe"'):
         assert expected in output
     assert "Traceback" not in output
