@@ -3,7 +3,8 @@
 // latest tick per symbol, pending candle updates keyed by open time), so no work queues up however fast it comes.
 //
 // Test hook (documented in the README): window.marketdata.chartData() -> {symbol, interval, candles, plotted}
-// (the exact candles the chart holds, oldest first, and the bars it plots), window.marketdata.feedState().
+// (the exact candles the chart holds, oldest first, and the bars it plots), window.marketdata.feedState(),
+// window.marketdata.stats() -> counters for bench/dashboard_bench.py (renders, feed messages, ticks, candles).
 import { CandleBook } from "./candle-book.js";
 import { CandleChart } from "./candle-chart.js";
 import { fetchExact } from "./exact-json.js";
@@ -36,6 +37,7 @@ const state = {
   loadingHistory: true,
   pendingCandles: new Map(),
   view: 0,
+  stats: { renders: 0, feedMessages: 0, ticks: 0, candleUpdates: 0 },
 };
 
 let table;
@@ -58,6 +60,7 @@ function applyTick(tick, epoch) {
 }
 
 function onFeedMessage(message) {
+  state.stats.feedMessages += 1;
   // Replies ({"op": "subscribed", "channel": ...}) carry no data; only refusals are worth a line.
   if (message.op !== undefined) {
     if (message.op === "error") console.warn(`feed refused a request: ${message.code}: ${message.message}`);
@@ -65,6 +68,7 @@ function onFeedMessage(message) {
   }
   if (message.channel === "ticks") {
     const now = performance.now();
+    state.stats.ticks += message.data.length;
     for (const tick of message.data) {
       applyTick(tick, state.epoch);
       state.age.set(tick.symbol, { ageSeconds: 0, at: now });
@@ -73,6 +77,7 @@ function onFeedMessage(message) {
   } else if (message.channel === "candles") {
     const { symbol, interval } = state.selection;
     if (message.interval !== interval) return;
+    state.stats.candleUpdates += message.data.length;
     for (const candle of message.data) {
       if (candle.symbol !== symbol) continue;
       // The last update per candle wins: at most one pending entry per open time.
@@ -142,6 +147,7 @@ function symbolOrder() {
 
 function render() {
   frameRequested = false;
+  state.stats.renders += 1;
   const now = performance.now();
   const staleAfter = state.config?.stale_after_seconds ?? 30;
   const views = symbolOrder().map((symbol) => {
@@ -340,6 +346,7 @@ async function main() {
       plotted: chart.plotted(),
     }),
     feedState: () => state.feed.state,
+    stats: () => ({ ...state.stats }),
   };
   scheduleRender();
   while (state.config === null) {
