@@ -143,7 +143,12 @@ async def dashboard_session(
         running_service(dashboard_settings(simulator, tmp_path, **changes)) as running,
         open_browser() as browser,
     ):
+        # Connected first: a 503 from /health is a console error in Chromium ("Failed to load resource").
+        async with httpx.AsyncClient(base_url=running.url) as client:
+            while (await client.get("/health")).status_code != 200:
+                await trio.sleep(0.05)
         page, record = await open_dashboard(browser, running.url + path)
+        ARTIFACTS.mkdir(exist_ok=True)
         yield Session(simulator, running, browser, page, record)
 
 
@@ -171,7 +176,6 @@ async def test_the_page_loads_from_loopback_only_with_no_console_error(
             chart = await browser.evaluate(page, "() => window.marketdata.chartData()")
             selected = await browser.text(page, "#symbols tr.selected th")
             active_interval = await browser.text(page, "#intervals button.active")
-            ARTIFACTS.mkdir(exist_ok=True)
             await browser.call(lambda: page.screenshot(path=str(ARTIFACTS / "dashboard.png")))
     record = session.record
     assert record.console_errors == [] and record.page_errors == []
@@ -312,6 +316,7 @@ async def test_a_503_from_health_shows_its_reasons_and_stale_rows(
             shown = await browser.evaluate(page, """() => [...document.querySelectorAll('#health-reasons li')]
                 .map((item) => ({code: item.querySelector('code').textContent, text: item.textContent}))""")
             health = await client.get("/health")
+            await browser.call(lambda: page.screenshot(path=str(ARTIFACTS / "dashboard-503.png")))
     assert health.status_code == 503
     assert shown, "no reason shown"
     assert {reason["code"] for reason in shown} <= {"stalled", "disconnected"}

@@ -30,7 +30,10 @@ export class CandleChart {
       grid: { vertLines: { color: "#1b232d" }, horzLines: { color: "#1b232d" } },
       crosshair: { mode: CrosshairMode.Normal },
       rightPriceScale: { borderColor: "#2a3441" },
-      timeScale: { borderColor: "#2a3441", timeVisible: true, secondsVisible: false, barSpacing: 12, rightOffset: 6 },
+      timeScale: {
+        borderColor: "#2a3441", timeVisible: true, secondsVisible: false, barSpacing: 12, maxBarSpacing: 36,
+        rightOffset: 4,
+      },
     });
     this.candles = this.chart.addSeries(CandlestickSeries, {
       upColor: UP, downColor: DOWN, wickUpColor: UP, wickDownColor: DOWN, borderVisible: false,
@@ -61,8 +64,11 @@ export class CandleChart {
     this.volume.update(toVolume(candle), historical);
   }
 
+  // A short history fills the width (bars up to maxBarSpacing wide); a long one shows its newest part.
   fitScroll() {
-    this.chart.timeScale().scrollToRealTime();
+    const timeScale = this.chart.timeScale();
+    if (this.candles.data().length * 12 < timeScale.width()) timeScale.fitContent();
+    else timeScale.scrollToRealTime();
   }
 
   // As many decimals as the prices carry (2 to 8), so the axis shows what the exchange quotes.

@@ -204,9 +204,12 @@ function renderLegend() {
     ["O", last.open], ["H", last.high], ["L", last.low], ["C", last.close], ["V", last.volume],
     ["Trades", String(last.trade_count)],
   ];
-  const key = JSON.stringify([symbol, interval, fields, last?.closed]);
+  const key = JSON.stringify([symbol, interval, fields, last?.closed, state.loadingHistory]);
   if (legend.dataset.key === key) return;
   legend.dataset.key = key;
+  const empty = document.querySelector("#chart-empty");
+  empty.hidden = last !== null || symbol === null;
+  empty.textContent = state.loadingHistory ? "Loading candles…" : `No ${interval} candles for ${symbol} yet`;
   const title = document.createElement("strong");
   title.textContent = symbol === null ? "" : `${symbol} · ${interval}`;
   const parts = fields.map(([label, value]) => {
