@@ -145,8 +145,10 @@ async def dashboard_session(
     ):
         # Connected first: a 503 from /health is a console error in Chromium ("Failed to load resource").
         async with httpx.AsyncClient(base_url=running.url) as client:
-            while (await client.get("/health")).status_code != 200:
-                await trio.sleep(0.05)
+            while True:
+                if (await client.get("/health")).status_code == 200:
+                    break
+                await trio.sleep(0.05)  # the service's own clock decides: no event to wait on
         page, record = await open_dashboard(browser, running.url + path)
         ARTIFACTS.mkdir(exist_ok=True)
         yield Session(simulator, running, browser, page, record)
