@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from bench.procs import start_service, start_simulator
+from bench.procs import NO_REST_URL, start_feeder, start_service, start_simulator
 
 log = logging.getLogger("bench.dashboard")
 
@@ -53,11 +53,16 @@ async def ticks_published(client: httpx.AsyncClient) -> int:
     return int(body["ticks_published"])
 
 
-async def measure(rate: float, symbols: int, seconds: float, workdir: Path) -> dict[str, Any]:
+async def measure(rate: float, symbols: int, seconds: float, workdir: Path, feeder_frames: int) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
-    simulator, info = await start_simulator(
-        workdir, ["--synthetic", "--symbols", str(symbols), "--rate", f"{rate / FILLS_PER_ARRIVAL:.3f}"])
+    if feeder_frames:
+        # Unpaced: the service ingests at its capacity, the page gets all of it.
+        simulator, info = await start_feeder(workdir, "synthetic", feeder_frames, symbols)
+        info["rest_url"] = NO_REST_URL
+    else:
+        simulator, info = await start_simulator(
+            workdir, ["--synthetic", "--symbols", str(symbols), "--rate", f"{rate / FILLS_PER_ARRIVAL:.3f}"])
     try:
         names = list(info["symbols"])  # type: ignore[call-overload]
         service = await start_service(workdir, str(info["ws_url"]), names, rest_url=str(info["rest_url"]),
@@ -70,7 +75,11 @@ async def measure(rate: float, symbols: int, seconds: float, workdir: Path) -> d
                 page.on("pageerror", lambda error: errors.append(str(error)))
                 await page.goto(f"{service.http_url}/?symbol={names[0]}&interval=1m")
                 await page.wait_for_function("() => window.marketdata.feedState() === 'live'")
-                await asyncio.sleep(3)  # warm-up: history loaded, JIT warm
+                if feeder_frames:
+                    # The feeder holds its frames until told: the page is open before the flood starts.
+                    await simulator.next_message("connected", within=30)
+                    await simulator.send_line("go")
+                await asyncio.sleep(3)  # warm-up: history loaded, JIT warm, the flood under way
                 await page.evaluate(PROBE)
                 await page.evaluate("() => { if (window.gc) window.gc(); }")
                 first, published_first = await page.evaluate(SAMPLE), await ticks_published(client)
@@ -83,7 +92,8 @@ async def measure(rate: float, symbols: int, seconds: float, workdir: Path) -> d
         await simulator.stop()
     elapsed = (last["now"] - first["now"]) / 1000
     return {
-        "offered_trades_per_second": rate,
+        "offered_trades_per_second": "unpaced (feeder)" if feeder_frames else rate,
+        "ingested_before_window": published_first,
         "ingested_trades_per_second": (published_last - published_first) / elapsed,
         "page_ticks_per_second": (last["ticks"] - first["ticks"]) / elapsed,
         "feed_messages_per_second": (last["feedMessages"] - first["feedMessages"]) / elapsed,
@@ -103,13 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=10_000, help="trades per second offered [10000]")
     parser.add_argument("--symbols", type=int, default=8, help="symbols of the synthetic market [8]")
     parser.add_argument("--seconds", type=float, default=20, help="measured window [20]")
+    parser.add_argument("--feeder", type=int, default=0, metavar="FRAMES",
+                        help="feed FRAMES pre-rendered trades at socket speed instead of the paced simulator")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if not Path(CHROMIUM).is_file():
         print("bench.dashboard_bench needs Chromium: apt-get install -y chromium", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="marketdata-dashboard-bench-") as directory:
-        figures = asyncio.run(measure(args.rate, args.symbols, args.seconds, Path(directory)))
+        figures = asyncio.run(measure(args.rate, args.symbols, args.seconds, Path(directory), args.feeder))
     print(json.dumps(figures, indent=2))
     return 0
 

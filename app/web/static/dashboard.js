@@ -68,7 +68,8 @@ function onFeedMessage(message) {
   }
   if (message.channel === "ticks") {
     const now = performance.now();
-    state.stats.ticks += message.data.length;
+    // Tick frames arrive reduced to the newest tick per symbol; `count` is how many the frame held.
+    state.stats.ticks += message.count ?? message.data.length;
     for (const tick of message.data) {
       applyTick(tick, state.epoch);
       state.age.set(tick.symbol, { ageSeconds: 0, at: now });

@@ -1,6 +1,8 @@
 // The /ws feed with reconnects: exponential backoff with jitter (0.5 s doubling to 8 s, reset once a
 // connection has stayed up 10 s), the current subscriptions sent again on every new connection.
-import { parseExact } from "./exact-json.js";
+import { parseExact, parseTickFrame } from "./exact-json.js";
+
+const TICK_FRAME_PREFIX = '{"channel":"ticks",';
 
 export const BACKOFF_FIRST_MS = 500;
 export const BACKOFF_MAX_MS = 8000;
@@ -60,7 +62,8 @@ export class FeedSocket {
       this.onOpen();
     });
     socket.addEventListener("message", (event) => {
-      this.onMessage(parseExact(event.data));
+      const text = event.data;
+      this.onMessage(text.startsWith(TICK_FRAME_PREFIX) ? parseTickFrame(text) : parseExact(text));
     });
     // "close" follows "error" too: one place schedules the next attempt.
     socket.addEventListener("close", () => {
