@@ -164,6 +164,9 @@ function render() {
       tradeId: tick === null ? null : tick.trade_id,
       stale: ageSeconds === null || ageSeconds > staleAfter,
       unrepaired,
+      // The unrepaired gaps' trade id ranges and reasons, on hover.
+      gapsTitle: row === null ? "" : row.unrepaired_gaps
+        .map((gap) => `${gap.first_trade_id}..${gap.last_trade_id}: ${gap.reason}`).join("\n"),
       direction: tick === null || previous === undefined ? "" :
         Number(tick.price) > Number(previous) ? "up" : Number(tick.price) < Number(previous) ? "down" : "",
       cells: {

@@ -38,7 +38,7 @@ export class SymbolsTable {
     });
   }
 
-  // `views`: [{symbol, cells: {field: text}, stale, direction, tradeId}] in display order.
+  // `views`: [{symbol, cells: {field: text}, stale, unrepaired, gapsTitle, direction, tradeId}] in display order.
   render(views, selected) {
     const wanted = new Set(views.map((view) => view.symbol));
     for (const [symbol, row] of this.rows) {
@@ -62,6 +62,8 @@ export class SymbolsTable {
       element.setAttribute("aria-selected", String(view.symbol === selected));
       element.classList.toggle("stale", view.stale);
       element.classList.toggle("has-gaps", view.unrepaired > 0);
+      element.classList.toggle("backfilling", view.cells.backfilling === "yes");
+      if (row.cells.unrepaired.title !== view.gapsTitle) row.cells.unrepaired.title = view.gapsTitle;
       if (view.direction !== row.direction) {
         row.cells.price.dataset.direction = view.direction;
         row.direction = view.direction;
