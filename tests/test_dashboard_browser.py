@@ -16,7 +16,7 @@ import attrs
 import httpx
 import pytest
 import trio
-from browser import ARTIFACTS, Browser, PageRecord, open_browser
+from browser import ARTIFACTS, Browser, PageRecord, chromium_or_skip, open_browser
 
 from app import service
 from app.intervals import Interval
@@ -46,6 +46,12 @@ SHOWS_TRADE_IDS = """(expected) => Object.entries(expected).every(([symbol, trad
   Number(document.querySelector(`#symbols tr[data-symbol="${symbol}"]`)?.dataset.tradeId) === tradeId)"""
 TRADE_ID = """(symbol) =>
   Number(document.querySelector(`#symbols tr[data-symbol="${symbol}"]`)?.dataset.tradeId ?? 0)"""
+
+
+@pytest.fixture(autouse=True)
+def chromium() -> str:
+    # Before the test's Trio run starts: a skip raised inside its nurseries would lose its message.
+    return chromium_or_skip()
 
 
 @pytest.fixture(scope="module")
