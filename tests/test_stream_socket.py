@@ -1,39 +1,30 @@
 """The exchange-side WebSocket client (``app.ingest.stream_socket``) against independent implementations:
-trio-websocket servers for the ordinary protocol, and raw loopback servers (wsproto for the handshake and for
-reading what the client sends) that write hand-made frames for what a real server should never send."""
+trio-websocket servers for the ordinary protocol, raw loopback servers (wsproto for the handshake and for
+reading what the client sends) that write hand-made frames for what a real server should never send, and the
+exchange simulator for Binance's keep-alive. The frame parser alone is tested in ``test_frame_reader.py``."""
 
 from __future__ import annotations
 
 import contextlib
 import ssl
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from functools import partial
 
+import orjson
 import pytest
 import trio
 import trio.testing
 import trustme
 import wsproto
 import wsproto.events
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from ws_frames import CONTINUATION_FINAL, PING, TEXT, close_frame, frame
 
 from app.ingest.stream_socket import HandshakeFailed, SocketClosed, StreamSocket, open_stream_socket
-
-
-def frame(first_byte: int, payload: bytes) -> bytes:
-    """A server frame (unmasked), as RFC 6455 §5.2 lays it out."""
-    length = len(payload)
-    if length < 126:
-        return bytes((first_byte, length)) + payload
-    if length < 1 << 16:
-        return bytes((first_byte, 126)) + struct.pack("!H", length) + payload
-    return bytes((first_byte, 127)) + struct.pack("!Q", length) + payload
-
-
-TEXT, BINARY, CONTINUATION_FINAL, PING = 0x81, 0x82, 0x80, 0x89
+from app.model import Tick
+from app.replay.config import ManualSource, SimulatorConfig
+from app.replay.simulator import open_simulator
 
 
 class RawServer:
@@ -223,7 +214,7 @@ async def test_a_fragmented_message_is_reassembled_with_a_ping_in_between() -> N
             + frame(PING, b"mid-message")
             + frame(0x00, b'"one')  # continuation
             + frame(CONTINUATION_FINAL, b' and two"}')
-            + frame(0x88, struct.pack("!H", 1000) + b"done")
+            + close_frame(1000, b"done")
         )
 
     with trio.fail_after(5):
@@ -242,15 +233,11 @@ async def test_a_fragmented_message_is_reassembled_with_a_ping_in_between() -> N
 @pytest.mark.parametrize(
     ("bad_frame", "code", "reason"),
     [
+        # One of each close code through the socket; every rule is in test_frame_reader.py.
         (bytes((0x81, 0x80 | 4)) + b"mask" + b"abcd", 1002, "masked frame"),
-        (frame(0xC1, b"{}"), 1002, "reserved bits"),
-        (frame(0x83, b"{}"), 1002, "unknown opcode 0x3"),
-        (frame(0x09, b"ping"), 1002, "control frame was fragmented"),
-        (frame(PING, b"p" * 126), 1002, "longer than 125 bytes"),
-        (frame(CONTINUATION_FINAL, b"}"), 1002, "continuation frame without a message"),
-        (frame(0x01, b"{") + frame(TEXT, b"{}"), 1002, "new message began"),
         (frame(TEXT, b"z" * 2000), 1009, "exceeds 1024"),
-        (frame(0x88, b"\x03"), 1002, "one-byte payload"),
+        (frame(TEXT, b'{"p":"\xff"}'), 1007, "not UTF-8"),
+        (close_frame(1005), 1002, "close code 1005"),
     ],
 )
 async def test_protocol_violations_close_with_a_precise_code_after_the_good_messages(
@@ -303,63 +290,27 @@ async def test_a_server_that_never_answers_the_upgrade_times_out() -> None:
                     pass
 
 
-@st.composite
-def server_streams(draw: st.DrawFn) -> tuple[bytes, list[bytes], list[bytes], list[int]]:
-    """Frames a server might send (messages, some fragmented, pings between) and read sizes to cut them into."""
-    # Large messages (64-bit lengths, spanning reads) are built from a small draw: drawing 64 KiB of bytes
-    # would exceed Hypothesis's data budget.
-    large = st.builds(lambda size, fill: fill * (size // len(fill) + 1), st.integers(65_536, 66_000),
-                      st.binary(min_size=1, max_size=8)).map(bytes)
-    messages = draw(st.lists(st.binary(max_size=300) | large, max_size=12))
-    wire = bytearray()
-    pings: list[bytes] = []
-    for message in messages:
-        if draw(st.booleans()):
-            ping = draw(st.binary(max_size=125))
-            pings.append(ping)
-            wire += frame(PING, ping)
-        if len(message) > 2 and draw(st.booleans()):
-            cut = draw(st.integers(1, len(message) - 1))
-            wire += frame(0x01, message[:cut]) + frame(CONTINUATION_FINAL, message[cut:])
-        else:
-            wire += frame(TEXT, message)
-    reads = draw(st.lists(st.integers(1, 70_000), min_size=1, max_size=20))
-    return bytes(wire), messages, pings, reads
+async def test_pings_are_answered_while_the_consumer_is_held_back(autojump_clock: trio.testing.MockClock) -> None:
+    # The simulator pings every 20 s and drops a client that leaves a ping unanswered for 60 s, as Binance
+    # does; here nobody calls receive_batch for 90 s (the pipeline behind it applying backpressure).
+    def trade(trade_id: int) -> Tick:
+        return Tick(symbol="BTCUSDT", price=Decimal("61837.63"), quantity=Decimal("0.02"),
+                    trade_time_ms=1723161255342, event_time_ms=1723161255343, trade_id=trade_id,
+                    is_buyer_maker=True)
 
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(server_streams())
-def test_any_cut_of_the_byte_stream_gives_the_same_messages_and_pongs(
-    stream: tuple[bytes, list[bytes], list[bytes], list[int]],
-) -> None:
-    wire, expected, pings, reads = stream
-
-    async def main() -> None:
-        client_end, server_end = trio.testing.memory_stream_pair()
-        socket = StreamSocket(client_end, receive_bytes=70_000)
-        received: list[bytes] = []
-
-        async def serve() -> None:
-            position = 0
-            index = 0
-            while position < len(wire):
-                # At most ~2,000 writes per example: byte-sized cuts through 64 KiB messages would take minutes.
-                size = max(reads[index % len(reads)], len(wire) // 2000)
-                await server_end.send_all(wire[position : position + size])
-                position += size
-                index += 1
-            await server_end.send_all(frame(0x88, struct.pack("!H", 1000)))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve)
-            with pytest.raises(SocketClosed):
-                while True:
-                    received.extend(await socket.receive_batch())
-        assert received == expected
-        server = wsproto.connection.Connection(wsproto.ConnectionType.SERVER)
-        server.receive_data(bytes(await server_end.receive_some()))
-        events = list(server.events())
-        assert [event.payload for event in events if isinstance(event, wsproto.events.Pong)] == pings
-        assert [event.code for event in events if isinstance(event, wsproto.events.CloseConnection)] == [1000]
-
-    trio.run(main)
+    config = SimulatorConfig(source=ManualSource(symbols=("BTCUSDT",)))
+    with trio.fail_after(600):
+        async with open_simulator(config) as simulator, open_stream_socket(
+            simulator.stream_url("btcusdt@trade"), connect_timeout=5
+        ) as socket:
+            await simulator.wait_subscribed("btcusdt@trade")
+            simulator.publish([trade(1)])
+            received = await socket.receive_batch()
+            simulator.publish([trade(2)])
+            await trio.sleep(90)
+            assert simulator.stats.pongs_received == 4  # pings at 20, 40, 60 and 80 s
+            assert simulator.open_connections == 1
+            simulator.publish([trade(3)])
+            while len(received) < 3:
+                received += await socket.receive_batch()
+    assert [orjson.loads(message)["data"]["t"] for message in received] == [1, 2, 3]

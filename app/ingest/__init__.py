@@ -3,7 +3,8 @@
     trades.py          stream_trades: the task the supervisor starts (wires everything below)
     binance_stream.py  StreamClient: shards, reconnects, watchdog, make-before-break, live (un)subscribe
     connection.py      StreamConnection: one socket, the parsing hot path, paced control requests
-    stream_socket.py   StreamSocket: the RFC 6455 client, each socket read parsed into a batch of messages
+    stream_socket.py   StreamSocket: the exchange's WebSocket (upgrade, read-ahead that answers pings, sends)
+    frame_reader.py    FrameReader: RFC 6455 frames parsed from bytes, no I/O (each read -> a batch of messages)
     control.py         SUBSCRIBE/UNSUBSCRIBE frames, replies and their correlation by id
     pacer.py           control messages at <= 3 per sliding second (the server's pings take the 4th)
     backoff.py         full-jitter exponential backoff and the connection-attempt budget

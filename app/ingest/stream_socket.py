@@ -1,18 +1,15 @@
-"""The client side of the exchange's WebSocket, built for reading a fast stream: whole socket reads are parsed
-into messages in one pass.
+"""The client side of the exchange's WebSocket, built for reading a fast stream: the Trio shell around
+``app.ingest.frame_reader`` (the frame parser, no I/O) and the HTTP upgrade (through h11).
 
 Why not trio-websocket here (it still serves ``/ws`` and the simulator): it parses every frame through wsproto
-(~8 µs) and hands each message to the reader over an internal channel (~5 µs), which alone capped ingest
-below 30,000 trades/s on this project's machines. Parsing the frames of one 64 KiB read in a loop costs
-~0.4 µs per frame (``bench/RESULTS.md``). The HTTP upgrade goes through h11 (a library), the frame layer
-follows RFC 6455 for a client without extensions:
+and hands each message to the reader over an internal channel, which capped ingest far below what this
+project needs; parsing each whole socket read in one pass is several times cheaper (figures in
+``bench/RESULTS.md``, the decision in ``docs/decisions/0001-exchange-websocket-client.md``).
 
-- frames from the server must be unmasked and carry no reserved bits; a violation closes with 1002;
-- pings are answered with a pong carrying the same payload (Binance disconnects a client that does not pong
-  within a minute), pongs are ignored, a close frame is echoed and ends the stream;
-- fragmented messages are reassembled; a message above ``max_message_bytes`` closes with 1009;
-- text payloads are returned as bytes, undecoded: the JSON parser that reads them rejects invalid UTF-8;
-- frames we send are masked with a fresh random key (client frames must be).
+A read-ahead task reads the socket and answers pings as they arrive, whether or not anyone is consuming:
+Binance drops a client that has not answered a ping within a minute, and the pipeline behind
+``receive_batch`` may hold it back longer under backpressure. What it reads ahead waits in memory, up to
+``max_read_ahead_bytes``; beyond that it stops reading, TCP pushes back on the server, and pongs wait too.
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ import base64
 import hashlib
 import os
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
@@ -28,24 +26,28 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from app.ingest.frame_reader import (
+    ABNORMAL_CLOSURE,
+    GOING_AWAY,
+    MAX_MESSAGE_BYTES,
+    NORMAL_CLOSURE,
+    OP_CLOSE,
+    OP_TEXT,
+    FrameReader,
+    client_frame,
+)
+
 __all__ = ["HandshakeFailed", "SocketClosed", "StreamSocket", "open_stream_socket"]
 
-_OP_CONTINUATION, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-# FIN + text: the first byte of nearly every frame an exchange sends.
-_FINAL_TEXT = 0x80 | _OP_TEXT
 _WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-NORMAL_CLOSURE = 1000
-GOING_AWAY = 1001
-PROTOCOL_ERROR = 1002
-MESSAGE_TOO_BIG = 1009
-# Not sent on the wire: the code reported when the TCP connection ended without a close frame.
-ABNORMAL_CLOSURE = 1006
 # One read is one batch of trades for the pipeline: 64 KiB holds ~300 trade frames.
 RECEIVE_BYTES = 65_536
 # TCP connect, TLS and the WebSocket upgrade together.
 CONNECT_TIMEOUT_SECONDS = 5.0
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 CLOSE_TIMEOUT_SECONDS = 2.0
+# Messages read ahead of the consumer, at most: minutes of a busy combined stream.
+MAX_READ_AHEAD_BYTES = 64 * 1024 * 1024
+_NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 class HandshakeFailed(Exception):
@@ -61,15 +63,9 @@ class SocketClosed(Exception):
         self.reason = reason
 
 
-class _ProtocolViolation(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
 class StreamSocket:
-    """An open client WebSocket. One task receives (``receive_batch``); any task may send."""
+    """An open client WebSocket. One task receives (``receive_batch``); any task may send; ``read_ahead``
+    runs beside them (``open_stream_socket`` starts it)."""
 
     def __init__(
         self,
@@ -78,194 +74,97 @@ class StreamSocket:
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         receive_bytes: int = RECEIVE_BYTES,
+        max_read_ahead_bytes: int = MAX_READ_AHEAD_BYTES,
     ) -> None:
         self._stream = stream
-        # Bytes received but not yet parsed: at most one incomplete frame between reads.
-        self._unparsed = buffered
-        # Reads that cannot complete the incomplete frame yet, joined once it can (``_needed`` bytes, when its
-        # header is known): concatenating every read onto a large frame would copy it over and over.
-        self._waiting: list[bytes] = []
-        self._waiting_bytes = 0
-        self._needed = 0
-        self._max_message_bytes = max_message_bytes
+        self._buffered = buffered
+        self._reader = FrameReader(max_message_bytes=max_message_bytes)
         self._receive_bytes = receive_bytes
-        self._fragments: list[bytes] | None = None
-        self._fragments_size = 0
-        self._pings: list[bytes] = []
-        self._violation: _ProtocolViolation | None = None
+        self._max_read_ahead_bytes = max_read_ahead_bytes
+        # Batches read but not yet received, and their size in bytes.
+        self._batches: deque[tuple[list[bytes], int]] = deque()
+        self._read_ahead_bytes = 0
+        self._batch_arrived = trio.Event()
+        self._room_freed = trio.Event()
         self._send_lock = trio.StrictFIFOLock()
         self._close_sent = False
-        # Set once the stream has ended; raised by every later receive or send.
+        # Set once the stream has ended; raised by every later send, and by receive once the batches are out.
         self.closed: SocketClosed | None = None
 
     async def receive_batch(self) -> list[bytes]:
         """The complete messages of the next read (at least one), in order; raises ``SocketClosed`` at the end
         (after every message received before the close was returned)."""
-        while True:
-            if self._violation is not None:
-                pending, self._violation = self._violation, None
-                await self._fail(pending.code, pending.reason)
+        while not self._batches:
             if self.closed is not None:
                 raise self.closed
-            messages: list[bytes] = []
-            try:
-                self._parse(messages)
-            except _ProtocolViolation as violation:
-                # Reported on the next call: the messages before the bad frame are delivered first.
-                self._violation = violation
-            try:
-                await self._answer_pings()
-            except SocketClosed:
-                if not messages:
-                    raise
-            if messages:
-                return messages
-            if self._violation is not None or self.closed is not None:
-                continue
-            try:
-                data = await self._stream.receive_some(self._receive_bytes)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
-                self.closed = SocketClosed(ABNORMAL_CLOSURE, f"connection lost: {error!r}")
-                raise self.closed from error
-            if not data:
-                self.closed = SocketClosed(ABNORMAL_CLOSURE, "connection lost: TCP closed without a close frame")
-                raise self.closed
-            # bytes(x) of a bytes object is x itself (no copy); SSL streams may return a bytearray.
-            data = bytes(data)
-            if self._needed:
-                self._waiting.append(data)
-                self._waiting_bytes += len(data)
-                if len(self._unparsed) + self._waiting_bytes < self._needed:
-                    continue
-                data = self._waiting[0] if len(self._waiting) == 1 else b"".join(self._waiting)
-                self._waiting.clear()
-                self._waiting_bytes = 0
-            self._unparsed = self._unparsed + data if self._unparsed else data
+            self._batch_arrived = trio.Event()
+            await self._batch_arrived.wait()
+        batch, size = self._batches.popleft()
+        self._read_ahead_bytes -= size
+        self._room_freed.set()
+        return batch
 
-    def _parse(self, messages: list[bytes]) -> None:
-        """Moves every complete frame of ``_unparsed`` out: messages to ``messages``, control frames handled."""
-        data = self._unparsed
-        end = len(data)
-        position = 0
-        limit = self._max_message_bytes
-        self._needed = 0
+    async def read_ahead(self) -> None:
+        """Reads the socket into batches and answers control frames at once, until the stream ends (it then
+        returns; ``closed`` says how)."""
         try:
-            while end - position >= 2:
-                first = data[position]
-                length = data[position + 1]
-                if length < 126:
-                    header = 2
-                elif length == 126:
-                    if end - position < 4:
-                        break
-                    length = (data[position + 2] << 8) | data[position + 3]
-                    header = 4
-                elif length == 127:
-                    if end - position < 10:
-                        break
-                    length = int.from_bytes(data[position + 2 : position + 10], "big")
-                    header = 10
-                else:
-                    raise _ProtocolViolation(PROTOCOL_ERROR, "the server sent a masked frame")
-                if length > limit:
-                    raise _ProtocolViolation(MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds {limit}")
-                start = position + header
-                if end - start < length:
-                    self._needed = header + length
-                    break
-                position = start + length
-                if first == _FINAL_TEXT and self._fragments is None:
-                    messages.append(data[start:position])
-                elif self._frame(first, data[start:position], messages):
-                    break  # a close frame: nothing after it counts
-        finally:
-            self._unparsed = data[position:] if position else data
+            data = self._buffered
+            self._buffered = b""
+            while True:
+                received = self._reader.feed(data) if data else None
+                if received is not None:
+                    if received.replies:
+                        await self._send_replies(received.replies, ends_stream=received.close is not None)
+                    if received.messages:
+                        # Counted by the bytes read: frame headers included, no pass over the messages.
+                        self._batches.append((received.messages, len(data)))
+                        self._read_ahead_bytes += len(data)
+                        self._batch_arrived.set()
+                    if received.close is not None:
+                        self._end(SocketClosed(received.close.code, received.close.reason))
+                        return
+                while self._read_ahead_bytes >= self._max_read_ahead_bytes:
+                    self._room_freed = trio.Event()
+                    await self._room_freed.wait()
+                read = await self._stream.receive_some(self._receive_bytes)
+                if not read:
+                    close = self._reader.feed_eof()
+                    self._end(SocketClosed(close.code, close.reason))
+                    return
+                # bytes(x) of a bytes object is x itself (no copy); SSL streams may return a bytearray.
+                data = bytes(read)
+        except _NETWORK_ERRORS as error:
+            self._end(SocketClosed(ABNORMAL_CLOSURE, f"connection lost: {error!r}"))
+        except SocketClosed as closed:
+            self._end(closed)
 
-    def _frame(self, first: int, payload: bytes, messages: list[bytes]) -> bool:
-        """Any frame but an unfragmented text message (the fast path). Returns True for a close frame."""
-        if first & 0x70:
-            raise _ProtocolViolation(PROTOCOL_ERROR, "reserved bits set in a frame (no extension was negotiated)")
-        final = bool(first & 0x80)
-        opcode = first & 0x0F
-        if opcode in (_OP_TEXT, _OP_BINARY):
-            if self._fragments is not None:
-                raise _ProtocolViolation(PROTOCOL_ERROR, "a new message began before the fragmented one ended")
-            if final:
-                messages.append(payload)
-            else:
-                self._fragments = [payload]
-                self._fragments_size = len(payload)
-            return False
-        if opcode == _OP_CONTINUATION:
-            if self._fragments is None:
-                raise _ProtocolViolation(PROTOCOL_ERROR, "a continuation frame without a message to continue")
-            self._fragments.append(payload)
-            self._fragments_size += len(payload)
-            if self._fragments_size > self._max_message_bytes:
-                raise _ProtocolViolation(
-                    MESSAGE_TOO_BIG, f"message of {self._fragments_size} bytes exceeds {self._max_message_bytes}"
-                )
-            if final:
-                messages.append(b"".join(self._fragments))
-                self._fragments = None
-            return False
-        if opcode not in (_OP_CLOSE, _OP_PING, _OP_PONG):
-            raise _ProtocolViolation(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-        if not final or len(payload) > 125:
-            raise _ProtocolViolation(PROTOCOL_ERROR, "a control frame was fragmented or longer than 125 bytes")
-        if opcode == _OP_PING:
-            self._pings.append(payload)
-        elif opcode == _OP_CLOSE:
-            self._on_close_frame(payload)
-            return True
-        return False
+    def _end(self, closed: SocketClosed) -> SocketClosed:
+        """Records how the stream ended (the first cause counts) and wakes the receiver; returns the cause."""
+        if self.closed is None:
+            self.closed = closed
+        self._batch_arrived.set()
+        return self.closed
 
-    def _on_close_frame(self, payload: bytes) -> None:
-        if len(payload) == 1:
-            raise _ProtocolViolation(PROTOCOL_ERROR, "a close frame with a one-byte payload")
-        code = int.from_bytes(payload[:2], "big") if payload else NORMAL_CLOSURE
-        reason = payload[2:].decode("utf-8", "replace")
-        self.closed = SocketClosed(code, reason)
-
-    async def _answer_pings(self) -> None:
-        while self._pings:
-            payload = self._pings.pop(0)
-            await self._send_frame(_OP_PONG, payload)
-        if self.closed is not None and not self._close_sent:
-            # Echo the server's close (RFC 6455 §5.5.1); the server then ends the TCP connection.
-            await self._send_close(self.closed.code if self.closed.code != ABNORMAL_CLOSURE else NORMAL_CLOSURE)
-
-    async def _fail(self, code: int, reason: str) -> None:
-        self.closed = SocketClosed(code, f"protocol error: {reason}")
-        self._unparsed = b""
-        await self._send_close(code, reason[:100])
-        await self._stream.aclose()
+    async def _send_replies(self, replies: list[bytes], *, ends_stream: bool) -> None:
+        await self._send(b"".join(replies))
+        if ends_stream:
+            self._close_sent = True
 
     async def send_text(self, text: str) -> None:
-        await self._send_frame(_OP_TEXT, text.encode())
+        await self._send(client_frame(OP_TEXT, text.encode()))
 
-    async def _send_close(self, code: int, reason: str = "") -> None:
-        try:
-            await self._send_frame(_OP_CLOSE, code.to_bytes(2, "big") + reason.encode())
-        except (SocketClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the peer is gone already: nothing left to tell it
-        self._close_sent = True
-
-    async def _send_frame(self, opcode: int, payload: bytes) -> None:
+    async def _send(self, frames: bytes) -> None:
         if self._close_sent:
             raise self.closed or SocketClosed(NORMAL_CLOSURE, "closed by this client")
-        frame = _client_frame(opcode, payload)
         async with self._send_lock:
             try:
-                await self._stream.send_all(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
-                if self.closed is None:
-                    self.closed = SocketClosed(ABNORMAL_CLOSURE, f"connection lost: {error!r}")
-                raise self.closed from error
+                await self._stream.send_all(frames)
+            except _NETWORK_ERRORS as error:
+                closed = self._end(SocketClosed(ABNORMAL_CLOSURE, f"connection lost: {error!r}"))
+                raise closed from error
             except trio.Cancelled:
                 # Part of the frame may be on the wire: no later frame could be parsed by the server.
-                if self.closed is None:
-                    self.closed = SocketClosed(ABNORMAL_CLOSURE, "a send was cancelled midway")
+                self._end(SocketClosed(ABNORMAL_CLOSURE, "a send was cancelled midway"))
                 self._close_sent = True
                 raise
 
@@ -274,26 +173,13 @@ class StreamSocket:
         with trio.move_on_after(CLOSE_TIMEOUT_SECONDS) as scope:
             scope.shield = True
             if not self._close_sent:
-                await self._send_close(code)
-            if self.closed is None:
-                self.closed = SocketClosed(code, "closed by this client")
+                try:
+                    await self._send(client_frame(OP_CLOSE, code.to_bytes(2, "big")))
+                except SocketClosed:
+                    pass  # the peer is gone already: nothing left to tell it
+                self._close_sent = True
+            self._end(SocketClosed(code, "closed by this client"))
         await trio.aclose_forcefully(self._stream)
-
-
-def _client_frame(opcode: int, payload: bytes) -> bytes:
-    length = len(payload)
-    if length < 126:
-        header = bytes((0x80 | opcode, 0x80 | length))
-    elif length < 1 << 16:
-        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
-    mask = os.urandom(4)
-    if not length:
-        return header + mask
-    # XOR with the key repeated over the payload, as one big-integer operation (fast for any length).
-    key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
-    return header + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
 
 
 @asynccontextmanager
@@ -342,10 +228,24 @@ async def open_stream_socket(
             await trio.aclose_forcefully(stream)
         raise
     socket = StreamSocket(stream, buffered, max_message_bytes=max_message_bytes, receive_bytes=receive_bytes)
+    failure: BaseException | None = None
     try:
-        yield socket
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(socket.read_ahead)
+            try:
+                yield socket
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # read_ahead raises nothing (it records how the stream ended), so a group of one holds what the body
+        # raised: pass that on as it was, as if there were no nursery here.
+        if len(group.exceptions) != 1:
+            raise
+        failure = group.exceptions[0]
     finally:
         await socket.aclose(GOING_AWAY)
+    if failure is not None:
+        raise failure
 
 
 async def _upgrade(stream: trio.abc.Stream, host: str, target: str) -> bytes:
