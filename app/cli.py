@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands from other modules, each adding its own sub-parser."""
     from app.demo import add_demo_command
-    from app.replay.cli import add_record_command, add_simulate_command
+    from app.ingest.record import add_record_command
+    from app.replay.cli import add_simulate_command
     from app.roles.commands import add_role_commands
 
     add_demo_command(commands)

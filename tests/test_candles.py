@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 import app
-from app.ingest.recording import read_recording
 from app.intervals import INTERVAL_NAMES, Interval
 from app.model import Candle, Tick, ms_from_utc
+from app.recording import read_recording
 from app.store.candles import MAX_EMPTY_FILL, CandleBuilder
 
 FIXTURE = Path(app.__file__).parent / "data" / "binance-spot-combined-2021-10-12.rec.zst"

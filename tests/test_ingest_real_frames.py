@@ -12,7 +12,7 @@ from test_ingest_support import make_ticks, running_ingest, trades
 
 import app
 from app.convert import FrameError, parse_trade_frame
-from app.ingest.recording import read_recording
+from app.recording import read_recording
 from app.replay.simulator import Simulator
 
 FIXTURE = Path(app.__file__).parent / "data" / "binance-spot-combined-2021-10-12.rec.zst"

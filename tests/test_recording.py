@@ -5,23 +5,17 @@ from __future__ import annotations
 import argparse
 import gzip
 import itertools
+from functools import partial
 from pathlib import Path
 
 import orjson
 import pytest
 import trio
+from trio_websocket import WebSocketRequest, serve_websocket
 
-from app.ingest.recording import (
-    RecordedFrame,
-    RecordingError,
-    RecordingHeader,
-    RecordOptions,
-    combined_stream_url,
-    read_recording,
-    record,
-    write_recording,
-)
-from app.replay.cli import add_record_command, add_simulate_command, simulator_config
+from app.ingest.record import RecordOptions, add_record_command, record, record_url
+from app.recording import RecordedFrame, RecordingError, RecordingHeader, read_recording, write_recording
+from app.replay.cli import add_simulate_command, simulator_config
 from app.replay.config import ReplaySource, SimulatorConfig, SyntheticSource
 from app.replay.simulator import open_simulator
 
@@ -79,10 +73,13 @@ def test_shipped_recordings_are_labelled() -> None:
         assert times == sorted(times)
 
 
-def test_record_url_adds_trade_streams_to_a_bare_base_url() -> None:
-    assert combined_stream_url("wss://stream.binance.com:9443", ("BTCUSDT", "ETHUSDT")) == (
-        "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/ethusdt@trade")
-    assert combined_stream_url("ws://127.0.0.1:1/ws/btcusdt@trade", ("BTCUSDT",)) == "ws://127.0.0.1:1/ws/btcusdt@trade"
+def test_record_url_adds_trade_streams_to_an_endpoint_and_keeps_named_streams() -> None:
+    combined = "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/ethusdt@trade"
+    assert record_url("wss://stream.binance.com:9443", ("BTCUSDT", "ETHUSDT")) == combined
+    assert record_url("wss://stream.binance.com:9443/ws", ("BTCUSDT", "ETHUSDT")) == combined
+    assert record_url("ws://127.0.0.1:1/ws/btcusdt@trade", ("BTCUSDT",)) == "ws://127.0.0.1:1/ws/btcusdt@trade"
+    named = "ws://127.0.0.1:1/stream?streams=lrcbtc@kline_1m&timeUnit=MICROSECOND"
+    assert record_url(named, ("BTCUSDT",)) == named
 
 
 async def test_recording_replayed_and_recorded_again_is_byte_for_byte_identical(tmp_path: Path) -> None:
@@ -147,3 +144,28 @@ async def test_simulate_command_prints_its_urls_and_runs(capsys: pytest.CaptureF
     assert printed[0].startswith("websocket ws://127.0.0.1:") and printed[0].endswith("/ws")
     assert printed[1].endswith("/stream?streams=btcusdt@trade/ethusdt@trade/bnbusdt@trade")
     assert printed[2].startswith("rest      http://127.0.0.1:")
+
+
+async def test_record_writes_text_frames_exactly_and_skips_binary_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    texts = ['{"stream":"btcusdt@trade","note":"ünïcode € 😀"}', '{"a":"\\u00e9"}', "not json, kept as is"]
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message(texts[0])
+        await ws.send_message(b"\xff\xfe binary")
+        for text in texts[1:]:
+            await ws.send_message(text)
+        await ws.aclose()
+
+    out = tmp_path / "exact.rec.zst"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve_websocket, handler, "127.0.0.1", 0, ssl_context=None))
+            options = RecordOptions(url=f"ws://127.0.0.1:{server.port}/ws/btcusdt@trade", symbols=("BTCUSDT",),
+                                    out=out)
+            assert await record(options) == 3
+            nursery.cancel_scope.cancel()
+    assert [frame.frame for frame in read_recording(out)[1]] == texts
+    assert "binary frame skipped" in caplog.text

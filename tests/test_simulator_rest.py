@@ -10,8 +10,8 @@ import orjson
 import pytest
 import trio
 
-from app.ingest.recording import read_recording
 from app.model import Tick
+from app.recording import read_recording
 from app.replay.config import Limits, ManualSource, SimulatorConfig
 from app.replay.simulator import Simulator, open_simulator
 

@@ -11,7 +11,7 @@ import trio
 from ws_client import open_websocket_client
 
 from app.convert import parse_trade_frame
-from app.ingest.recording import read_recording
+from app.recording import read_recording
 from app.replay.config import ReplaySource, SimulatorConfig, SyntheticSource
 from app.replay.simulator import open_simulator
 from app.replay.sources import SyntheticMarket, load_recording, replay_schedule, synthetic_profiles

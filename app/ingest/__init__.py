@@ -17,5 +17,5 @@
     subscriptions.py   SubscriptionManager: the live symbol set the web layer changes
     status.py          IngestStatus: counters and gaps for /health and /metrics
     urls.py            stream names and the combined-stream URL
-    recording.py       recordings of raw frames and the ``record`` command
+    record.py          the ``record`` command (parser and handler): raw frames to a recording (app/recording.py)
 """

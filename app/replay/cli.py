@@ -1,4 +1,4 @@
-"""The ``simulate`` and ``record`` sub-commands; ``app/cli.py`` adds them to ``marketdata``."""
+"""The ``simulate`` sub-command; ``app/cli.py`` adds it to ``marketdata``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import trio
 
 import app
-from app.ingest.recording import DEFAULT_RECORD_URL, record_command
 from app.replay.config import Faults, Limits, ReplaySource, SimulatorConfig, Source, SyntheticSource
 from app.replay.simulator import Simulator, run_simulator
 
@@ -70,27 +69,6 @@ def add_simulate_command(subparsers: argparse._SubParsersAction[argparse.Argumen
     parser.add_argument("--retained-trades", type=int, default=1_000_000, help="trades kept per symbol")
     parser.add_argument("--log-level", default="WARNING")
     parser.set_defaults(func=simulate_command)
-
-
-def add_record_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "record",
-        help="record raw frames from a Binance-compatible WebSocket",
-        description="Record @trade frames exactly as received, with receive times, to a zstd JSON Lines file.",
-    )
-    parser.add_argument("--url", default=DEFAULT_RECORD_URL,
-                        help="WebSocket base URL (streams are added) or a full stream URL")
-    parser.add_argument("--symbols", required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
-    parser.add_argument("--out", required=True, help="output file (.rec.zst)")
-    parser.add_argument("--duration", type=float, default=None, help="seconds to record (default: until ^C)")
-    parser.add_argument("--note", default="", help="free text stored in the header")
-    parser.add_argument("--log-level", default="INFO")
-    parser.set_defaults(func=_record)
-
-
-def _record(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_level)
-    return record_command(args)
 
 
 def _symbol_list(text: str) -> tuple[str, ...]:

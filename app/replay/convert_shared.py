@@ -24,8 +24,8 @@ from pathlib import Path
 
 import orjson
 
-from app.ingest.recording import RecordedFrame, RecordingHeader, iso_from_ns, write_recording
 from app.model import ms_from_utc
+from app.recording import RecordedFrame, RecordingHeader, iso_from_ns, write_recording
 from app.replay.sources import SyntheticMarket
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import attrs
 
-from app.ingest.recording import RecordingHeader, read_recording
 from app.model import Tick
+from app.recording import RecordingHeader, read_recording
 from app.replay.events import MarketEvent, event_from_frame, trade_event
 
 _MS_NS = 1_000_000

@@ -1,4 +1,5 @@
-"""Recordings of raw WebSocket frames: the file format, its reader and writer, and the ``record`` command.
+"""The recording format: raw WebSocket frames with their receive times, read and written. Used by the
+``record`` command (``app/ingest/record.py``), the simulator's replay and the converters in ``app/replay``.
 
 Format (version 1)
 ------------------
@@ -28,33 +29,22 @@ then one line per frame.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
-import logging
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self, cast
-from urllib.parse import urlsplit
 
 import attrs
 import orjson
-import trio
 import zstandard
-
-from app.ingest import urls
-from app.ingest.stream_socket import HandshakeFailed, SocketClosed, open_stream_socket
-
-log = logging.getLogger(__name__)
 
 FORMAT_NAME = "marketdata-recording"
 FORMAT_VERSION = 1
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
-DEFAULT_RECORD_URL = "wss://stream.binance.com:9443"
 
 
 class RecordingError(ValueError):
@@ -220,117 +210,3 @@ def write_recording(path: Path | str, header: RecordingHeader, frames: Iterable[
     with RecordingWriter(path, header) as writer:
         writer.write_many(frames)
         return writer.frames_written
-
-
-# --- the record command ------------------------------------------------------------------------------------
-
-
-def combined_stream_url(base_url: str, symbols: Sequence[str]) -> str:
-    """``wss://host:9443`` + symbols -> the combined ``@trade`` stream URL (a URL with a path is kept as is)."""
-    if urlsplit(base_url).path not in ("", "/"):
-        return base_url
-    return urls.combined_stream_url(base_url, [urls.trade_stream(symbol) for symbol in symbols])
-
-
-@attrs.frozen(slots=True)
-class RecordOptions:
-    url: str
-    symbols: tuple[str, ...]
-    out: Path
-    duration: float | None = None
-    progress_interval: float = 5.0
-    note: str = ""
-
-
-# Frames are handed to the writer thread in batches of up to this many.
-_WRITE_BATCH = 1000
-_RECORD_BUFFER = 100_000
-
-
-async def record(options: RecordOptions, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> int:
-    """Record frames from ``options.url`` until ``duration`` elapses, the server closes, or cancellation.
-
-    Reports the connected URL through ``task_status`` once the socket is open; returns the frame count.
-    """
-    url = combined_stream_url(options.url, options.symbols)
-    header = RecordingHeader(
-        source=url, symbols=options.symbols, started_at=iso_now(), synthetic=False, note=options.note
-    )
-    writer = await trio.to_thread.run_sync(RecordingWriter, options.out, header)
-    frames_send, frames_recv = trio.open_memory_channel[RecordedFrame](_RECORD_BUFFER)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_frames, writer, frames_recv)
-            with trio.move_on_after(options.duration if options.duration is not None else float("inf")):
-                await _receive_frames(url, frames_send, options.progress_interval, task_status)
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(writer.close)
-    log.info("recording finished frames=%d out=%s", writer.frames_written, options.out)
-    return writer.frames_written
-
-
-async def _receive_frames(
-    url: str,
-    frames_send: trio.MemorySendChannel[RecordedFrame],
-    progress_interval: float,
-    task_status: trio.TaskStatus[str],
-) -> None:
-    async with frames_send, open_stream_socket(url) as socket:
-        log.info("recording from url=%s", url)
-        task_status.started(url)
-        received = 0
-        next_progress = trio.current_time() + progress_interval
-        while True:
-            try:
-                messages = await socket.receive_batch()
-            except SocketClosed as closed:
-                log.info("server closed the connection reason=%s frames=%d", closed, received)
-                return
-            # Stamp first: the receive time must not include our own processing. Frames of one read share it.
-            recv_ns = time.time_ns()
-            for message in messages:
-                await frames_send.send(RecordedFrame(recv_ns=recv_ns, frame=message.decode("utf-8", "replace")))
-            received += len(messages)
-            if trio.current_time() >= next_progress:
-                log.info("recording progress frames=%d", received)
-                next_progress = trio.current_time() + progress_interval
-
-
-async def _write_frames(writer: RecordingWriter, frames_recv: trio.MemoryReceiveChannel[RecordedFrame]) -> None:
-    async with frames_recv:
-        async for first in frames_recv:
-            batch = [first]
-            while len(batch) < _WRITE_BATCH:
-                try:
-                    batch.append(frames_recv.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            await trio.to_thread.run_sync(writer.write_many, batch)
-
-
-def record_command(args: argparse.Namespace) -> int:
-    """``marketdata record``: the entry point behind the CLI sub-command."""
-    symbols = tuple(symbol.strip().upper() for symbol in args.symbols.split(",") if symbol.strip())
-    if not symbols:
-        log.error("no symbols given")
-        return 2
-    options = RecordOptions(
-        url=args.url, symbols=symbols, out=Path(args.out), duration=args.duration, note=args.note or ""
-    )
-    try:
-        frames = trio.run(record, options)
-    except KeyboardInterrupt:
-        log.info("recording interrupted; file closed")
-        return 0
-    except (OSError, HandshakeFailed) as error:
-        log.error("recording failed: %s", error)
-        return 1
-    except BaseExceptionGroup as group:
-        failures, others = group.split((OSError, HandshakeFailed))
-        if others is not None or failures is None:
-            raise
-        log.error("recording failed: %s", failures.exceptions[0])
-        return 1
-    log.info("recorded frames=%d", frames)
-    return 0
