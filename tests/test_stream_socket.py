@@ -314,3 +314,28 @@ async def test_pings_are_answered_while_the_consumer_is_held_back(autojump_clock
             while len(received) < 3:
                 received += await socket.receive_batch()
     assert [orjson.loads(message)["data"]["t"] for message in received] == [1, 2, 3]
+
+
+async def test_reading_ahead_stops_at_its_bound_and_loses_nothing() -> None:
+    sent = [f'{{"n":{number},"pad":"{"x" * 10_000}"}}'.encode() for number in range(200)]
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        for message in sent:
+            await ws.send_message(message)
+        await ws.aclose()
+
+    limit, read_size = 100_000, 16_384
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve_websocket, handler, "127.0.0.1", 0, ssl_context=None))
+            async with open_stream_socket(f"ws://127.0.0.1:{server.port}/ws", connect_timeout=5,
+                                          receive_bytes=read_size, max_read_ahead_bytes=limit) as socket:
+                # Quiet for 0.1 s: the server is blocked in send (TCP full), the socket has stopped reading.
+                await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+                # 2 MB were sent; the socket holds one read beyond its bound at most, TCP holds the rest.
+                assert limit <= socket.read_ahead_bytes < limit + read_size
+                messages, closed = await receive_all(socket)
+            nursery.cancel_scope.cancel()
+    assert messages == sent
+    assert closed.code == 1000

@@ -91,6 +91,11 @@ class StreamSocket:
         # Set once the stream has ended; raised by every later send, and by receive once the batches are out.
         self.closed: SocketClosed | None = None
 
+    @property
+    def read_ahead_bytes(self) -> int:
+        """Bytes read from the socket and not yet received: how far the consumer is behind."""
+        return self._read_ahead_bytes
+
     async def receive_batch(self) -> list[bytes]:
         """The complete messages of the next read (at least one), in order; raises ``SocketClosed`` at the end
         (after every message received before the close was returned)."""
@@ -189,6 +194,7 @@ async def open_stream_socket(
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     receive_bytes: int = RECEIVE_BYTES,
+    max_read_ahead_bytes: int = MAX_READ_AHEAD_BYTES,
     ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[StreamSocket]:
     """Connects to ``url`` (``ws://`` or ``wss://``), upgrades, and closes politely on exit.
@@ -227,7 +233,8 @@ async def open_stream_socket(
         if stream is not None:
             await trio.aclose_forcefully(stream)
         raise
-    socket = StreamSocket(stream, buffered, max_message_bytes=max_message_bytes, receive_bytes=receive_bytes)
+    socket = StreamSocket(stream, buffered, max_message_bytes=max_message_bytes, receive_bytes=receive_bytes,
+                          max_read_ahead_bytes=max_read_ahead_bytes)
     failure: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
