@@ -126,12 +126,19 @@ class Result:
 
 # The project's database: "file" (SQLite, WAL, in the run's temporary directory) or "memory"; set by --database.
 DATABASE = {"kind": "file"}
+# What the baseline column runs (--baseline): the seed's design, or the project with websockets' frame parser in
+# place of its own (``bench.websockets_reader``).
+BASELINE = {"kind": "seed"}
+BASELINES = {"seed": "bench.baseline_seed", "websockets-reader": "bench.websockets_reader"}
 
 
 async def start_system(kind: str, workdir: Path, ws_url: str, symbols: Sequence[str],
                        env: dict[str, str] | None = None, rest_url: str = NO_REST_URL) -> System:
     if kind == "project":
         return await start_service(workdir, ws_url, symbols, env, rest_url, DATABASE["kind"])
+    if BASELINE["kind"] == "websockets-reader":
+        return await start_service(workdir, ws_url, symbols, env, rest_url, DATABASE["kind"],
+                                   module=BASELINES["websockets-reader"])
     return await start_baseline(workdir, ws_url, symbols)
 
 
@@ -452,6 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale-trades", type=int, metavar="N", help="row 4: trades to run (default 1,000,000)")
     parser.add_argument("--database", choices=("file", "memory"), default="file",
                         help="the service's SQLite database: a file in a temporary directory (default) or :memory:")
+    parser.add_argument("--baseline", choices=tuple(BASELINES), default="seed",
+                        help="the baseline column: the seed's design (default), or the project with websockets' "
+                        "sans-I/O frame parser in place of its own (rows 1-3)")
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs and databases")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -471,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = args.source or ("recording" if DEMO_RECORDING.is_file() else "synthetic")
     rows = parse_rows(args.only)
     DATABASE["kind"] = args.database
+    BASELINE["kind"] = args.baseline
     started = time.perf_counter()
     if args.keep:
         directory = tempfile.mkdtemp(prefix="marketdata-bench-")
@@ -481,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = asyncio.run(run_bench(plan, rows, Path(directory), source))
     elapsed = time.perf_counter() - started
     header = (f"marketdata bench ({'quick' if args.quick else 'tiny' if args.tiny else 'full'}, "
-              f"medians of {plan.repeat}, {elapsed:.0f} s)")
+              f"medians of {plan.repeat}, {elapsed:.0f} s, baseline: {BASELINES[args.baseline]})")
     print(render_table(results, header))
     if args.json is not None:
         document = {"header": header, "seconds": elapsed, "results": [attrs.asdict(result) for result in results]}

@@ -218,12 +218,13 @@ NO_REST_URL = "http://127.0.0.1:9"
 
 async def start_service(
     workdir: Path, ws_url: str, symbols: Sequence[str], env: Mapping[str, str] | None = None,
-    rest_url: str = NO_REST_URL, database: str = "file",
+    rest_url: str = NO_REST_URL, database: str = "file", module: str = "app",
 ) -> Service:
-    """The service on a free port; ``database`` "file" (SQLite in ``workdir``) or "memory"."""
+    """The service on a free port; ``database`` "file" (SQLite in ``workdir``) or "memory"; ``module`` the one
+    run with ``python -m`` (``app``, or a variant of it)."""
     port = free_port()
     path = ":memory:" if database == "memory" else workdir / f"service-{time.monotonic_ns()}.sqlite3"
-    args = [PYTHON, "-m", "app", "serve", "--ws-url", ws_url, "--rest-url", rest_url, "--host", "127.0.0.1",
+    args = [PYTHON, "-m", module, "serve", "--ws-url", ws_url, "--rest-url", rest_url, "--host", "127.0.0.1",
             "--port", str(port), "--database-url", f"sqlite:///{path}", "--log-level", "WARNING"]
     environment = {"SYMBOLS": ",".join(symbols), **(env or {})}
     child = await start_child("service", args, workdir, environment)

@@ -1,9 +1,8 @@
 """The client side of the exchange's WebSocket, built for reading a fast stream: the Trio shell around
 ``app.ingest.frame_reader`` (the frame parser, no I/O) and the HTTP upgrade (through h11).
 
-Why not trio-websocket here (it still serves ``/ws`` and the simulator): it parses every frame through wsproto
-and hands each message to the reader over an internal channel, which capped ingest far below what this
-project needs; parsing each whole socket read in one pass is several times cheaper (figures in
+Why not trio-websocket (the design card named it): it parses every frame through wsproto and hands each
+message to the reader over an internal channel, which capped ingest far below what this project needs; parsing each whole socket read in one pass is several times cheaper (figures in
 ``bench/RESULTS.md``, the decision in ``docs/decisions/0001-exchange-websocket-client.md``).
 
 A read-ahead task reads the socket and answers pings as they arrive, whether or not anyone is consuming:
