@@ -30,6 +30,7 @@ from pathlib import Path
 import attrs
 import httpx
 
+from app.ingest.urls import combined_stream_url, trade_stream
 from bench import candles_bench
 from bench.clients import FeedSubscribers, measure_latency, percentile
 from bench.feeder import DEMO_RECORDING
@@ -38,7 +39,6 @@ from bench.procs import (
     Baseline,
     Child,
     Service,
-    combined_stream_url,
     cpu_seconds,
     rss_bytes,
     service_warnings,
@@ -242,7 +242,7 @@ async def latency_rows(plan: Plan, workdir: Path) -> list[Result]:
         arrivals = rate / FILLS_PER_ARRIVAL
         simulator, info = await start_simulator(workdir, ["--synthetic", "--symbols", "8", "--rate", f"{arrivals:.3f}"])
         symbols = list(info["symbols"])  # type: ignore[call-overload]
-        tap_url = combined_stream_url(str(info["ws_base_url"]), symbols)
+        tap_url = combined_stream_url(str(info["ws_base_url"]), [trade_stream(symbol) for symbol in symbols])
         per_quantile = {q: Result("3", f"latency p{q} at {rate:,}/s", "ms", higher_is_better=False)
                         for q in ("50", "99", "99.9")}
         per_quantile["99"].target = "< 5 ms at 1,000/s (project)" if rate == 1_000 else ""

@@ -137,11 +137,6 @@ async def start_simulator(workdir: Path, args: Sequence[str]) -> tuple[Child, di
     return child, info
 
 
-def combined_stream_url(ws_base_url: str, symbols: Sequence[str]) -> str:
-    base = ws_base_url.rstrip("/").removesuffix("/ws").removesuffix("/stream")
-    return f"{base}/stream?streams=" + "/".join(f"{symbol.lower()}@trade" for symbol in symbols)
-
-
 # --- the systems under test ----------------------------------------------------------------------------------
 
 

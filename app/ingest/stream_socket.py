@@ -117,13 +117,14 @@ class StreamSocket:
             while True:
                 received = self._reader.feed(data) if data else None
                 if received is not None:
-                    if received.replies:
-                        await self._send_replies(received.replies, ends_stream=received.close is not None)
+                    # Messages first: they stay deliverable even if sending the replies fails.
                     if received.messages:
                         # Counted by the bytes read: frame headers included, no pass over the messages.
                         self._batches.append((received.messages, len(data)))
                         self._read_ahead_bytes += len(data)
                         self._batch_arrived.set()
+                    if received.replies:
+                        await self._send_replies(received.replies, ends_stream=received.close is not None)
                     if received.close is not None:
                         self._end(SocketClosed(received.close.code, received.close.reason))
                         return
