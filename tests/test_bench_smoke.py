@@ -31,3 +31,31 @@ def test_bench_runs_every_row_end_to_end_with_tiny_sizes(tmp_path: Path) -> None
             assert result["baseline"], f"no baseline figure for {result['measure']}"
     assert "ingest capacity" in completed.stdout
     assert "proj/base" in completed.stdout
+
+
+@pytest.mark.slow
+def test_the_service_runs_with_websockets_parser_in_the_baseline_column(tmp_path: Path) -> None:
+    # Decision 0001's comparison: the project with websockets' sans-I/O protocol in place of its frame parser.
+    figures = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--only", "1", "--baseline", "websockets-reader",
+         "--json", str(figures)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    (result,) = json.loads(figures.read_text())["results"]
+    assert result["project"] and result["baseline"], result
+    # Both services report their integrity counters: the variant parsed every frame into trades.
+    assert result["note"].count("parse_errors 0") == 2, result["note"]
+    assert "baseline: bench.websockets_reader" in completed.stdout
+
+
+@pytest.mark.slow
+def test_both_frame_parsers_turn_the_same_reads_into_every_trade() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.frame_parsers", "--frames", "3000", "--repeat", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    # The command asserts each parser yields all 3,000 trades; figures are not asserted.
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "websockets / hand-written" in completed.stdout
