@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 
 import attrs
+import hypothesis
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -268,6 +269,8 @@ def test_the_reader_agrees_with_websockets_on_any_byte_stream(stream: tuple[list
     chunks, eof = stream
     ours = run_reader(chunks, eof=eof, max_message_bytes=1024)
     reference = run_websockets(chunks, eof=eof, max_message_bytes=1024)
+    # What the streams exercised: pytest --hypothesis-show-statistics.
+    hypothesis.event(f"close code {ours.close.code if ours.close is not None else 'none'}")
     assert ours.messages == reference.messages
     assert ours.pongs == reference.pongs
     assert (ours.close is None) == (reference.close is None)
