@@ -2,8 +2,9 @@
 ``app.ingest.frame_reader`` (the frame parser, no I/O) and the HTTP upgrade (through h11).
 
 Why not trio-websocket (the design card named it): it parses every frame through wsproto and hands each
-message to the reader over an internal channel, which capped ingest far below what this project needs; parsing each whole socket read in one pass is several times cheaper (figures in
-``bench/RESULTS.md``, the decision in ``docs/decisions/0001-exchange-websocket-client.md``).
+message to the reader over an internal channel, which capped ingest far below what this project needs; parsing
+each whole socket read in one pass is several times cheaper (figures in ``bench/RESULTS.md``, the decision in
+``docs/decisions/0001-exchange-websocket-client.md``).
 
 A read-ahead task reads the socket and answers pings as they arrive, whether or not anyone is consuming:
 Binance drops a client that has not answered a ping within a minute, and the pipeline behind
