@@ -89,6 +89,22 @@ async def test_503_when_the_database_writer_is_behind_or_failing() -> None:
             writer_input.close()
             await web.publish_and_settle(make_ticks("BTCUSDT", 10, 1))  # the hub drops the closed subscriber
             await health(client, 200)
-            web.state.persist.last_write_error = "disk I/O error"
+
+
+async def test_503_storage_failed_while_database_writes_fail_and_what_was_not_written_is_shown() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, httpx.AsyncClient(base_url=web.base_url) as client:
+            connect(web)
+            persist = web.state.persist
+            persist.failing_since = trio.current_time()
+            persist.last_write_error = "SQLite write failed: disk I/O error"
+            persist.ticks_waiting, persist.ticks_unwritten = 250_000, 7
+            persist.unwritten_trade_ids = {"BTCUSDT": [[101, 107]]}
             body = await health(client, 503)
-    assert codes(body) == ["writer_behind"] and "disk I/O error" in body["reasons"][0]["message"]
+            assert codes(body) == ["storage_failed"]
+            message = body["reasons"][0]["message"]
+            assert "disk I/O error" in message and "250000 tick(s)" in message and "7 tick(s)" in message
+            persist.failing_since = persist.last_write_error = None  # writes succeed again
+            recovered = await health(client, 200)
+    assert recovered["storage"]["failing"] is False and recovered["storage"]["ticks_unwritten"] == 7
+    assert recovered["storage"]["unwritten_trade_ids"] == {"BTCUSDT": [{"first_trade_id": 101, "last_trade_id": 107}]}

@@ -1,9 +1,14 @@
 """The persistence tasks: tick and candle writers, and the periodic tick pruning.
 
 Writers drain what is pending so that one transaction carries many batches (one ``trio.to_thread`` hop per
-transaction). A counter moves only after the write has committed, so "persisted" always means on disk. A failed
-write (disk full, locked database) is retried with backoff, the batch kept: the writer's channel then fills and
-the fan-out's backpressure slows ingestion; nothing is dropped and memory stays bounded by the channel.
+transaction). A counter moves only after the write has committed, so "persisted" always means on disk.
+
+A slow but working database slows ingestion down (the writer reads its channel only between writes, and the
+fan-out's backpressure does the rest). A failing one (locked beyond ``busy_timeout``, disk full or read-only,
+I/O errors, the server down) must not: while writes fail the writer keeps reading its channel into a bounded
+backlog, retries with full-jitter backoff, and writes the backlog in order once a write succeeds. What does
+not fit in the backlog is counted per symbol as unwritten trade-id ranges and logged: it is still served from
+memory, never silently dropped from the history.
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import attrs
 import trio
 import trio.lowlevel
 
+from app.ingest.backoff import Backoff
 from app.model import Candle, Tick
 from app.store.storage import Storage, StorageWriteError
 
@@ -26,8 +32,13 @@ T = TypeVar("T")
 
 # Write at most this many ticks per transaction.
 MAX_TICKS_PER_WRITE = 20_000
+MAX_CANDLES_PER_WRITE = 20_000
 RETRY_START_SECONDS = 0.1
 RETRY_CAP_SECONDS = 5.0
+# While the database fails, the most ticks (and closed candles) held in memory for it; beyond them new ones
+# are counted as unwritten. Memory per held tick is in bench/RESULTS.md.
+TICK_BACKLOG_LIMIT = 250_000
+CANDLE_BACKLOG_LIMIT = 100_000
 # Pruning deletes in short transactions of this many rows, so writers are never held up for long.
 PRUNE_CHUNK = 20_000
 PRUNE_EVERY_SECONDS = 600.0
@@ -44,27 +55,41 @@ class PersistStatus:
     candle_writes: int = 0
     write_failures: int = 0
     last_write_error: str | None = None
+    # Trio time of the first failure of the current outage; None while writes succeed.
+    failing_since: float | None = None
+    # Held in memory for the database (waiting for a write to succeed).
+    ticks_waiting: int = 0
+    candles_waiting: int = 0
+    # Could not be held while the database failed: missing from the history (still served from memory).
+    ticks_unwritten: int = 0
+    candles_unwritten: int = 0
+    # symbol -> [first, last] trade-id ranges of unwritten ticks, merged when consecutive.
+    unwritten_trade_ids: dict[str, list[list[int]]] = attrs.Factory(dict)
     # The highest trade id per symbol known to be committed.
     last_persisted_trade_id: dict[str, int] = attrs.Factory(dict)
     ticks_pruned: int = 0
 
+    def note_unwritten_ticks(self, ticks: Sequence[Tick]) -> None:
+        self.ticks_unwritten += len(ticks)
+        for tick in ticks:
+            ranges = self.unwritten_trade_ids.setdefault(tick.symbol, [])
+            if ranges and ranges[-1][1] + 1 == tick.trade_id:
+                ranges[-1][1] = tick.trade_id
+            else:
+                ranges.append([tick.trade_id, tick.trade_id])
 
-async def _write_until_done(
-    write: Callable[[T], Awaitable[None]], rows: T, what: str, status: PersistStatus
-) -> None:
-    delay = RETRY_START_SECONDS
-    while True:
-        try:
-            await write(rows)
-        except StorageWriteError as error:
-            status.write_failures += 1
-            status.last_write_error = str(error)
-            log.warning("write_failed what=%s retry_in=%.1fs error=%s", what, delay, error)
-            await trio.sleep(delay)
-            delay = min(delay * 2, RETRY_CAP_SECONDS)
-            continue
-        status.last_write_error = None
-        return
+
+@attrs.define
+class _Writer(Generic[T]):
+    """What differs between the tick and the candle writer."""
+
+    what: str
+    write: Callable[[list[T]], Awaitable[None]]
+    per_write: int
+    backlog_limit: int
+    committed: Callable[[list[T]], None]
+    unwritten: Callable[[list[T]], None]
+    waiting: Callable[[int], None]
 
 
 def _gather(first: Sequence[T], batches: trio.MemoryReceiveChannel[Sequence[T]], limit: int | None) -> list[T]:
@@ -78,32 +103,155 @@ def _gather(first: Sequence[T], batches: trio.MemoryReceiveChannel[Sequence[T]],
     return pending
 
 
+def _hold(pending: list[T], batch: Sequence[T], limit: int) -> list[T]:
+    """Adds ``batch`` to ``pending`` up to ``limit`` items; returns the items that did not fit (the newest, so
+    the history stays contiguous up to the outage)."""
+    room = max(0, limit - len(pending))
+    pending.extend(batch[:room])
+    return list(batch[room:])
+
+
+async def _persist(
+    batches: trio.MemoryReceiveChannel[Sequence[T]], writer: _Writer[T], status: PersistStatus, backoff: Backoff
+) -> None:
+    pending: list[T] = []
+    closed = False
+    try:
+        while True:
+            if not pending:
+                if closed:
+                    return
+                try:
+                    first = await batches.receive()
+                except trio.EndOfChannel:
+                    return
+                pending = _gather(first, batches, writer.per_write)
+            chunk = pending[: writer.per_write]
+            try:
+                await writer.write(chunk)
+            except StorageWriteError as error:
+                _note_failure(status, writer.what, error, len(pending))
+                writer.waiting(len(pending))
+                # Keep reading while waiting, so that ingestion goes on; hold what fits.
+                deadline = trio.current_time() + backoff.next_delay()
+                with trio.move_on_at(deadline):
+                    while not closed:
+                        try:
+                            batch = await batches.receive()
+                        except trio.EndOfChannel:
+                            closed = True
+                            break
+                        overflow = _hold(pending, batch, writer.backlog_limit)
+                        if overflow:
+                            _note_overflow(status, writer, overflow)
+                        writer.waiting(len(pending))
+                await trio.sleep_until(deadline)
+                continue
+            del pending[: len(chunk)]
+            writer.committed(chunk)
+            writer.waiting(len(pending))
+            if status.failing_since is not None:
+                _note_recovery(status)
+            backoff.reset()
+    except trio.Cancelled:
+        if pending:
+            writer.unwritten(pending)
+            log.error("unwritten_at_shutdown what=%s count=%d error=%s", writer.what, len(pending),
+                      status.last_write_error)
+        raise
+
+
+def _note_failure(status: PersistStatus, what: str, error: StorageWriteError, waiting: int) -> None:
+    status.write_failures += 1
+    changed = str(error) != status.last_write_error
+    status.last_write_error = str(error)
+    if status.failing_since is None:
+        status.failing_since = trio.current_time()
+        log.warning("storage_failed what=%s waiting=%d error=%s; holding writes in memory and retrying",
+                    what, waiting, error)
+    elif changed:
+        log.warning("storage_still_failing what=%s waiting=%d error=%s", what, waiting, error)
+    else:
+        log.info("storage_retry_failed what=%s waiting=%d", what, waiting)
+
+
+def _note_overflow(status: PersistStatus, writer: _Writer[T], overflow: list[T]) -> None:
+    first_overflow = not (status.ticks_unwritten or status.candles_unwritten)
+    writer.unwritten(overflow)
+    if first_overflow:
+        log.warning("storage_backlog_full what=%s limit=%d: newer %s are served from memory but will be missing "
+                    "from the database (counted in /metrics and /health)", writer.what, writer.backlog_limit,
+                    writer.what)
+
+
+def _note_recovery(status: PersistStatus) -> None:
+    outage = trio.current_time() - (status.failing_since or 0.0)
+    log.warning("storage_recovered after_seconds=%.1f failures=%d ticks_unwritten=%d candles_unwritten=%d%s",
+                outage, status.write_failures, status.ticks_unwritten, status.candles_unwritten,
+                "".join(f" {symbol}={_ranges(ranges)}" for symbol, ranges in status.unwritten_trade_ids.items()))
+    status.failing_since = None
+    status.last_write_error = None
+
+
+def _ranges(ranges: list[list[int]]) -> str:
+    return ",".join(f"{first}..{last}" for first, last in ranges)
+
+
+def _retry_backoff() -> Backoff:
+    return Backoff(start=RETRY_START_SECONDS, cap=RETRY_CAP_SECONDS)
+
+
 async def persist_ticks(
-    tick_batches: trio.MemoryReceiveChannel[Sequence[Tick]], storage: Storage, status: PersistStatus
+    tick_batches: trio.MemoryReceiveChannel[Sequence[Tick]],
+    storage: Storage,
+    status: PersistStatus,
+    *,
+    backlog_limit: int = TICK_BACKLOG_LIMIT,
+    backoff: Backoff | None = None,
 ) -> None:
     """Writes every tick, in arrival order, until ``tick_batches`` ends."""
+
+    def committed(ticks: list[Tick]) -> None:
+        status.tick_writes += 1
+        status.ticks_persisted += len(ticks)
+        last = status.last_persisted_trade_id
+        for tick in ticks:
+            if tick.trade_id > last.get(tick.symbol, -1):
+                last[tick.symbol] = tick.trade_id
+
+    def waiting(count: int) -> None:
+        status.ticks_waiting = count
+
+    writer = _Writer[Tick]("ticks", storage.write_ticks, MAX_TICKS_PER_WRITE, backlog_limit, committed,
+                     status.note_unwritten_ticks, waiting)
     async with tick_batches:
-        async for batch in tick_batches:
-            pending = _gather(batch, tick_batches, MAX_TICKS_PER_WRITE)
-            await _write_until_done(storage.write_ticks, pending, "ticks", status)
-            status.tick_writes += 1
-            status.ticks_persisted += len(pending)
-            last = status.last_persisted_trade_id
-            for tick in pending:
-                if tick.trade_id > last.get(tick.symbol, -1):
-                    last[tick.symbol] = tick.trade_id
+        await _persist(tick_batches, writer, status, backoff or _retry_backoff())
 
 
 async def persist_candles(
-    closed_candles: trio.MemoryReceiveChannel[Sequence[Candle]], storage: Storage, status: PersistStatus
+    closed_candles: trio.MemoryReceiveChannel[Sequence[Candle]],
+    storage: Storage,
+    status: PersistStatus,
+    *,
+    backlog_limit: int = CANDLE_BACKLOG_LIMIT,
+    backoff: Backoff | None = None,
 ) -> None:
     """Writes every closed candle and revision until ``closed_candles`` ends."""
+
+    def committed(candles: list[Candle]) -> None:
+        status.candle_writes += 1
+        status.candles_persisted += len(candles)
+
+    def unwritten(candles: list[Candle]) -> None:
+        status.candles_unwritten += len(candles)
+
+    def waiting(count: int) -> None:
+        status.candles_waiting = count
+
+    writer = _Writer[Candle]("candles", storage.write_candles, MAX_CANDLES_PER_WRITE, backlog_limit, committed,
+                             unwritten, waiting)
     async with closed_candles:
-        async for batch in closed_candles:
-            pending = _gather(batch, closed_candles, None)
-            await _write_until_done(storage.write_candles, pending, "candles", status)
-            status.candle_writes += 1
-            status.candles_persisted += len(pending)
+        await _persist(closed_candles, writer, status, backoff or _retry_backoff())
 
 
 def prune_cutoff_ms(now_ms: int, retention_days: float, keep_from_ms: int | None) -> int:

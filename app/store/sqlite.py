@@ -22,6 +22,7 @@ from typing import TypeVar
 import trio
 
 from app.model import Candle, Tick
+from app.store.sqlite_check import check_database_file
 from app.store.storage import StorageError, StorageWriteError
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ def migrate(connection: sqlite3.Connection) -> int:
 
 
 def connect(path: str) -> sqlite3.Connection:
+    # Read-only first: opening for writing would replay a damaged WAL into the file and lose what follows.
+    check_database_file(path)
     try:
         connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         connection.execute("PRAGMA journal_mode=WAL")
@@ -125,6 +128,16 @@ def connect(path: str) -> sqlite3.Connection:
     except sqlite3.DatabaseError as error:
         raise StorageError(f"cannot open SQLite database {path!r}: {error}") from error
     return connection
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    if not connection.in_transaction:
+        return
+    try:
+        connection.execute("ROLLBACK")
+    except sqlite3.OperationalError as error:
+        # SQLite rolls back by itself after some errors (SQLITE_FULL, SQLITE_IOERR); the original error is the news.
+        log.debug("rollback_failed error=%s", error)
 
 
 def _tick_row(tick: Tick) -> tuple[object, ...]:
@@ -204,20 +217,19 @@ class SQLiteStorage:
 
         self._transaction(insert)
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         connection = self._connection
-        connection.execute("BEGIN")
         try:
-            work(connection)
+            connection.execute("BEGIN")
+            result = work(connection)
             connection.execute("COMMIT")
-        except sqlite3.OperationalError as error:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise StorageWriteError(f"SQLite write failed: {error}") from error
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
+        except BaseException as error:
+            _rollback(connection)
+            if isinstance(error, sqlite3.OperationalError):
+                # Locked beyond busy_timeout, disk full or read-only, I/O error: may succeed later.
+                raise StorageWriteError(f"SQLite write failed: {error}") from error
             raise
+        return result
 
     async def write_ticks(self, ticks: Sequence[Tick]) -> None:
         if not ticks:
@@ -296,22 +308,14 @@ class SQLiteStorage:
         return await self._run(query)
 
     async def delete_ticks_before(self, cutoff_ms: int, limit: int) -> int:
-        def delete() -> int:
-            connection = self._connection
-            connection.execute("BEGIN")
-            try:
-                deleted = connection.execute(
-                    "DELETE FROM ticks WHERE (symbol, trade_id) IN"
-                    " (SELECT symbol, trade_id FROM ticks WHERE trade_time_ms < ? LIMIT ?)",
-                    (cutoff_ms, limit),
-                ).rowcount
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-            return int(deleted)
+        def delete(connection: sqlite3.Connection) -> int:
+            return int(connection.execute(
+                "DELETE FROM ticks WHERE (symbol, trade_id) IN"
+                " (SELECT symbol, trade_id FROM ticks WHERE trade_time_ms < ? LIMIT ?)",
+                (cutoff_ms, limit),
+            ).rowcount)
 
-        return await self._run(delete)
+        return await self._run(self._transaction, delete)
 
     async def close(self) -> None:
         await self._run(self._connection.close)

@@ -19,7 +19,7 @@ PERSISTENCE_SUBSCRIBER = "persistence"
 
 @attrs.frozen(slots=True)
 class Problem:
-    # One of: disconnected, stalled, backfilling, unrepaired_gap, writer_behind.
+    # One of: disconnected, stalled, backfilling, unrepaired_gap, writer_behind, storage_failed.
     code: str
     message: str
 
@@ -69,6 +69,7 @@ def assess_health(state: ServiceState, now: float) -> HealthReport:
                 f"{latest.first_trade_id}..{latest.last_trade_id}: {latest.reason}",
             ))
     problems.extend(_writer_problems(state))
+    problems.extend(_storage_problems(state, now))
     body: dict[str, Any] = {
         "status": "ok" if not problems else "unavailable",
         "reasons": [{"code": problem.code, "message": problem.message} for problem in problems],
@@ -82,6 +83,7 @@ def assess_health(state: ServiceState, now: float) -> HealthReport:
             (gap for status in state.ingest.symbols.values() for gap in status.unrepaired_gaps),
             key=lambda gap: gap.detected_at_ms,
         )[-GAPS_SHOWN:]),
+        "storage": _storage_body(state),
     }
     return HealthReport(tuple(problems), body)
 
@@ -101,7 +103,31 @@ def _writer_problems(state: ServiceState) -> list[Problem]:
         if depth.name == PERSISTENCE_SUBSCRIBER and depth.used > depth.size * WRITER_BEHIND_SHARE:
             problems.append(Problem(
                 "writer_behind", f"the database writer has {depth.used} of {depth.size} tick batches pending"))
-    if state.persist.last_write_error is not None:
-        problems.append(Problem(
-            "writer_behind", f"the last database write failed (retrying): {state.persist.last_write_error}"))
     return problems
+
+
+def _storage_problems(state: ServiceState, now: float) -> list[Problem]:
+    persist = state.persist
+    if persist.failing_since is None:
+        return []
+    return [Problem("storage_failed", (
+        f"database writes failing for {max(0.0, now - persist.failing_since):.1f} s, retrying with backoff: "
+        f"{persist.last_write_error}; held in memory: {persist.ticks_waiting} tick(s), "
+        f"{persist.candles_waiting} candle(s); not written: {persist.ticks_unwritten} tick(s), "
+        f"{persist.candles_unwritten} candle(s)"))]
+
+
+def _storage_body(state: ServiceState) -> dict[str, Any]:
+    persist = state.persist
+    return {
+        "failing": persist.failing_since is not None,
+        "last_error": persist.last_write_error,
+        "ticks_waiting": persist.ticks_waiting,
+        "candles_waiting": persist.candles_waiting,
+        # Missing from the database (served from memory while they lasted); ranges by symbol.
+        "ticks_unwritten": persist.ticks_unwritten,
+        "candles_unwritten": persist.candles_unwritten,
+        "unwritten_trade_ids": {symbol: [{"first_trade_id": first, "last_trade_id": last}
+                                         for first, last in ranges[-GAPS_SHOWN:]]
+                                for symbol, ranges in persist.unwritten_trade_ids.items()},
+    }

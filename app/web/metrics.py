@@ -8,7 +8,7 @@ registry, so several services in one process, as in the tests, do not collide).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,6 +25,16 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 def _counter(name: str, documentation: str, labels: list[str] | None = None) -> CounterMetricFamily:
     return CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
+
+
+def _unlabelled(
+    family: Callable[[str, str], CounterMetricFamily | GaugeMetricFamily], rows: Iterable[tuple[str, str, float]]
+) -> Iterator[Metric]:
+    """One metric family without labels per ``(name, documentation, value)``."""
+    for name, documentation, value in rows:
+        metric = family(name, documentation)
+        metric.add_metric([], value)
+        yield metric
 
 
 def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -145,15 +155,24 @@ class ServiceCollector(Collector):
             family.add_metric([], value)
             yield family
         persist = self._state.persist
-        for name, documentation, value in (
+        yield from _unlabelled(_counter, (
             ("ticks_persisted", "Ticks committed to the database.", persist.ticks_persisted),
             ("candles_persisted", "Candles committed to the database.", persist.candles_persisted),
             ("database_write_failures", "Database writes that failed (and were retried).", persist.write_failures),
             ("ticks_pruned", "Ticks deleted past the retention.", persist.ticks_pruned),
-        ):
-            family = _counter(name, documentation)
-            family.add_metric([], value)
-            yield family
+            ("ticks_unwritten", "Ticks that could not be held for a failing database: missing from it.",
+             persist.ticks_unwritten),
+            ("candles_unwritten", "Closed candles that could not be held for a failing database: missing from it.",
+             persist.candles_unwritten),
+        ))
+        yield from _unlabelled(_gauge, (
+            ("storage_failing", "1 while database writes fail (retried with backoff), else 0.",
+             int(persist.failing_since is not None)),
+            ("ticks_waiting_for_storage", "Ticks held in memory until a database write succeeds.",
+             persist.ticks_waiting),
+            ("candles_waiting_for_storage", "Closed candles held in memory until a database write succeeds.",
+             persist.candles_waiting),
+        ))
 
         depth = _gauge("channel_depth", "Items waiting in a channel: ticks for ingest, batches for subscribers "
                        "(websocket_max: the fullest WebSocket client's).", ["channel"])

@@ -121,7 +121,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "status": {"type": "string", "enum": ["ok", "unavailable"]},
             "reasons": {"type": "array", "items": _object({
                 "code": {"type": "string",
-                         "enum": ["disconnected", "stalled", "backfilling", "unrepaired_gap", "writer_behind"]},
+                         "enum": ["disconnected", "stalled", "backfilling", "unrepaired_gap", "writer_behind",
+                                  "storage_failed"]},
                 "message": {"type": "string"},
             })},
             "connections": {"type": "array", "items": _object({
@@ -137,6 +138,17 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "trading_status": {"type": "string"},
             })},
             "unrepaired_gaps": {"type": "array", "items": _ref("Gap")},
+            "storage": _object({
+                "failing": {"type": "boolean"},
+                "last_error": {"type": ["string", "null"]},
+                "ticks_waiting": {"type": "integer"},
+                "candles_waiting": {"type": "integer"},
+                "ticks_unwritten": {"type": "integer"},
+                "candles_unwritten": {"type": "integer"},
+                "unwritten_trade_ids": {"type": "object", "additionalProperties": {
+                    "type": "array", "items": _object({"first_trade_id": {"type": "integer"},
+                                                       "last_trade_id": {"type": "integer"}})}},
+            }),
         }),
     }
     symbol_errors = {

@@ -1,0 +1,168 @@
+"""The writers while the database fails, against real SQLite files: a second connection holding the write lock,
+a real full disk (a 4 MiB tmpfs), a database capped by ``max_page_count``.
+
+Ingestion never waits for a failing database: the writer keeps reading its channel into a bounded backlog,
+retries with backoff, and writes the backlog once the trouble ends; what does not fit is counted as unwritten.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import trio
+from web_harness import wait_until
+
+from app.ingest.backoff import Backoff
+from app.model import Tick
+from app.store.persist import PersistStatus, persist_ticks
+from app.store.sqlite import SQLiteStorage
+
+T0 = 1_723_161_300_000
+
+
+def ticks(first: int, count: int, symbol: str = "BTCUSDT") -> list[Tick]:
+    return [Tick(symbol, Decimal("61829.76"), Decimal("0.0012"), T0 + trade_id, T0 + trade_id, trade_id, False)
+            for trade_id in range(first, first + count)]
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(start=0.01, cap=0.05)
+
+
+async def send_all(channel: trio.MemorySendChannel[Sequence[Tick]], sent: Sequence[Tick], batch: int = 500) -> None:
+    for start in range(0, len(sent), batch):
+        await channel.send(sent[start:start + batch])
+
+
+def stored_ids(path: Path) -> list[int]:
+    with sqlite3.connect(path) as connection:
+        return [row[0] for row in connection.execute("SELECT trade_id FROM ticks ORDER BY trade_id")]
+
+
+async def write_through_trouble(
+    storage: SQLiteStorage, sent: Sequence[Tick], end_trouble: Callable[[], object], expected_error: str
+) -> PersistStatus:
+    """Runs the tick writer over ``sent`` while the database fails. Once every tick waits in memory (the small
+    channel means the writer kept reading) and writes have failed twice, ``end_trouble()``; returns the status
+    after everything is written."""
+    status = PersistStatus()
+    batches_send, batches_receive = trio.open_memory_channel[Sequence[Tick]](4)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: persist_ticks(batches_receive, storage, status, backoff=fast_backoff()))
+            await send_all(batches_send, sent)
+            await wait_until(lambda: status.ticks_waiting == len(sent) and status.write_failures >= 2)
+            assert status.failing_since is not None and status.last_write_error is not None
+            assert expected_error in status.last_write_error
+            assert status.ticks_persisted == 0 and status.ticks_unwritten == 0
+            end_trouble()
+            await wait_until(lambda: status.ticks_persisted == len(sent))
+            assert status.failing_since is None and status.last_write_error is None and status.ticks_waiting == 0
+            await batches_send.aclose()
+    await storage.close()
+    return status
+
+
+async def test_a_write_lock_held_beyond_busy_timeout_does_not_stop_ingestion_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db.sqlite3"
+    storage = await SQLiteStorage.open(str(path))
+    storage._connection.execute("PRAGMA busy_timeout=50")  # the default 5 s, shortened for the test
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holding the write lock
+    await write_through_trouble(storage, ticks(0, 20_000), lambda: other.execute("ROLLBACK"), "locked")
+    other.close()
+    assert stored_ids(path) == list(range(20_000))
+
+
+async def test_what_does_not_fit_in_the_backlog_is_counted_with_its_trade_ids(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "db.sqlite3"
+    storage = await SQLiteStorage.open(str(path))
+    connection = storage._connection
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connection.execute(f"PRAGMA max_page_count={pages + 2}")  # SQLite's own "disk full"
+    status = PersistStatus()
+    batches_send, batches_receive = trio.open_memory_channel[Sequence[Tick]](4)
+    with trio.fail_after(30), caplog.at_level(logging.WARNING, "app.store.persist"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: persist_ticks(batches_receive, storage, status, backlog_limit=3000,
+                                                     backoff=fast_backoff()))
+            await send_all(batches_send, ticks(0, 4000) + ticks(0, 1000, "ETHUSDT"))
+            await wait_until(lambda: status.ticks_unwritten == 2000)
+            assert status.ticks_waiting == 3000
+            assert status.unwritten_trade_ids == {"BTCUSDT": [[3000, 3999]], "ETHUSDT": [[0, 999]]}
+            connection.execute("PRAGMA max_page_count=1073741823")
+            await wait_until(lambda: status.ticks_persisted == 3000)
+            await batches_send.aclose()
+    await storage.close()
+    assert stored_ids(path) == list(range(3000))
+    logged = caplog.text
+    assert "storage_failed what=ticks" in logged and "full" in logged
+    assert "storage_backlog_full what=ticks limit=3000" in logged
+    assert "storage_recovered" in logged and "BTCUSDT=3000..3999" in logged and "ETHUSDT=0..999" in logged
+
+
+async def test_ticks_still_waiting_when_the_writer_is_cancelled_are_logged_as_unwritten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = await SQLiteStorage.open(str(tmp_path / "db.sqlite3"))
+    connection = storage._connection
+    connection.execute(f"PRAGMA max_page_count={connection.execute('PRAGMA page_count').fetchone()[0]}")
+    status = PersistStatus()
+    batches_send, batches_receive = trio.open_memory_channel[Sequence[Tick]](4)
+    with trio.fail_after(30), caplog.at_level(logging.ERROR, "app.store.persist"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: persist_ticks(batches_receive, storage, status, backoff=fast_backoff()))
+            await send_all(batches_send, ticks(0, 1500))
+            await batches_send.aclose()  # shutdown: the input ends, the database still fails
+            await wait_until(lambda: status.ticks_waiting == 1500 and status.write_failures >= 2)
+            nursery.cancel_scope.cancel()  # the drain timeout
+    await storage.close()
+    assert status.ticks_unwritten == 1500 and status.unwritten_trade_ids == {"BTCUSDT": [[0, 1499]]}
+    assert "unwritten_at_shutdown what=ticks count=1500" in caplog.text
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB file system (tmpfs): writes past it fail with ENOSPC, as on a full disk."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"a real full disk needs a tmpfs mount (root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fills the file system holding ``directory``; returns the filler to delete."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+    return filler
+
+
+async def test_a_full_disk_holds_ticks_in_memory_until_space_is_freed(tiny_disk: Path) -> None:
+    path = tiny_disk / "db.sqlite3"
+    storage = await SQLiteStorage.open(str(path))
+    await storage.write_ticks(ticks(0, 10))
+    filler = fill(tiny_disk)
+    await write_through_trouble(storage, ticks(10, 3000), filler.unlink, "full")
+    assert stored_ids(path) == list(range(3010))
