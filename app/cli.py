@@ -18,7 +18,7 @@ from app.settings import (
     flag_overrides,
     load_settings,
 )
-from app.store.storage import StorageError
+from app.startup import startup_error
 
 log = logging.getLogger("app")
 
@@ -34,20 +34,25 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def run_service(settings: Settings) -> int:
-    """Run the service to the end; 0 after a signal, 1 after a crash (logged with its traceback)."""
+    """Run the service to the end; 0 after a signal, 2 when it cannot start (one line), 1 after a crash (logged
+    with its traceback)."""
     try:
         trio.run(service.run, settings)
     except KeyboardInterrupt:
         return 0
-    except StorageError as error:
-        # A database the service cannot use at start-up: one line saying why, no traceback.
-        log.critical("cannot use DATABASE_URL=%s: %s", settings.database_url, error)
-        return 1
     except BaseException as error:  # the top: log every crash, exit non-zero
+        problem = startup_error(error)
+        if problem is not None:
+            return _cannot_start(str(problem))
         log.critical("service crashed: %r", error, exc_info=error)
         return 1
     log.info("stopped cleanly")
     return 0
+
+
+def _cannot_start(message: str) -> int:
+    print(f"marketdata: {message}", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:

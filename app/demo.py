@@ -25,6 +25,7 @@ from app.replay.cli import shipped_recording
 from app.replay.config import ReplaySource, SimulatorConfig
 from app.replay.simulator import Simulator, run_simulator
 from app.settings import Settings, add_settings_flags, configure_logging, flag_overrides, load_settings
+from app.startup import startup_error
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ def demo_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except BaseException as error:  # the top: log every crash, exit non-zero
+        problem = startup_error(error)
+        if problem is not None:
+            print(f"marketdata demo: {problem}", file=sys.stderr)
+            return 2
         log.critical("demo crashed: %r", error, exc_info=error)
         return 1
     return 0

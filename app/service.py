@@ -29,13 +29,14 @@ from app.ingest.subscriptions import SubscriptionManager
 from app.ingest.trades import stream_trades
 from app.model import Candle, Tick
 from app.settings import Settings
+from app.startup import StartupError, listening, redact_url
 from app.state import ServiceState
 from app.store.aggregator import CandleFeed, aggregate
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import PersistStatus, persist_candles, persist_ticks, prune_ticks
 from app.store.restore import restore
 from app.store.sqlite import SQLiteStorage
-from app.store.storage import Storage
+from app.store.storage import Storage, StorageError
 from app.web.app import create_app
 from app.web.server import serve_http
 
@@ -62,7 +63,10 @@ async def run(
     task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the service until a signal, or until a task crashes (the crash propagates)."""
-    storage = await open_storage(settings)
+    try:
+        storage = await open_storage(settings)
+    except StorageError as error:
+        raise StartupError(f"cannot use DATABASE_URL={redact_url(settings.database_url)}: {error}") from None
     try:
         await _supervise(settings, storage, task_status)
     finally:
@@ -93,7 +97,8 @@ async def _supervise(
     ingest_scope = trio.CancelScope()
 
     async with trio.open_nursery() as service:
-        urls = await service.start(serve_http, create_app(state), settings.http_host, settings.http_port)
+        with listening("the HTTP API", settings.http_host, settings.http_port, "--port or HTTP_PORT"):
+            urls = await service.start(serve_http, create_app(state), settings.http_host, settings.http_port)
         log.info("serving urls=%s", ",".join(urls))
         service.start_soon(_stop_on_signal, ingest_scope, service.cancel_scope)
         service.start_soon(

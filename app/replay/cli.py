@@ -12,6 +12,7 @@ import trio
 import app
 from app.replay.config import Faults, Limits, ReplaySource, SimulatorConfig, Source, SyntheticSource
 from app.replay.simulator import Simulator, run_simulator
+from app.startup import startup_error
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,10 @@ def simulate_command(args: argparse.Namespace) -> int:
         log.error("simulator failed: %s", error)
         return 1
     except BaseExceptionGroup as group:
+        problem = startup_error(group)
+        if problem is not None:
+            print(f"marketdata simulate: {problem}", file=sys.stderr)
+            return 2
         failures, others = group.split((OSError, ValueError))
         if others is not None or failures is None:
             raise

@@ -29,6 +29,7 @@ from app.replay.publisher import run_source
 from app.replay.rest import serve_rest
 from app.replay.server import serve_connection
 from app.replay.sources import Scheduled, SyntheticMarket, load_recording, replay_schedule
+from app.startup import listening
 
 log = logging.getLogger(__name__)
 
@@ -254,11 +255,14 @@ async def run_simulator(
     dice = FaultDice(config.faults)
     schedule, speed = await _prepare_source(config.source, hub)
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            partial(trio.serve_tcp, partial(serve_connection, hub, dice), config.ws_port, host=config.host)
-        )
+        # The flags are ``marketdata simulate``'s; elsewhere (the demo, tests) the ports are 0 and always free.
+        with listening("the simulator's WebSocket server", config.host, config.ws_port, "--port"):
+            listeners = await nursery.start(
+                partial(trio.serve_tcp, partial(serve_connection, hub, dice), config.ws_port, host=config.host)
+            )
         ws_port = listeners[0].socket.getsockname()[1]
-        rest_port = await nursery.start(serve_rest, hub, config.host, config.rest_port)
+        with listening("the simulator's REST server", config.host, config.rest_port, "--rest-port"):
+            rest_port = await nursery.start(serve_rest, hub, config.host, config.rest_port)
         simulator = Simulator(config, hub, dice, ws_port, rest_port)
         if schedule is None:
             hub.source_done.set()
