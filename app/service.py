@@ -34,6 +34,7 @@ from app.state import ServiceState
 from app.store.aggregator import CandleFeed, aggregate
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import PersistStatus, persist_candles, persist_ticks, prune_ticks
+from app.store.postgres import PostgresStorage
 from app.store.restore import restore
 from app.store.sqlite import SQLiteStorage
 from app.store.storage import Storage, StorageError
@@ -51,9 +52,10 @@ CLOSED_CANDLE_BUFFER = 1024
 
 
 async def open_storage(settings: Settings) -> Storage:
+    """SQLite for ``sqlite:///PATH``, PostgreSQL for ``postgresql://...`` (the settings accept nothing else)."""
     path = settings.sqlite_path
     if path is None:
-        raise ValueError(f"unsupported DATABASE_URL {settings.database_url!r}")
+        return await PostgresStorage.open(settings.database_url)
     return await SQLiteStorage.open(path)
 
 

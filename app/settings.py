@@ -27,6 +27,7 @@ from app.intervals import Interval, UnknownIntervalError, parse_intervals
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SPEC = "marketdata.setting"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class SettingsError(ValueError):
@@ -130,8 +131,10 @@ def _parse_port(text: str) -> int:
 
 def _parse_database_url(text: str) -> str:
     url = text.strip()
+    if url.startswith(POSTGRES_SCHEMES) and urlsplit(url).path.strip("/"):
+        return url
     if not url.startswith("sqlite:///") or url == "sqlite:///":
-        raise ValueError("expected sqlite:///PATH or sqlite:///:memory: (only SQLite is supported so far)")
+        raise ValueError("expected sqlite:///PATH, sqlite:///:memory: or postgresql://USER@HOST:PORT/DATABASE")
     return url
 
 
@@ -209,7 +212,8 @@ class Settings:
         8000, "HTTP_PORT", "--port", _parse_port, "port the HTTP API listens on (0: any free port)", in_demo=True)
     database_url: str = _setting(
         "sqlite:///./marketdata.sqlite3", "DATABASE_URL", "--database-url", _parse_database_url,
-        "`sqlite:///PATH` (relative to the working directory), or `sqlite:///:memory:` to keep nothing",
+        "`sqlite:///PATH` (relative to the working directory), `sqlite:///:memory:` to keep nothing, or "
+        "`postgresql://USER@HOST:PORT/DB`",
         in_demo=True)
     log_level: str = _setting(
         "WARNING", "LOG_LEVEL", "--log-level", _parse_log_level, "`DEBUG`, `INFO`, `WARNING`, `ERROR`",

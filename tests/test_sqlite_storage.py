@@ -1,38 +1,16 @@
-"""SQLite storage: migrations, exact round trips, Binance's paging rules, revisions, pruning, failed writes."""
+"""SQLite storage: WAL, migrations, refused files, failed writes, statement reuse (the behaviour both backends
+share is in test_storage_contract.py)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from test_storage_contract import T0, tick
 
-from app.model import Candle, Tick
 from app.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStorage, connect
 from app.store.storage import StorageError, StorageWriteError
-
-T0 = 1_723_161_300_000  # 2024-08-08 23:55 UTC
-MINUTE = 60_000
-
-
-def tick(trade_id: int, time_ms: int, symbol: str = "BTCUSDT") -> Tick:
-    return Tick(symbol, Decimal("61829.76000000"), Decimal("0.00012000"), time_ms, time_ms + 1, trade_id,
-                trade_id % 2 == 0)
-
-
-def candle(open_ms: int, revision: int = 0, close: str = "10.5", symbol: str = "BTCUSDT") -> Candle:
-    return Candle(symbol, "1m", open_ms, open_ms + MINUTE - 1, Decimal("10.00000000"), Decimal("11"),
-                  Decimal("9.99"), Decimal(close), Decimal("3.5"), Decimal("35.123456789012345678"), 3,
-                  Decimal("0E-8"), Decimal("0"), 1, 3, closed=True, revision=revision)
-
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    opened = await SQLiteStorage.open(str(tmp_path / "db.sqlite3"))
-    yield opened
-    await opened.close()
 
 
 async def test_a_new_database_is_created_in_wal_mode_at_the_latest_schema(tmp_path: Path) -> None:
@@ -70,58 +48,6 @@ def test_a_file_that_is_not_a_database_is_refused_with_a_clear_error(tmp_path: P
     path.write_text("not a database, but enough text to fill a header page " * 100)
     with pytest.raises(StorageError, match="cannot open SQLite database"):
         connect(str(path))
-
-
-async def test_ticks_and_candles_round_trip_exactly(storage: SQLiteStorage) -> None:
-    ticks = [tick(1, T0), tick(2, T0 + 5), tick(3, T0 + 5, "ETHUSDT")]
-    await storage.write_ticks(ticks)
-    await storage.write_ticks(ticks[:1])  # stored once only
-    assert await storage.ticks("BTCUSDT", T0, -1, 10) == ticks[:2]
-    assert await storage.last_trade_ids() == {"BTCUSDT": 2, "ETHUSDT": 3}
-    written = candle(T0)
-    await storage.write_candles([written])
-    (read,) = await storage.candles("BTCUSDT", "1m", None, None, 10)
-    assert read == written
-    assert str(read.quote_volume) == "35.123456789012345678" and str(read.open) == "10.00000000"
-
-
-async def test_ticks_page_by_trade_id_from_a_time(storage: SQLiteStorage) -> None:
-    await storage.write_ticks([tick(trade_id, T0 + trade_id * 1000) for trade_id in range(1, 101)])
-    page = await storage.ticks("BTCUSDT", T0 + 50_000, -1, 20)
-    assert [t.trade_id for t in page] == list(range(50, 70))
-    page = await storage.ticks("BTCUSDT", T0 + 50_000, 69, 1000)
-    assert [t.trade_id for t in page] == list(range(70, 101))
-    assert await storage.ticks("BTCUSDT", T0 + 200_000, -1, 10) == []
-
-
-async def test_candles_follow_binances_start_end_and_limit_rules(storage: SQLiteStorage) -> None:
-    await storage.write_candles([candle(T0 + minute * MINUTE) for minute in range(10)])
-    await storage.write_candles([candle(T0, symbol="ETHUSDT")])
-
-    async def opens(start: int | None, end: int | None, limit: int) -> list[int]:
-        return [(c.open_time_ms - T0) // MINUTE for c in await storage.candles("BTCUSDT", "1m", start, end, limit)]
-
-    assert await opens(None, None, 3) == [7, 8, 9]  # the latest, oldest first
-    assert await opens(T0 + 2 * MINUTE, None, 3) == [2, 3, 4]  # the first from the start
-    assert await opens(None, T0 + 4 * MINUTE, 2) == [3, 4]
-    assert await opens(T0 + MINUTE, T0 + 3 * MINUTE, 100) == [1, 2, 3]
-    assert await opens(T0 + 1, T0 + MINUTE, 100) == [1]  # start is compared with the open time
-
-
-async def test_a_revision_replaces_a_candle_but_an_older_version_never_does(storage: SQLiteStorage) -> None:
-    await storage.write_candles([candle(T0, revision=0, close="1")])
-    await storage.write_candles([candle(T0, revision=2, close="3")])
-    await storage.write_candles([candle(T0, revision=1, close="2")])  # out of order: ignored
-    (stored,) = await storage.candles("BTCUSDT", "1m", None, None, 5)
-    assert (stored.revision, stored.close) == (2, 3)
-
-
-async def test_pruning_deletes_old_ticks_in_bounded_chunks(storage: SQLiteStorage) -> None:
-    await storage.write_ticks([tick(trade_id, T0 + trade_id) for trade_id in range(1, 51)])
-    assert await storage.delete_ticks_before(T0 + 31, 20) == 20
-    assert await storage.delete_ticks_before(T0 + 31, 20) == 10
-    assert await storage.delete_ticks_before(T0 + 31, 20) == 0
-    assert [t.trade_id for t in await storage.ticks("BTCUSDT", 0, -1, 100)] == list(range(31, 51))
 
 
 async def test_a_write_to_a_full_disk_fails_cleanly_and_succeeds_later(tmp_path: Path) -> None:
