@@ -198,35 +198,29 @@ class PostgresStorage:
     async def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         return await trio.to_thread.run_sync(self._call, work, limiter=self._limiter)
 
-    async def write_ticks(self, ticks: Sequence[Tick]) -> None:
-        if not ticks:
-            return
-        rows = [_tick_row(tick) for tick in ticks]
+    async def _copy_in(self, staging: str, columns: str, rows: list[tuple[object, ...]], insert: str) -> None:
+        """``rows`` COPYed into the ``staging`` table, then ``insert`` from it, in one transaction."""
 
-        def insert(connection: psycopg.Connection[Any]) -> None:
+        def work(connection: psycopg.Connection[Any]) -> None:
             with connection.cursor() as cursor:
-                with cursor.copy(f"COPY ticks_staging ({_TICK_COLUMNS}) FROM STDIN") as copy:
+                with cursor.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
-                cursor.execute(_INSERT_STAGED_TICKS)
+                cursor.execute(insert)
 
-        await self._run(insert)
-        self.ticks_written += len(rows)
+        await self._run(work)
+
+    async def write_ticks(self, ticks: Sequence[Tick]) -> None:
+        if ticks:
+            await self._copy_in("ticks_staging", _TICK_COLUMNS, [_tick_row(tick) for tick in ticks],
+                                _INSERT_STAGED_TICKS)
+            self.ticks_written += len(ticks)
 
     async def write_candles(self, candles: Sequence[Candle]) -> None:
-        if not candles:
-            return
-        rows = [_candle_row(candle) for candle in candles]
-
-        def insert(connection: psycopg.Connection[Any]) -> None:
-            with connection.cursor() as cursor:
-                with cursor.copy(f"COPY candles_staging ({_CANDLE_COLUMNS}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                cursor.execute(_INSERT_STAGED_CANDLES)
-
-        await self._run(insert)
-        self.candles_written += len(rows)
+        if candles:
+            await self._copy_in("candles_staging", _CANDLE_COLUMNS, [_candle_row(candle) for candle in candles],
+                                _INSERT_STAGED_CANDLES)
+            self.candles_written += len(candles)
 
     async def added_symbols(self) -> list[str]:
         rows = await self._run(lambda connection: connection.execute(
