@@ -19,7 +19,7 @@ SKIP_REASON = ("PostgreSQL is not reachable at {url} ({error}): install and star
                "the official image), or set TEST_POSTGRES_URL")
 
 
-def _admin() -> psycopg.Connection[tuple[object, ...]]:
+def admin_connection() -> psycopg.Connection[tuple[object, ...]]:
     try:
         return psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as error:
@@ -34,16 +34,10 @@ def database_url(name: str) -> str:
 def fresh_database() -> Iterator[str]:
     """The URL of a new, empty database, dropped on exit (with any connection still open to it)."""
     name = f"marketdata_test_{uuid.uuid4().hex[:16]}"
-    with _admin() as admin:
+    with admin_connection() as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield database_url(name)
     finally:
-        with _admin() as admin:
+        with admin_connection() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url

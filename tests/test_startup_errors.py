@@ -86,3 +86,15 @@ async def test_a_crash_of_a_task_after_start_up_logs_its_traceback_and_exits_1(t
     output = result.stderr.decode()
     assert result.returncode == 1, output
     assert "service crashed" in output and "Traceback" in output and "a task failed on purpose" in output
+
+
+async def test_an_unreachable_postgresql_stops_start_up_with_one_line_without_the_password(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    exit_code, output = await run_marketdata(
+        tmp_path, "serve", "--port", "0", "--database-url", f"postgresql://postgres:s3cret@127.0.0.1:{port}/md",
+        *UNREACHABLE_EXCHANGE)
+    assert_one_line(exit_code, output, f"marketdata: cannot use DATABASE_URL=postgresql://postgres:***@127.0.0.1:{port}/md",
+                    "cannot connect to PostgreSQL")
+    assert "s3cret" not in output

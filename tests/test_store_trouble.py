@@ -1,5 +1,6 @@
-"""The writers while the database fails, against real SQLite files: a second connection holding the write lock,
-a real full disk (a 4 MiB tmpfs), a database capped by ``max_page_count``.
+"""The writers while the database fails, against real SQLite files (a second connection holding the write lock,
+a real full disk: a 4 MiB tmpfs, a database capped by ``max_page_count``) and a real PostgreSQL server that
+stops accepting connections to the service's database.
 
 Ingestion never waits for a failing database: the writer keeps reading its channel into a bounded backlog,
 retries with backoff, and writes the backlog once the trouble ends; what does not fit is counted as unwritten.
@@ -17,12 +18,15 @@ from pathlib import Path
 
 import pytest
 import trio
+from postgres_server import admin_connection, fresh_database
 from web_harness import wait_until
 
 from app.ingest.backoff import Backoff
 from app.model import Tick
 from app.store.persist import PersistStatus, persist_ticks
+from app.store.postgres import PostgresStorage
 from app.store.sqlite import SQLiteStorage
+from app.store.storage import Storage
 
 T0 = 1_723_161_300_000
 
@@ -47,7 +51,7 @@ def stored_ids(path: Path) -> list[int]:
 
 
 async def write_through_trouble(
-    storage: SQLiteStorage, sent: Sequence[Tick], end_trouble: Callable[[], object], expected_error: str
+    storage: Storage, sent: Sequence[Tick], end_trouble: Callable[[], object], expected_error: str
 ) -> PersistStatus:
     """Runs the tick writer over ``sent`` while the database fails. Once every tick waits in memory (the small
     channel means the writer kept reading) and writes have failed twice, ``end_trouble()``; returns the status
@@ -166,3 +170,22 @@ async def test_a_full_disk_holds_ticks_in_memory_until_space_is_freed(tiny_disk:
     filler = fill(tiny_disk)
     await write_through_trouble(storage, ticks(10, 3000), filler.unlink, "full")
     assert stored_ids(path) == list(range(3010))
+
+
+async def test_postgresql_going_away_holds_ticks_in_memory_until_it_is_back() -> None:
+    with fresh_database() as url, admin_connection() as admin:
+        storage = await PostgresStorage.open(url)
+        await storage.write_ticks(ticks(0, 10))
+        database = url.rsplit("/", 1)[1]
+        # As a server restart looks from here: the session is killed and new ones are refused.
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+        def back() -> None:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+        await write_through_trouble(storage, ticks(10, 5000), back, "PostgreSQL")
+        reopened = await PostgresStorage.open(url)
+        assert await reopened.last_trade_ids() == {"BTCUSDT": 5009}
+        assert [tick.trade_id for tick in await reopened.ticks("BTCUSDT", 0, -1, 10_000)] == list(range(5010))
+        await reopened.close()
