@@ -1,7 +1,8 @@
 """``kill -9`` mid-minute, restart: the 1m candle is still exact, and no trade and no candle is lost.
 
 The service runs as a real subprocess (``python -m app serve``) against the simulator on loopback; the test
-publishes the trades, reads the service's API and its SQLite file (WAL allows a reader beside the writer).
+publishes the trades, reads the service's API and its database beside it: an SQLite file (WAL allows a reader
+beside the writer) or a fresh PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,8 +22,10 @@ from typing import Any
 
 import attrs
 import httpx
+import psycopg
 import pytest
 import trio
+from postgres_server import fresh_database
 
 from app.model import Tick, ms_from_utc
 from app.replay.config import ManualSource, SimulatorConfig
@@ -49,12 +52,12 @@ class RunningService:
 
 
 @asynccontextmanager
-async def running_service(simulator: Simulator, database: Path, workdir: Path) -> AsyncIterator[RunningService]:
+async def running_service(simulator: Simulator, database: str, workdir: Path) -> AsyncIterator[RunningService]:
     """``python -m app serve`` as a subprocess, once it listens; SIGKILLed at the end unless already ended."""
     command = [
         sys.executable, "-m", "app", "serve", "--symbols", SYMBOL, "--ws-url", simulator.ws_url,
         "--rest-url", simulator.rest_url, "--intervals", ",".join(INTERVALS), "--port", "0",
-        "--database-url", f"sqlite:///{database}", "--log-level", "INFO",
+        "--database-url", database, "--log-level", "INFO",
     ]
     process = await trio.lowlevel.open_process(
         command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -107,12 +110,25 @@ async def wait_ingested(api: httpx.AsyncClient, trade_id: int) -> None:
     raise AssertionError(f"trade {trade_id} never arrived")
 
 
-def stored(database: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(database) as connection:
+def stored(database: str, sql: str) -> list[tuple[Any, ...]]:
+    if database.startswith("postgresql://"):
+        with psycopg.connect(database) as postgres:
+            return postgres.execute(sql).fetchall()
+    with sqlite3.connect(database.removeprefix("sqlite:///")) as connection:
         return connection.execute(sql).fetchall()
 
 
-async def wait_stored(database: Path, sql: str, expected: list[tuple[Any, ...]]) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The service's DATABASE_URL, for each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'marketdata.sqlite3'}"
+        return
+    with fresh_database() as url:
+        yield url
+
+
+async def wait_stored(database: str, sql: str, expected: list[tuple[Any, ...]]) -> None:
     for _ in range(1000):
         if await trio.to_thread.run_sync(stored, database, sql) == expected:
             return
@@ -133,8 +149,7 @@ def binance_kline(row: list[Any]) -> list[object]:
 
 
 @pytest.mark.slow
-async def test_kill_9_mid_minute_then_restart_loses_no_trade_and_no_candle(tmp_path: Path) -> None:
-    database = tmp_path / "marketdata.sqlite3"
+async def test_kill_9_mid_minute_then_restart_loses_no_trade_and_no_candle(tmp_path: Path, database: str) -> None:
     before_crash = trades(1, M0 + 500, 300, 150)  # all of minute M0 (45 s) ...
     before_crash += trades(301, M0 + MINUTE + 200, 100, 150)  # ... and the first 15 s of M1
     while_down = trades(401, M0 + MINUTE + 20_000, 100, 150)  # the middle of M1, while the service is dead
