@@ -7,7 +7,8 @@ Rows (medians over ``--repeat`` runs; progress on stderr, the table on stdout):
 2. end to end: trades/s delivered to 1 and to 100 subscribers of ``/ws`` (per subscriber, median of them);
 3. latency: p50/p99/p99.9 in ms from the simulator to the subscriber at 1,000 and 10,000 trades/s;
 4. scale: 1,500 symbols over 2 exchange connections, 1 million trades, resident memory sampled from /proc;
-5. candles: the aggregator's trades/s with 6 intervals (pure, in-process) and SQLite persistence rows/s.
+5. candles: the aggregator's trades/s with 6 intervals (pure, in-process), SQLite and PostgreSQL persistence
+   rows/s, the memory of a tick held for a failing database, the start-up check of an SQLite file.
 
 Rows 1-2 are fed by ``bench.feeder`` (the simulator's market pre-rendered and written at socket speed),
 because the simulator generates trades live and tops out below the service's capacity; rows 3-4 run the
@@ -31,7 +32,8 @@ import attrs
 import httpx
 
 from app.ingest.urls import combined_stream_url, trade_stream
-from bench import candles_bench
+from app.model import Tick
+from bench import candles_bench, storage_bench
 from bench.clients import FeedSubscribers, measure_latency, percentile
 from bench.feeder import DEMO_RECORDING
 from bench.procs import (
@@ -367,6 +369,31 @@ async def candle_rows(plan: Plan, workdir: Path) -> list[Result]:
         Result("5", "persistence: ticks to SQLite (file, WAL)", "rows/s", project=[f.tick_rows_per_s for f in figures]),
         Result("5", "persistence: candles to SQLite (file, WAL)", "rows/s",
                project=[f.candle_rows_per_s for f in figures]),
+        *await _storage_rows(plan, ticks[:plan.persist_rows], workdir),
+    ]
+
+
+async def _storage_rows(plan: Plan, ticks: list[Tick], workdir: Path) -> list[Result]:
+    figures = [await asyncio.to_thread(storage_bench.measure, ticks, workdir) for _ in range(plan.repeat)]
+    log.info("storage %s", figures)
+    check = figures[-1]
+    results = [
+        Result("5", "memory per tick held for a failing database", "bytes",
+               project=[f.bytes_per_held_tick for f in figures], higher_is_better=False),
+        Result("5", "start-up check of an SQLite file (WAL, quick_check)", "MB/s",
+               project=[f.check_megabytes / f.check_seconds for f in figures],
+               note=f"{check.check_megabytes:.1f} MB ({len(ticks):,} ticks) in {check.check_seconds:.2f} s"),
+    ]
+    postgres = [f for f in figures if f.postgres_tick_rows_per_s is not None]
+    if not postgres:
+        results[0].note = f"PostgreSQL rows skipped: no server at {storage_bench.ADMIN_URL}"
+        return results
+    return [
+        Result("5", "persistence: ticks to PostgreSQL (COPY + ON CONFLICT)", "rows/s",
+               project=[f.postgres_tick_rows_per_s or 0.0 for f in postgres]),
+        Result("5", "persistence: candles to PostgreSQL (COPY + ON CONFLICT)", "rows/s",
+               project=[f.postgres_candle_rows_per_s or 0.0 for f in postgres]),
+        *results,
     ]
 
 
