@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from postgres_server import admin_connection, fresh_database
-from web_harness import wait_until
+from web_harness import make_ticks, running_web, wait_until
 
 from app.ingest.backoff import Backoff
 from app.model import Tick
@@ -189,3 +190,21 @@ async def test_postgresql_going_away_holds_ticks_in_memory_until_it_is_back() ->
         assert await reopened.last_trade_ids() == {"BTCUSDT": 5009}
         assert [tick.trade_id for tick in await reopened.ticks("BTCUSDT", 0, -1, 10_000)] == list(range(5010))
         await reopened.close()
+
+
+async def test_candles_older_than_memory_answer_503_while_postgresql_is_away() -> None:
+    with fresh_database() as url, admin_connection() as admin, trio.fail_after(30):
+        storage = await PostgresStorage.open(url)
+        database = url.rsplit("/", 1)[1]
+        async with running_web(storage=storage) as web, httpx.AsyncClient(base_url=web.base_url) as client:
+            await web.publish_and_settle(make_ticks("BTCUSDT", 1, 30, step_ms=10_000))  # 5 minutes of trades
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+            away = await client.get("/api/candles/BTCUSDT", params={"interval": "1m", "limit": 1000})
+            assert away.status_code == 503, away.text
+            assert away.json()["error"]["code"] == "storage_unavailable"
+            assert "PostgreSQL" in away.json()["error"]["message"]
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            back = await client.get("/api/candles/BTCUSDT", params={"interval": "1m", "limit": 1000})
+    assert back.status_code == 200, back.text
+    assert [candle["trade_count"] for candle in back.json()] == [6, 6, 6, 6, 6]

@@ -25,6 +25,7 @@ from app.store.aggregator import CandleFeed, aggregate
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import persist_candles
 from app.store.sqlite import SQLiteStorage
+from app.store.storage import Storage
 from app.web.app import create_app
 from app.web.feed import FeedLimits
 from app.web.server import serve_http
@@ -100,10 +101,14 @@ def web_settings(**changes: object) -> Settings:
 
 @asynccontextmanager
 async def running_web(
-    settings: Settings | None = None, feed_limits: FeedLimits | None = None, recent_candles: int = 1000
+    settings: Settings | None = None,
+    feed_limits: FeedLimits | None = None,
+    recent_candles: int = 1000,
+    storage: Storage | None = None,
 ) -> AsyncIterator[Harness]:
+    """The app over the real parts; ``storage`` (SQLite in memory by default) is closed at the end."""
     settings = settings or web_settings()
-    storage = await SQLiteStorage.open(":memory:")
+    storage = storage or await SQLiteStorage.open(":memory:")
     hub = TickHub()
     candles = CandleFeed(settings.candle_intervals, recent_limit=recent_candles)
     ingest = IngestStatus()

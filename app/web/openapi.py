@@ -189,6 +189,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "200": _json({"type": "array", "items": _ref("Candle")}, "candles, oldest first"),
                 "400": _error("invalid_symbol, unknown_interval, invalid_limit, invalid_time, invalid_range"),
                 "404": _error("unknown_symbol: not subscribed and nothing stored"),
+                "503": _error("storage_unavailable: the candles asked for are older than memory holds and the "
+                              "database cannot be read now"),
             },
         }},
         "/api/symbols": {

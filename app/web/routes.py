@@ -12,6 +12,7 @@ from quart import Quart, Response, request
 from app.convert import api_converter, iso_utc
 from app.state import ServiceState
 from app.store.candle_query import query_candles
+from app.store.storage import StorageError
 from app.web.errors import ApiError
 from app.web.health import assess_health
 from app.web.metrics import CONTENT_TYPE, render_metrics
@@ -49,8 +50,12 @@ def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry
         interval = parse_interval(request.args.get("interval"), state.settings.candle_intervals)
         limit = parse_limit(request.args.get("limit"))
         start_ms, end_ms = parse_time_range(request.args.get("start"), request.args.get("end"))
-        result = await query_candles(state.candles, state.storage, symbol, interval, start_ms=start_ms,
-                                     end_ms=end_ms, limit=limit)
+        try:
+            result = await query_candles(state.candles, state.storage, symbol, interval, start_ms=start_ms,
+                                         end_ms=end_ms, limit=limit)
+        except StorageError as error:
+            # Older candles are in the database only: an answer without them would look complete.
+            raise ApiError(503, "storage_unavailable", f"stored candles cannot be read now: {error}") from None
         if not result and symbol not in served_symbols(state):
             raise ApiError(404, "unknown_symbol", f"{symbol} is not subscribed and has no stored candles")
         return json_response(result)
