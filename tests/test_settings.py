@@ -71,7 +71,8 @@ def test_flags_override_environment_which_overrides_dotenv(tmp_path: Path) -> No
         ("HTTP_PORT", "65536", "port out of range 0-65535"),
         ("HTTP_PORT", "eighty", "expected an integer port"),
         ("HTTP_HOST", "", "expected a host name"),
-        ("DATABASE_URL", "postgresql://db/x", "only SQLite is supported"),
+        ("DATABASE_URL", "mysql://db/x", "expected sqlite:///PATH, sqlite:///:memory: or postgresql://"),
+        ("DATABASE_URL", "postgresql://db", "or postgresql://USER@HOST:PORT/DATABASE"),  # no database name
         ("LOG_LEVEL", "LOUD", "expected one of DEBUG"),
         ("MAX_STREAMS_PER_CONNECTION", "2000", "at most 1024 streams"),
         ("STALE_AFTER_SECONDS", "-1", "must be a positive number"),
@@ -92,6 +93,11 @@ def test_cli_prints_one_line_and_exits_2_on_invalid_setting(tmp_path: Path) -> N
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["marketdata: invalid HTTP_PORT='70000': port out of range 0-65535"]
+
+
+def test_a_postgresql_url_selects_postgresql() -> None:
+    settings = load_settings(environ={"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/md"}, dotenv_path=None)
+    assert settings.database_url == "postgresql://postgres@127.0.0.1:5432/md" and settings.sqlite_path is None
 
 
 def test_intervals_setting_holds_interval_objects() -> None:
