@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import sqlite3
 import sys
@@ -13,7 +14,7 @@ import pytest
 import trio
 
 from app.store.sqlite import connect
-from app.store.sqlite_check import check_wal
+from app.store.sqlite_check import check_database_file, check_wal
 from app.store.storage import StorageError
 
 TRANSACTIONS = 5
@@ -114,6 +115,21 @@ def test_a_damaged_page_is_refused_naming_the_file_and_the_file_is_not_changed(c
     message = str(refused.value)
     assert str(checkpointed) in message and "is damaged" in message and "\n" not in message
     assert digests(checkpointed) == before
+
+
+def test_a_large_file_gets_every_table_but_the_ticks_checked(
+    checkpointed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    size = checkpointed.stat().st_size
+    damage(checkpointed, 29 * PAGE + 10)  # a page of the ticks table
+    with caplog.at_level(logging.INFO, "app.store.sqlite_check"):
+        check_database_file(str(checkpointed), full_check_max_bytes=size - 1)
+    assert "start_up_check_partial" in caplog.text and "the ticks table is not page-checked" in caplog.text
+    with pytest.raises(StorageError, match="is damaged"):
+        check_database_file(str(checkpointed), full_check_max_bytes=size)
+    damage(checkpointed, 3 * PAGE, 8)  # the header of the candles table's root page
+    with pytest.raises(StorageError, match="is damaged"):
+        check_database_file(str(checkpointed), full_check_max_bytes=size - 1)
 
 
 async def test_serve_on_a_damaged_database_exits_2_with_one_line_and_leaves_the_file(checkpointed: Path) -> None:

@@ -3,12 +3,14 @@
 Opening a database read-write replays its WAL and checkpoints it into the file; a damaged WAL frame makes
 SQLite stop the replay there and silently drop the committed transactions after it. So before the service
 opens a file for writing, this module reads both read-only: the WAL frame by frame (its checksums,
-``check_wal``), then every page of the database with ``PRAGMA quick_check``. Any damage raises
+``check_wal``), then the pages of the database with ``PRAGMA quick_check`` (all of them up to
+``FULL_CHECK_MAX_BYTES``, beyond it all but the ticks table's). Any damage raises
 ``StorageError`` naming the file and the problem, with the files left byte for byte as they were.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import struct
 from pathlib import Path
@@ -16,12 +18,17 @@ from urllib.parse import quote
 
 from app.store.storage import StorageError
 
+log = logging.getLogger(__name__)
+
 _WAL_MAGIC_LITTLE_ENDIAN = 0x377F0682
 _WAL_MAGIC_BIG_ENDIAN = 0x377F0683
 _WAL_HEADER = 32
 _FRAME_HEADER = 24
 # Rows of quick_check shown in the error line.
 _PROBLEMS_SHOWN = 3
+# Files up to this size get every page checked at start-up; larger ones all tables but the ticks.
+FULL_CHECK_MAX_BYTES = 1 << 30
+_SMALL_TABLES = ("sqlite_schema", "candles", "added_symbols")
 
 
 def _checksum(data: bytes, big_endian: bool, seed: tuple[int, int]) -> tuple[int, int]:
@@ -86,7 +93,7 @@ def _read_only_uri(path: Path) -> str:
     return f"file:{quote(str(path.resolve()))}?mode=ro"
 
 
-def check_database_file(path: str) -> None:
+def check_database_file(path: str, full_check_max_bytes: int = FULL_CHECK_MAX_BYTES) -> None:
     """Raises ``StorageError`` if the database at ``path`` (or its WAL) is damaged; a missing file is fine."""
     database = Path(path)
     if path == ":memory:" or not database.is_file() or database.stat().st_size == 0:
@@ -100,12 +107,21 @@ def check_database_file(path: str) -> None:
                 f"nothing was changed: restore both files from a backup, or move {str(wal)!r} aside to open the "
                 "database as of its last checkpoint"
             )
+    # Every page when the file is small enough to read in seconds; beyond that every table but the ticks, which
+    # would hold start-up for minutes (MB/s of quick_check in bench/RESULTS.md).
+    size = database.stat().st_size
+    checks = ["PRAGMA quick_check"] if size <= full_check_max_bytes else [
+        f"PRAGMA quick_check({table})" for table in _SMALL_TABLES]
+    if len(checks) > 1:
+        log.info("start_up_check_partial path=%s size_mb=%.0f: the ticks table is not page-checked (check it by "
+                 "hand: sqlite3 %s 'PRAGMA quick_check')", path, size / 1e6, path)
     try:
         connection = sqlite3.connect(_read_only_uri(database), uri=True)
         try:
             # One row may hold several problems, one per line, after a "*** in database main ***" heading.
-            rows = [line for row in connection.execute("PRAGMA quick_check") for line in str(row[0]).splitlines()
-                    if line.strip() and not line.startswith("***")]
+            rows = [line for check in checks for row in connection.execute(check)
+                    for line in str(row[0]).splitlines() if line.strip() and not line.startswith("***")]
+            rows = [row for row in rows if row != "ok"] or ["ok"]
         finally:
             connection.close()
     except sqlite3.DatabaseError as error:
