@@ -24,6 +24,7 @@ from functools import partial
 
 import trio
 
+from app.ingest.backoff import Backoff
 from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
 from app.ingest.trades import stream_trades
@@ -33,7 +34,18 @@ from app.startup import StartupError, listening, redact_url
 from app.state import ServiceState
 from app.store.aggregator import CandleFeed, aggregate
 from app.store.latest import OverflowPolicy, TickHub, fan_out
-from app.store.persist import PersistStatus, persist_candles, persist_ticks, prune_ticks
+from app.store.persist import (
+    RETRY_CAP_SECONDS as STORAGE_RETRY_CAP_SECONDS,
+)
+from app.store.persist import (
+    RETRY_START_SECONDS as STORAGE_RETRY_START_SECONDS,
+)
+from app.store.persist import (
+    PersistStatus,
+    persist_candles,
+    persist_ticks,
+    prune_ticks,
+)
 from app.store.postgres import PostgresStorage
 from app.store.restore import restore
 from app.store.sqlite import SQLiteStorage
@@ -116,11 +128,15 @@ async def _supervise(
                 partial(aggregate, aggregator_input, closed_send, candle_feed, is_live=ingest_status.is_live,
                         is_stopped=ingest_status.is_stopped)
             )
-            pipeline.start_soon(persist_ticks, persistence_input, storage, persist_status)
-            pipeline.start_soon(persist_candles, closed_receive, storage, persist_status)
+            pipeline.start_soon(persist_ticks, persistence_input, storage, persist_status, _storage_retry())
+            pipeline.start_soon(persist_candles, closed_receive, storage, persist_status, _storage_retry())
             task_status.started(urls)
         log.info("pipeline drained; stopping the HTTP server")
         service.cancel_scope.cancel()
+
+
+def _storage_retry() -> Backoff:
+    return Backoff(start=STORAGE_RETRY_START_SECONDS, cap=STORAGE_RETRY_CAP_SECONDS)
 
 
 async def _symbols_to_serve(settings: Settings, storage: Storage) -> tuple[str, ...]:

@@ -61,7 +61,7 @@ async def write_through_trouble(
     batches_send, batches_receive = trio.open_memory_channel[Sequence[Tick]](4)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: persist_ticks(batches_receive, storage, status, backoff=fast_backoff()))
+            nursery.start_soon(lambda: persist_ticks(batches_receive, storage, status, fast_backoff()))
             await send_all(batches_send, sent)
             await wait_until(lambda: status.ticks_waiting == len(sent) and status.write_failures >= 2)
             assert status.failing_since is not None and status.last_write_error is not None
@@ -100,8 +100,8 @@ async def test_what_does_not_fit_in_the_backlog_is_counted_with_its_trade_ids(
     batches_send, batches_receive = trio.open_memory_channel[Sequence[Tick]](4)
     with trio.fail_after(30), caplog.at_level(logging.WARNING, "app.store.persist"):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: persist_ticks(batches_receive, storage, status, backlog_limit=3000,
-                                                     backoff=fast_backoff()))
+            nursery.start_soon(lambda: persist_ticks(batches_receive, storage, status, fast_backoff(),
+                                                     backlog_limit=3000))
             await send_all(batches_send, ticks(0, 4000) + ticks(0, 1000, "ETHUSDT"))
             await wait_until(lambda: status.ticks_unwritten == 2000)
             assert status.ticks_waiting == 3000
@@ -127,7 +127,7 @@ async def test_ticks_still_waiting_when_the_writer_is_cancelled_are_logged_as_un
     batches_send, batches_receive = trio.open_memory_channel[Sequence[Tick]](4)
     with trio.fail_after(30), caplog.at_level(logging.ERROR, "app.store.persist"):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: persist_ticks(batches_receive, storage, status, backoff=fast_backoff()))
+            nursery.start_soon(lambda: persist_ticks(batches_receive, storage, status, fast_backoff()))
             await send_all(batches_send, ticks(0, 1500))
             await batches_send.aclose()  # shutdown: the input ends, the database still fails
             await wait_until(lambda: status.ticks_waiting == 1500 and status.write_failures >= 2)

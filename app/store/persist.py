@@ -16,13 +16,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import attrs
 import trio
 import trio.lowlevel
 
-from app.ingest.backoff import Backoff
 from app.model import Candle, Tick
 from app.store.storage import Storage, StorageWriteError
 
@@ -33,6 +32,7 @@ T = TypeVar("T")
 # Write at most this many ticks per transaction.
 MAX_TICKS_PER_WRITE = 20_000
 MAX_CANDLES_PER_WRITE = 20_000
+# The retry policy the supervisor gives the writers (full-jitter backoff) starts and stops here.
 RETRY_START_SECONDS = 0.1
 RETRY_CAP_SECONDS = 5.0
 # While the database fails, the most ticks (and closed candles) held in memory for it; beyond them new ones
@@ -43,6 +43,14 @@ CANDLE_BACKLOG_LIMIT = 100_000
 PRUNE_CHUNK = 20_000
 PRUNE_EVERY_SECONDS = 600.0
 DAY_MS = 86_400_000
+
+
+class RetryPolicy(Protocol):
+    """When to try a failed write again (the project's full-jitter backoff, given by the supervisor)."""
+
+    def next_delay(self) -> float: ...
+
+    def reset(self) -> None: ...
 
 
 @attrs.define
@@ -112,7 +120,7 @@ def _hold(pending: list[T], batch: Sequence[T], limit: int) -> list[T]:
 
 
 async def _persist(
-    batches: trio.MemoryReceiveChannel[Sequence[T]], writer: _Writer[T], status: PersistStatus, backoff: Backoff
+    batches: trio.MemoryReceiveChannel[Sequence[T]], writer: _Writer[T], status: PersistStatus, retry: RetryPolicy
 ) -> None:
     pending: list[T] = []
     closed = False
@@ -133,7 +141,7 @@ async def _persist(
                 _note_failure(status, writer.what, error, len(pending))
                 writer.waiting(len(pending))
                 # Keep reading while waiting, so that ingestion goes on; hold what fits.
-                deadline = trio.current_time() + backoff.next_delay()
+                deadline = trio.current_time() + retry.next_delay()
                 with trio.move_on_at(deadline):
                     while not closed:
                         try:
@@ -152,7 +160,7 @@ async def _persist(
             writer.waiting(len(pending))
             if status.failing_since is not None:
                 _note_recovery(status)
-            backoff.reset()
+            retry.reset()
     except trio.Cancelled:
         if pending:
             writer.unwritten(pending)
@@ -197,17 +205,13 @@ def _ranges(ranges: list[list[int]]) -> str:
     return ",".join(f"{first}..{last}" for first, last in ranges)
 
 
-def _retry_backoff() -> Backoff:
-    return Backoff(start=RETRY_START_SECONDS, cap=RETRY_CAP_SECONDS)
-
-
 async def persist_ticks(
     tick_batches: trio.MemoryReceiveChannel[Sequence[Tick]],
     storage: Storage,
     status: PersistStatus,
+    retry: RetryPolicy,
     *,
     backlog_limit: int = TICK_BACKLOG_LIMIT,
-    backoff: Backoff | None = None,
 ) -> None:
     """Writes every tick, in arrival order, until ``tick_batches`` ends."""
 
@@ -225,16 +229,16 @@ async def persist_ticks(
     writer = _Writer[Tick]("ticks", storage.write_ticks, MAX_TICKS_PER_WRITE, backlog_limit, committed,
                      status.note_unwritten_ticks, waiting)
     async with tick_batches:
-        await _persist(tick_batches, writer, status, backoff or _retry_backoff())
+        await _persist(tick_batches, writer, status, retry)
 
 
 async def persist_candles(
     closed_candles: trio.MemoryReceiveChannel[Sequence[Candle]],
     storage: Storage,
     status: PersistStatus,
+    retry: RetryPolicy,
     *,
     backlog_limit: int = CANDLE_BACKLOG_LIMIT,
-    backoff: Backoff | None = None,
 ) -> None:
     """Writes every closed candle and revision until ``closed_candles`` ends."""
 
@@ -251,7 +255,7 @@ async def persist_candles(
     writer = _Writer[Candle]("candles", storage.write_candles, MAX_CANDLES_PER_WRITE, backlog_limit, committed,
                              unwritten, waiting)
     async with closed_candles:
-        await _persist(closed_candles, writer, status, backoff or _retry_backoff())
+        await _persist(closed_candles, writer, status, retry)
 
 
 def prune_cutoff_ms(now_ms: int, retention_days: float, keep_from_ms: int | None) -> int:
