@@ -20,11 +20,12 @@ import httpx
 import pytest
 import trio
 from postgres_server import admin_connection, fresh_database
+from test_storage_contract import candle
 from web_harness import make_ticks, running_web, wait_until
 
 from app.ingest.backoff import Backoff
-from app.model import Tick
-from app.store.persist import PersistStatus, persist_ticks
+from app.model import Candle, Tick
+from app.store.persist import PersistStatus, persist_candles, persist_ticks
 from app.store.postgres import PostgresStorage
 from app.store.sqlite import SQLiteStorage
 from app.store.storage import Storage
@@ -208,3 +209,28 @@ async def test_candles_older_than_memory_answer_503_while_postgresql_is_away() -
             back = await client.get("/api/candles/BTCUSDT", params={"interval": "1m", "limit": 1000})
     assert back.status_code == 200, back.text
     assert [candle["trade_count"] for candle in back.json()] == [6, 6, 6, 6, 6]
+
+
+async def test_both_writers_are_tracked_while_failing_and_the_outage_ends_when_both_write_again(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    storage = await SQLiteStorage.open(str(path))
+    storage._connection.execute("PRAGMA busy_timeout=50")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    status = PersistStatus()
+    ticks_send, ticks_receive = trio.open_memory_channel[Sequence[Tick]](4)
+    candles_send, candles_receive = trio.open_memory_channel[Sequence[Candle]](4)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: persist_ticks(ticks_receive, storage, status, fast_backoff()))
+            nursery.start_soon(lambda: persist_candles(candles_receive, storage, status, fast_backoff()))
+            await send_all(ticks_send, ticks(0, 1000))
+            await candles_send.send([candle(0)])
+            await wait_until(lambda: status.failing_writers == {"ticks", "candles"})
+            other.execute("ROLLBACK")
+            await wait_until(lambda: status.ticks_persisted == 1000 and status.candles_persisted == 1)
+            assert status.failing_since is None and status.failing_writers == set()
+            await ticks_send.aclose()
+            await candles_send.aclose()
+    other.close()
+    await storage.close()

@@ -65,6 +65,8 @@ class PersistStatus:
     last_write_error: str | None = None
     # Trio time of the first failure of the current outage; None while writes succeed.
     failing_since: float | None = None
+    # The writers ("ticks", "candles") whose last write failed: the outage ends when both succeed again.
+    failing_writers: set[str] = attrs.Factory(set)
     # Held in memory for the database (waiting for a write to succeed).
     ticks_waiting: int = 0
     candles_waiting: int = 0
@@ -158,8 +160,8 @@ async def _persist(
             del pending[: len(chunk)]
             writer.committed(chunk)
             writer.waiting(len(pending))
-            if status.failing_since is not None:
-                _note_recovery(status)
+            if writer.what in status.failing_writers:
+                _note_recovery(status, writer.what)
             retry.reset()
     except trio.Cancelled:
         if pending:
@@ -173,6 +175,7 @@ def _note_failure(status: PersistStatus, what: str, error: StorageWriteError, wa
     status.write_failures += 1
     changed = str(error) != status.last_write_error
     status.last_write_error = str(error)
+    status.failing_writers.add(what)
     if status.failing_since is None:
         status.failing_since = trio.current_time()
         log.warning("storage_failed what=%s waiting=%d error=%s; holding writes in memory and retrying",
@@ -192,7 +195,11 @@ def _note_overflow(status: PersistStatus, writer: _Writer[T], overflow: list[T])
                     writer.what)
 
 
-def _note_recovery(status: PersistStatus) -> None:
+def _note_recovery(status: PersistStatus, what: str) -> None:
+    status.failing_writers.discard(what)
+    if status.failing_writers:
+        log.info("storage_writer_recovered what=%s still_failing=%s", what, ",".join(sorted(status.failing_writers)))
+        return
     outage = trio.current_time() - (status.failing_since or 0.0)
     log.warning("storage_recovered after_seconds=%.1f failures=%d ticks_unwritten=%d candles_unwritten=%d%s",
                 outage, status.write_failures, status.ticks_unwritten, status.candles_unwritten,
