@@ -1,6 +1,8 @@
 """The writers while the database fails, against real SQLite files (a second connection holding the write lock,
-a real full disk: a 4 MiB tmpfs, a database capped by ``max_page_count``) and a real PostgreSQL server that
-stops accepting connections to the service's database.
+a real full disk: a 4 MiB tmpfs, a database capped by ``max_page_count``, a real ext4 that the kernel turns
+read-only with I/O errors under the open database) and a real PostgreSQL server that stops accepting
+connections to the service's database. (``chmod`` does not stop root, and a ``remount,ro`` is refused while
+the database is open for writing: hence the tmpfs and ext4's own error trigger.)
 
 Ingestion never waits for a failing database: the writer keeps reading its channel into a bounded backlog,
 retries with backoff, and writes the backlog once the trouble ends; what does not fit is counted as unwritten.
@@ -163,6 +165,57 @@ def fill(directory: Path) -> Path:
         except OSError as error:
             assert error.errno == errno.ENOSPC
     return filler
+
+
+@pytest.fixture
+def failing_disk(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A real 16 MiB ext4 file system on a loop device, and a function that makes the kernel declare it broken:
+    ext4's ``trigger_fs_error`` with ``errors=remount-ro`` turns it read-only under open files, and every write
+    fails with EIO from then on (as a failing disk does; it stays so until fsck)."""
+    image, mount_point = tmp_path / "disk.img", tmp_path / "ext4"
+    mount_point.mkdir()
+    with image.open("wb") as out:
+        out.truncate(16 << 20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True, check=False)
+    mounted = made.returncode == 0 and subprocess.run(
+        ["mount", "-o", "loop,errors=remount-ro", str(image), str(mount_point)], capture_output=True, check=False
+    ).returncode == 0
+    if not mounted:
+        pytest.skip("a failing disk needs mkfs.ext4 and a loop mount (root)")
+    device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mount_point)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+
+    def break_disk() -> None:
+        Path(f"/sys/fs/ext4/{Path(device).name}/trigger_fs_error").write_text("marketdata test\n")
+
+    try:
+        yield mount_point, break_disk
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_a_disk_turning_read_only_with_io_errors_holds_ticks_and_never_crashes(
+    failing_disk: tuple[Path, Callable[[], None]], caplog: pytest.LogCaptureFixture
+) -> None:
+    mount_point, break_disk = failing_disk
+    storage = await SQLiteStorage.open(str(mount_point / "db.sqlite3"))
+    status = PersistStatus()
+    batches_send, batches_receive = trio.open_memory_channel[Sequence[Tick]](4)
+    with trio.fail_after(30), caplog.at_level(logging.WARNING, "app.store.persist"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: persist_ticks(batches_receive, storage, status, fast_backoff()))
+            await send_all(batches_send, ticks(0, 1000))
+            await wait_until(lambda: status.ticks_persisted == 1000)
+            break_disk()
+            await send_all(batches_send, ticks(1000, 5000))
+            await wait_until(lambda: status.ticks_waiting == 5000 and status.write_failures >= 3)
+            assert status.last_write_error is not None and "disk I/O error" in status.last_write_error
+            nursery.cancel_scope.cancel()  # a stop while the disk is still broken
+    with trio.CancelScope(shield=True):
+        await storage.close()
+    assert status.ticks_persisted == 1000 and status.ticks_unwritten == 5000
+    assert status.unwritten_trade_ids == {"BTCUSDT": [[1000, 5999]]}
+    assert "storage_failed what=ticks" in caplog.text and "unwritten_at_shutdown what=ticks count=5000" in caplog.text
 
 
 async def test_a_full_disk_holds_ticks_in_memory_until_space_is_freed(tiny_disk: Path) -> None:
