@@ -44,14 +44,14 @@ def _checksum(data: bytes, big_endian: bool, seed: tuple[int, int]) -> tuple[int
 def check_wal(wal: bytes) -> str | None:
     """The damage in a WAL file's contents, or None when SQLite will replay all of it.
 
-    A torn last frame (a crash during a write) is normal: SQLite ignores it and nothing committed is lost. A
-    frame that fails its checksum while a later frame of the same generation passes (checked from the
-    damaged frame's stored checksum) is damage: SQLite would drop everything after it.
+    SQLite replays frames while each passes its checksum (chained from the previous frame) and carries the
+    header's salts, and stops at the first that does not. That is normal at the end: a torn last frame (a
+    crash during a write) or frames left from an earlier generation. It is damage when a later frame of the
+    same generation is intact (checked from the failing frame's stored checksum, or from the checksum it should
+    have): SQLite would silently drop the committed transactions after the damage.
     """
-    if not wal:
-        return None
     if len(wal) < _WAL_HEADER:
-        return f"the WAL header is truncated ({len(wal)} of {_WAL_HEADER} bytes)"
+        return None  # no header yet: no frame was ever readable, nothing to lose
     magic, _version, page_size, _sequence, salt1, salt2, check1, check2 = struct.unpack(">8I", wal[:_WAL_HEADER])
     if magic not in (_WAL_MAGIC_LITTLE_ENDIAN, _WAL_MAGIC_BIG_ENDIAN):
         return "the WAL header has no WAL magic number"
@@ -62,25 +62,25 @@ def check_wal(wal: bytes) -> str | None:
     frame_size = _FRAME_HEADER + page_size
     frames = (len(wal) - _WAL_HEADER) // frame_size
 
-    def frame(index: int) -> tuple[bytes, bytes]:
+    def frame(index: int) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
+        """The bytes a frame's checksum covers, its salts, its stored checksum."""
         start = _WAL_HEADER + index * frame_size
-        return wal[start:start + _FRAME_HEADER], wal[start + _FRAME_HEADER:start + frame_size]
+        header = wal[start:start + _FRAME_HEADER]
+        _page, _size, frame_salt1, frame_salt2, stored1, stored2 = struct.unpack(">6I", header)
+        return header[:8] + wal[start + _FRAME_HEADER:start + frame_size], (frame_salt1, frame_salt2), (
+            stored1, stored2)
 
     def verifies(index: int, seed: tuple[int, int]) -> bool:
-        header, page = frame(index)
-        _page, _size, frame_salt1, frame_salt2, stored1, stored2 = struct.unpack(">6I", header)
-        if (frame_salt1, frame_salt2) != (salt1, salt2):
-            return False
-        return _checksum(header[:8] + page, big_endian, seed) == (stored1, stored2)
+        covered, salts, stored = frame(index)
+        return salts == (salt1, salt2) and _checksum(covered, big_endian, seed) == stored
 
     for index in range(frames):
+        covered, _salts, stored = frame(index)
         if verifies(index, running):
-            header, _ = frame(index)
-            running = struct.unpack(">2I", header[16:24])
+            running = stored
             continue
-        header, _ = frame(index)
-        stored = struct.unpack(">2I", header[16:24])
-        if index + 1 < frames and verifies(index + 1, (stored[0], stored[1])):
+        should_be = _checksum(covered, big_endian, running)
+        if index + 1 < frames and (verifies(index + 1, stored) or verifies(index + 1, should_be)):
             offset = _WAL_HEADER + index * frame_size
             return (f"WAL frame {index + 1} (byte offset {offset}) fails its checksum while later frames are intact: "
                     "the transactions after it would be lost")
