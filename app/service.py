@@ -128,7 +128,8 @@ async def _supervise(
                 partial(aggregate, aggregator_input, closed_send, candle_feed, is_live=ingest_status.is_live,
                         is_stopped=ingest_status.is_stopped)
             )
-            pipeline.start_soon(persist_ticks, persistence_input, storage, persist_status, _storage_retry())
+            pipeline.start_soon(partial(persist_ticks, persistence_input, storage, persist_status, _storage_retry(),
+                                        backlog_limit=settings.storage_backlog_ticks))
             pipeline.start_soon(persist_candles, closed_receive, storage, persist_status, _storage_retry())
             task_status.started(urls)
         log.info("pipeline drained; stopping the HTTP server")

@@ -234,6 +234,10 @@ class Settings:
         256, "TICK_BUFFER", "--tick-buffer", _positive_int,
         "batches (one socket read each) waiting between ingest and the store; ingest waits when it is full, "
         "it never drops")
+    storage_backlog_ticks: int = _setting(
+        250_000, "STORAGE_BACKLOG_TICKS", "--storage-backlog-ticks", _positive_int,
+        "ticks held in memory while database writes fail (about 420 bytes each); beyond them new ticks are still "
+        "served but missing from the database, and counted")
 
     # The scale-out roles (``marketdata ingest|api|persist``): Redis Streams between processes.
     bus_url: str | None = _setting(

@@ -35,8 +35,8 @@ MAX_CANDLES_PER_WRITE = 20_000
 # The retry policy the supervisor gives the writers (full-jitter backoff) starts and stops here.
 RETRY_START_SECONDS = 0.1
 RETRY_CAP_SECONDS = 5.0
-# While the database fails, the most ticks (and closed candles) held in memory for it; beyond them new ones
-# are counted as unwritten. Memory per held tick is in bench/RESULTS.md.
+# While the database fails, the most ticks (STORAGE_BACKLOG_TICKS sets the service's) and closed candles held
+# in memory for it; beyond them new ones are counted as unwritten. Memory per held tick is in bench/RESULTS.md.
 TICK_BACKLOG_LIMIT = 250_000
 CANDLE_BACKLOG_LIMIT = 100_000
 # Pruning deletes in short transactions of this many rows, so writers are never held up for long.
