@@ -100,8 +100,8 @@ async def _supervise(
     persist_status = PersistStatus()
     ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](settings.tick_buffer)
     closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](CLOSED_CANDLE_BUFFER)
-    aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
-    persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
+    _, aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
+    _, persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
     ingest_status = IngestStatus()
     subscriptions = SubscriptionManager(symbols, ingest_status, configured=settings.symbols, memory=storage)
     state = ServiceState(

@@ -81,7 +81,7 @@ async def test_503_when_the_database_writer_is_behind_or_failing() -> None:
         async with running_web() as web, httpx.AsyncClient(base_url=web.base_url) as client:
             connect(web)
             # A writer that does not read: its channel fills past half.
-            writer_input = web.state.hub.subscribe("persistence", 4, OverflowPolicy.BACKPRESSURE)
+            _, writer_input = web.state.hub.subscribe("persistence", 4, OverflowPolicy.BACKPRESSURE)
             for batch in range(3):
                 await web.publish_and_settle(make_ticks("BTCUSDT", 1 + batch, 1))
             body = await health(client, 503)

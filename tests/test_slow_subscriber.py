@@ -30,11 +30,11 @@ async def test_a_stalled_subscriber_is_cut_off_while_ingestion_and_the_others_go
     feed = CandleFeed([Interval("1s"), Interval("1m")])
     ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](1024)
     closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](64)
-    aggregator_input = hub.subscribe("aggregator", 64, OverflowPolicy.BACKPRESSURE)
-    stalled, stalled_ticks = hub.subscribe_handle("ws:stalled", 16, OverflowPolicy.CUT_OFF)
-    reader_ticks = hub.subscribe("ws:reader", 16, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT"}))
-    stalled_candles = feed.subscribe_candles("ws:stalled", 16, OverflowPolicy.CUT_OFF, None, "1s")
-    reader_candles = feed.subscribe_candles("ws:reader", 16, OverflowPolicy.CUT_OFF, frozenset({"ETHUSDT"}), "1m")
+    _, aggregator_input = hub.subscribe("aggregator", 64, OverflowPolicy.BACKPRESSURE)
+    stalled, stalled_ticks = hub.subscribe("ws:stalled", 16, OverflowPolicy.CUT_OFF)
+    _, reader_ticks = hub.subscribe("ws:reader", 16, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT"}))
+    _, stalled_candles = feed.subscribe_candles("ws:stalled", 16, OverflowPolicy.CUT_OFF, None, "1s")
+    _, reader_candles = feed.subscribe_candles("ws:reader", 16, OverflowPolicy.CUT_OFF, frozenset({"ETHUSDT"}), "1m")
     received: list[int] = []
     closed_1m: list[Candle] = []
     persisted: list[Candle] = []

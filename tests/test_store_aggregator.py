@@ -115,8 +115,8 @@ async def test_a_stopped_symbols_open_candle_closes_on_time_and_no_empty_one_fol
 async def test_candle_subscribers_get_closed_candles_revisions_and_coalesced_open_updates(
     pipeline: Pipeline, autojump_clock: trio.testing.MockClock
 ) -> None:
-    updates = pipeline.feed.subscribe_candles("ws:1", 16, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT"}), "1m")
-    other_symbol = pipeline.feed.subscribe_candles("ws:2", 16, OverflowPolicy.CUT_OFF, frozenset({"ETHUSDT"}), "1m")
+    _, updates = pipeline.feed.subscribe_candles("ws:1", 16, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT"}), "1m")
+    _, other_symbol = pipeline.feed.subscribe_candles("ws:2", 16, OverflowPolicy.CUT_OFF, frozenset({"ETHUSDT"}), "1m")
     pipeline.live["BTCUSDT"] = False
     async with trio.open_nursery() as nursery:
         pipeline.start(nursery)
@@ -140,7 +140,7 @@ async def test_candle_subscribers_get_closed_candles_revisions_and_coalesced_ope
 
 
 async def test_the_end_of_the_ticks_ends_every_candle_channel(pipeline: Pipeline) -> None:
-    updates = pipeline.feed.subscribe_candles("ws:1", 4, OverflowPolicy.CUT_OFF, None, "1m")
+    _, updates = pipeline.feed.subscribe_candles("ws:1", 4, OverflowPolicy.CUT_OFF, None, "1m")
     async with trio.open_nursery() as nursery:
         pipeline.start(nursery)
         await pipeline.ticks_send.aclose()

@@ -39,10 +39,10 @@ async def test_latest_is_a_snapshot_copy() -> None:
 
 async def test_subscribers_get_only_their_symbols_in_order() -> None:
     hub = TickHub()
-    everything = hub.subscribe("all", 8, OverflowPolicy.CUT_OFF)
-    btc = hub.subscribe("btc", 8, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT"}))
-    both = hub.subscribe("both", 8, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT", "ETHUSDT"}))
-    idle = hub.subscribe("idle", 8, OverflowPolicy.CUT_OFF, frozenset({"XRPUSDT"}))
+    _, everything = hub.subscribe("all", 8, OverflowPolicy.CUT_OFF)
+    _, btc = hub.subscribe("btc", 8, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT"}))
+    _, both = hub.subscribe("both", 8, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT", "ETHUSDT"}))
+    _, idle = hub.subscribe("idle", 8, OverflowPolicy.CUT_OFF, frozenset({"XRPUSDT"}))
     batch = [tick("BTCUSDT", 1), tick("ETHUSDT", 1), tick("BNBUSDT", 1), tick("BTCUSDT", 2)]
     await hub.publish(batch)
     assert drain(everything) == [batch]
@@ -52,10 +52,39 @@ async def test_subscribers_get_only_their_symbols_in_order() -> None:
     assert drain(idle) == []
 
 
+async def test_changing_a_subscribers_symbols_keeps_its_channel_and_what_is_buffered() -> None:
+    hub = TickHub()
+    subscriber, channel = hub.subscribe("ws:1", 8, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT"}))
+    await hub.publish([tick("BTCUSDT", 1), tick("ETHUSDT", 1)])
+    hub.change_symbols(subscriber, frozenset({"ETHUSDT", "BNBUSDT"}))
+    await hub.publish([tick("BTCUSDT", 2), tick("ETHUSDT", 2), tick("BNBUSDT", 2)])
+    hub.change_symbols(subscriber, None)
+    await hub.publish([tick("XRPUSDT", 3)])
+    hub.change_symbols(subscriber, frozenset({"BTCUSDT"}))
+    hub.change_symbols(subscriber, frozenset({"ETHUSDT"}))  # only the last change counts
+    await hub.publish([tick("BTCUSDT", 4), tick("ETHUSDT", 4)])
+    received = [[(t.symbol, t.trade_id) for t in batch] for batch in drain(channel)]
+    assert received[0] == [("BTCUSDT", 1)]
+    assert sorted(received[1]) == [("BNBUSDT", 2), ("ETHUSDT", 2)]
+    assert received[2:] == [[("XRPUSDT", 3)], [("ETHUSDT", 4)]]
+    assert subscriber.keys == frozenset({"ETHUSDT"}) and hub.subscriber_count == 1
+
+
+async def test_a_key_change_for_a_subscriber_that_left_does_not_bring_it_back() -> None:
+    hub = TickHub()
+    subscriber, channel = hub.subscribe("ws:1", 8, OverflowPolicy.CUT_OFF, frozenset({"BTCUSDT"}))
+    channel.close()
+    hub.change_symbols(subscriber, None)
+    await hub.publish([tick("BTCUSDT", 1)])
+    assert hub.subscriber_count == 0
+    await hub.publish([tick("ETHUSDT", 2)])
+    assert hub.subscriber_count == 0
+
+
 async def test_a_full_external_subscriber_is_cut_off_with_a_reason_and_the_others_still_get_the_batch() -> None:
     hub = TickHub()
-    slow, slow_channel = hub.subscribe_handle("slow", 2, OverflowPolicy.CUT_OFF)
-    fast = hub.subscribe("fast", 8, OverflowPolicy.CUT_OFF)
+    slow, slow_channel = hub.subscribe("slow", 2, OverflowPolicy.CUT_OFF)
+    _, fast = hub.subscribe("fast", 8, OverflowPolicy.CUT_OFF)
     for trade_id in range(3):
         await hub.publish([tick("BTCUSDT", trade_id)])
     assert slow.cut_off_reason is not None and "buffer of 2 batches was full" in slow.cut_off_reason
@@ -69,8 +98,8 @@ async def test_a_full_external_subscriber_is_cut_off_with_a_reason_and_the_other
 
 async def test_a_full_internal_subscriber_makes_the_fan_out_wait_after_serving_the_others() -> None:
     hub = TickHub()
-    internal = hub.subscribe("aggregator", 1, OverflowPolicy.BACKPRESSURE)
-    external = hub.subscribe("ws:1", 8, OverflowPolicy.CUT_OFF)
+    _, internal = hub.subscribe("aggregator", 1, OverflowPolicy.BACKPRESSURE)
+    _, external = hub.subscribe("ws:1", 8, OverflowPolicy.CUT_OFF)
     await hub.publish([tick("BTCUSDT", 1)])
     published = trio.Event()
 
@@ -92,7 +121,7 @@ async def test_a_full_internal_subscriber_makes_the_fan_out_wait_after_serving_t
 
 async def test_closing_the_receiving_end_unsubscribes() -> None:
     hub = TickHub()
-    channel = hub.subscribe("leaver", 4, OverflowPolicy.CUT_OFF)
+    _, channel = hub.subscribe("leaver", 4, OverflowPolicy.CUT_OFF)
     await channel.aclose()
     await hub.publish([tick("BTCUSDT", 1)])
     assert hub.subscriber_count == 0 and hub.subscribers_cut_off == 0
@@ -101,7 +130,7 @@ async def test_closing_the_receiving_end_unsubscribes() -> None:
 async def test_thousands_of_idle_subscribers_that_left_are_swept_out() -> None:
     hub = TickHub()
     for number in range(5000):
-        channel = hub.subscribe(f"ws:{number}", 4, OverflowPolicy.CUT_OFF, frozenset({"IDLEUSDT"}))
+        _, channel = hub.subscribe(f"ws:{number}", 4, OverflowPolicy.CUT_OFF, frozenset({"IDLEUSDT"}))
         channel.close()
     assert hub.subscriber_count < 128
 
@@ -109,7 +138,7 @@ async def test_thousands_of_idle_subscribers_that_left_are_swept_out() -> None:
 async def test_fan_out_batches_the_ingest_channel_and_ends_every_subscriber() -> None:
     hub = TickHub()
     ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](10_000)
-    subscriber = hub.subscribe("all", 100, OverflowPolicy.BACKPRESSURE)
+    _, subscriber = hub.subscribe("all", 100, OverflowPolicy.BACKPRESSURE)
     # Socket reads of 1 to 40 trades: what is waiting is merged into batches of about MAX_BATCH.
     sizes = [1 + number % 40 for number in range(200)]
     first_ids = [sum(sizes[:index]) for index in range(len(sizes))]
@@ -124,6 +153,6 @@ async def test_fan_out_batches_the_ingest_channel_and_ends_every_subscriber() ->
     assert len(batches) <= -(-total // MAX_BATCH)
     assert hub.ticks_published == total
     assert hub.closed
-    late = hub.subscribe("late", 4, OverflowPolicy.CUT_OFF)
+    _, late = hub.subscribe("late", 4, OverflowPolicy.CUT_OFF)
     with pytest.raises(trio.EndOfChannel):
         await late.receive()

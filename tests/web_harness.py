@@ -116,7 +116,7 @@ async def running_web(
     state = ServiceState(settings=settings, hub=hub, candles=candles, storage=storage, ingest=ingest)
     ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](1024)
     closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](1024)
-    candle_input = hub.subscribe("aggregator", 256, OverflowPolicy.BACKPRESSURE)
+    _, candle_input = hub.subscribe("aggregator", 256, OverflowPolicy.BACKPRESSURE)
     try:
         async with trio.open_nursery() as nursery:
             urls = await nursery.start(serve_http, create_app(state, feed_limits), "127.0.0.1", 0)

@@ -82,26 +82,23 @@ class CandleFeed:
         policy: OverflowPolicy,
         symbols: frozenset[str] | None,
         interval: str,
-    ) -> trio.MemoryReceiveChannel[Sequence[Candle]]:
-        """Batches of candle updates of one interval: closed candles (``closed=True``), revisions
-        (``revision > 0``) and open-candle updates (``closed=False``, at most one per series per batch).
+    ) -> tuple[Subscriber[Candle], trio.MemoryReceiveChannel[Sequence[Candle]]]:
+        """A new subscriber and its batches of candle updates of one interval: closed candles (``closed=True``),
+        revisions (``revision > 0``) and open-candle updates (``closed=False``, at most one per series per batch).
 
         The channel ends when the aggregator stops or cuts the subscriber off (its buffer, in batches, full).
         """
-        return self.subscribe_candles_handle(name, buffer, policy, symbols, interval)[1]
+        return self._feed(interval).subscribe(name, buffer, policy, symbols)
 
-    def subscribe_candles_handle(
-        self,
-        name: str,
-        buffer: int,
-        policy: OverflowPolicy,
-        symbols: frozenset[str] | None,
-        interval: str,
-    ) -> tuple[Subscriber[Candle], trio.MemoryReceiveChannel[Sequence[Candle]]]:
+    def change_symbols(self, interval: str, subscriber: Subscriber[Candle], symbols: frozenset[str] | None) -> None:
+        """``subscriber`` (of ``interval``) receives ``symbols`` (None: every symbol) from the next update on."""
+        self._feed(interval).change_keys(subscriber, symbols)
+
+    def _feed(self, interval: str) -> Fanout[Candle]:
         feed = self._feeds.get(interval)
         if feed is None:
             raise ValueError(f"interval {interval!r} is not configured; configured: {', '.join(self._feeds)}")
-        return feed.subscribe(name, buffer, policy, symbols)
+        return feed
 
     @property
     def subscriber_count(self) -> int:

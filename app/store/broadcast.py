@@ -4,6 +4,10 @@ Used by the tick hub and by the candle feed. The cost of a batch is paid per sub
 in it: subscribers are indexed by key, so thousands of idle ones (subscribed to symbols that are not trading)
 cost nothing, and a subscriber to every key costs one ``send_nowait`` per batch (batches are shared, never
 copied). A full channel never blocks delivery to the others; the subscriber's ``OverflowPolicy`` decides.
+
+A subscriber's keys change in place (``Fanout.change_keys``): its channel, and whatever is buffered in it, stay.
+The change is applied by the fan-out's owner before its next batch, so the index is only ever touched between
+batches.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class Subscriber(Generic[T]):
     name: str
     policy: OverflowPolicy
     send_channel: trio.MemorySendChannel[Sequence[T]]
-    # None: every key (symbol).
+    # None: every key (symbol). Set by the fan-out only (see ``Fanout.change_keys``).
     keys: frozenset[str] | None
     buffer: int
     batches_sent: int = 0
@@ -57,10 +61,6 @@ class Subscriber(Generic[T]):
     # left on its own.
     cut_off_reason: str | None = None
     _last_alarm_log: float = -ALARM_LOG_INTERVAL_SECONDS
-
-    @property
-    def symbols(self) -> frozenset[str] | None:
-        return self.keys
 
     def depth(self) -> ChannelDepth:
         return ChannelDepth(self.name, self.send_channel.statistics().current_buffer_used, self.buffer)
@@ -76,6 +76,8 @@ class Fanout(Generic[T]):
         self._everything: list[Subscriber[T]] = []
         self._by_key: dict[str, list[Subscriber[T]]] = {}
         self._sweep_at = _MIN_SWEEP_SIZE
+        # Key changes asked for since the last batch, applied by the owner (``publish``, ``wants``).
+        self._key_changes: dict[Subscriber[T], frozenset[str] | None] = {}
         self.closed = False
         self.cut_off = 0
         self.backpressure_alarms = 0
@@ -86,6 +88,8 @@ class Fanout(Generic[T]):
 
     def wants(self, key: str) -> bool:
         """Whether any subscriber would receive an item with this key."""
+        if self._key_changes:
+            self._apply_key_changes()
         return bool(self._everything) or key in self._by_key
 
     def subscribe(
@@ -99,14 +103,44 @@ class Fanout(Generic[T]):
             send_channel.close()  # the service is stopping: the channel ends at once
             return subscriber, receive_channel
         self._subscribers.append(subscriber)
-        if keys is None:
-            self._everything.append(subscriber)
-        else:
-            for key in keys:
-                self._by_key.setdefault(key, []).append(subscriber)
+        self._index(subscriber)
         if len(self._subscribers) >= self._sweep_at:
             self._sweep()
         return subscriber, receive_channel
+
+    def change_keys(self, subscriber: Subscriber[T], keys: frozenset[str] | None) -> None:
+        """From the next batch on, ``subscriber`` receives items with ``keys`` (None: every key).
+
+        Its channel stays, with what is already buffered in it: a client changing its symbols loses nothing
+        and needs no second channel. A subscriber that left or was cut off is not brought back.
+        """
+        self._key_changes[subscriber] = keys
+
+    def _apply_key_changes(self) -> None:
+        changes, self._key_changes = self._key_changes, {}
+        for subscriber, keys in changes.items():
+            if subscriber.send_channel.statistics().open_receive_channels == 0 or subscriber not in self._subscribers:
+                continue  # it left or was cut off meanwhile
+            self._unindex(subscriber)
+            subscriber.keys = keys
+            self._index(subscriber)
+
+    def _index(self, subscriber: Subscriber[T]) -> None:
+        if subscriber.keys is None:
+            self._everything.append(subscriber)
+        else:
+            for key in subscriber.keys:
+                self._by_key.setdefault(key, []).append(subscriber)
+
+    def _unindex(self, subscriber: Subscriber[T]) -> None:
+        if subscriber.keys is None:
+            self._everything.remove(subscriber)
+        else:
+            for key in subscriber.keys:
+                listed = self._by_key[key]
+                listed.remove(subscriber)
+                if not listed:
+                    del self._by_key[key]
 
     def _sweep(self) -> None:
         """Drops subscribers that closed their end but never got a batch since (their symbols were idle)."""
@@ -115,6 +149,8 @@ class Fanout(Generic[T]):
         self._sweep_at = max(_MIN_SWEEP_SIZE, 2 * len(self._subscribers))
 
     async def publish(self, batch: Sequence[T]) -> None:
+        if self._key_changes:
+            self._apply_key_changes()
         if not self._subscribers or not batch:
             return
         deliveries: list[tuple[Subscriber[T], Sequence[T]]] = [(s, batch) for s in self._everything]
@@ -181,14 +217,8 @@ class Fanout(Generic[T]):
         if subscriber not in self._subscribers:
             return
         self._subscribers.remove(subscriber)
-        if subscriber.keys is None:
-            self._everything.remove(subscriber)
-        else:
-            for key in subscriber.keys:
-                listed = self._by_key[key]
-                listed.remove(subscriber)
-                if not listed:
-                    del self._by_key[key]
+        self._key_changes.pop(subscriber, None)
+        self._unindex(subscriber)
 
     def depths(self) -> list[ChannelDepth]:
         return [subscriber.depth() for subscriber in self._subscribers]
@@ -201,3 +231,4 @@ class Fanout(Generic[T]):
         self._subscribers.clear()
         self._everything.clear()
         self._by_key.clear()
+        self._key_changes.clear()

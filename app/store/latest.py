@@ -51,25 +51,19 @@ class TickHub:
         buffer: int,
         policy: OverflowPolicy,
         symbols: frozenset[str] | None = None,
-    ) -> trio.MemoryReceiveChannel[Sequence[Tick]]:
-        """A new subscriber's channel of tick batches (``symbols`` None: every symbol).
+    ) -> tuple[Subscriber[Tick], trio.MemoryReceiveChannel[Sequence[Tick]]]:
+        """A new subscriber (its ``cut_off_reason``, ``overflows``) and its channel of tick batches (``symbols``
+        None: every symbol).
 
         ``buffer`` counts batches (of at most about ``MAX_BATCH`` ticks). The channel ends when the hub closes
-        (``closed`` is then True) or when the subscriber is cut off (``cut_off_reason_of`` says why). Closing
-        the receiving end unsubscribes.
+        (``closed`` is then True) or when the subscriber is cut off (``cut_off_reason`` says why). Closing the
+        receiving end unsubscribes; ``change_symbols`` changes what it receives, keeping the channel.
         """
-        _, channel = self._fanout.subscribe(name, buffer, policy, symbols)
-        return channel
-
-    def subscribe_handle(
-        self,
-        name: str,
-        buffer: int,
-        policy: OverflowPolicy,
-        symbols: frozenset[str] | None = None,
-    ) -> tuple[Subscriber[Tick], trio.MemoryReceiveChannel[Sequence[Tick]]]:
-        """As ``subscribe``, also returning the ``Subscriber`` (its ``cut_off_reason``, ``overflows``)."""
         return self._fanout.subscribe(name, buffer, policy, symbols)
+
+    def change_symbols(self, subscriber: Subscriber[Tick], symbols: frozenset[str] | None) -> None:
+        """``subscriber`` receives ``symbols`` (None: every symbol) from the next batch on."""
+        self._fanout.change_keys(subscriber, symbols)
 
     @property
     def closed(self) -> bool:
@@ -78,11 +72,6 @@ class TickHub:
 
     @property
     def subscribers(self) -> tuple[Subscriber[Tick], ...]:
-        return self._fanout.subscribers
-
-    @property
-    def _subscribers(self) -> tuple[Subscriber[Tick], ...]:
-        # Kept for readers written before ``subscribers`` was public.
         return self._fanout.subscribers
 
     @property

@@ -454,7 +454,7 @@ class FeedSession:
                 old_ticks.retire()
             self._tick_pump = None
             if not self._tick_selection.empty:
-                tick_subscriber, tick_channel = self._state.hub.subscribe_handle(
+                tick_subscriber, tick_channel = self._state.hub.subscribe(
                     self._name, self._limits.source_buffer, OverflowPolicy.CUT_OFF,
                     symbols=self._tick_selection.source_filter(),
                 )
@@ -473,7 +473,7 @@ class FeedSession:
             del self._candle_selections[interval]
             self._count_subscribed()
             return
-        candle_subscriber, candle_channel = self._state.candles.subscribe_candles_handle(
+        candle_subscriber, candle_channel = self._state.candles.subscribe_candles(
             self._name, self._limits.source_buffer, OverflowPolicy.CUT_OFF, selection.source_filter(), interval
         )
         pump = Pump(candle_channel, lambda batch: self._add_candles(interval, batch),
