@@ -238,6 +238,10 @@ class Settings:
         250_000, "STORAGE_BACKLOG_TICKS", "--storage-backlog-ticks", _positive_int,
         "ticks held in memory while database writes fail (about 420 bytes each); beyond them new ticks are still "
         "served but missing from the database, and counted")
+    max_subscriptions_per_connection: int = _setting(
+        1024, "MAX_SUBSCRIPTIONS_PER_CONNECTION", "--max-subscriptions-per-connection", _positive_int,
+        'subscriptions one `/ws` connection may hold (one per symbol and channel, `"*"` counting one); beyond it '
+        "a subscribe is refused")
 
     # The scale-out roles (``marketdata ingest|api|persist``): Redis Streams between processes.
     bus_url: str | None = _setting(

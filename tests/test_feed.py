@@ -15,10 +15,11 @@ import pytest
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
-from web_harness import Harness, make_ticks, running_web, wait_until
+from web_harness import Harness, make_ticks, running_web, wait_until, web_settings
 
 from app.convert import api_converter
-from app.web.feed import FeedLimits, RenderCache
+from app.web.feed import FeedLimits
+from app.web.feed_render import RenderCache
 
 
 def decode(message: str | bytes) -> Any:
@@ -318,14 +319,6 @@ def test_render_cache_renders_each_object_once_exactly_as_the_api_converter_and_
     assert len(cache._rendered) <= 100
 
 
-def test_frame_interval_grows_with_subscribed_clients_within_bounds() -> None:
-    limits = FeedLimits(min_frame_interval_seconds=0.005, frame_budget_per_second=4000,
-                        max_frame_interval_seconds=0.25)
-    assert limits.frame_interval(1) == 0.005
-    assert limits.frame_interval(100) == 0.025
-    assert limits.frame_interval(10_000) == 0.25
-
-
 async def test_clients_are_told_going_away_when_ingestion_ends() -> None:
     with trio.fail_after(20):
         async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
@@ -372,3 +365,41 @@ async def test_list_shows_the_current_subscriptions() -> None:
             await request(ws, {"op": "subscribe", "channel": "candles", "symbols": "*", "interval": "5m"})
             assert await request(ws, {"op": "list", "id": 3}) == {
                 "op": "subscriptions", "ticks": ["BTCUSDT", "ETHUSDT"], "candles": {"5m": ["*"]}, "id": 3}
+
+
+async def test_a_changed_symbol_set_keeps_one_hub_subscription_per_client() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+            await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": ["BTCUSDT"]})
+            (subscriber,) = [s for s in web.state.hub.subscribers if s.name.startswith("ws:")]
+            await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": ["ETHUSDT"]})
+            await request(ws, {"op": "unsubscribe", "channel": "ticks", "symbols": ["BTCUSDT"]})
+            await web.publish(make_ticks("BTCUSDT", 1, 2))
+            await web.publish(make_ticks("ETHUSDT", 1, 2, price="2683.80"))
+            ticks, _ = await receive_ticks(ws, 2)
+            await assert_quiet(ws)
+            assert [s for s in web.state.hub.subscribers if s.name.startswith("ws:")] == [subscriber]
+            assert subscriber.keys == frozenset({"ETHUSDT"})
+    assert [(tick["symbol"], tick["trade_id"]) for tick in ticks] == [("ETHUSDT", 1), ("ETHUSDT", 2)]
+
+
+async def test_subscriptions_beyond_the_per_connection_limit_are_refused_precisely_and_counted() -> None:
+    settings = web_settings(max_subscriptions_per_connection=2)
+    with trio.fail_after(20):
+        async with running_web(settings) as web, httpx.AsyncClient(base_url=web.base_url) as client:
+            async with open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
+                await request(ws, {"op": "subscribe", "channel": "ticks", "symbols": ["BTCUSDT"]})
+                reply = await request(ws, {"op": "subscribe", "channel": "candles", "symbols": ["BTCUSDT", "ETHUSDT"],
+                                           "interval": "1m", "id": 5})
+                assert (reply["op"], reply["code"], reply["id"]) == ("error", "too_many_subscriptions", 5)
+                assert reply["message"] == ('at most 2 subscriptions per connection (one per symbol and channel, '
+                                            '"*" counts one); this request would make 3')
+                assert await request(ws, {"op": "list"}) == {"op": "subscriptions", "ticks": ["BTCUSDT"],
+                                                             "candles": {}}
+                ack = await request(ws, {"op": "subscribe", "channel": "candles", "symbols": "*", "interval": "1m"})
+                assert ack["op"] == "subscribed"
+                assert await metric(client, "marketdata_websocket_subscriptions") == 2
+                assert await metric(client, "marketdata_websocket_subscriptions_refused_total") == 1
+                assert await metric(client, "marketdata_websocket_max_subscriptions_per_connection") == 2
+                await request(ws, {"op": "unsubscribe", "channel": "ticks", "symbols": "*"})
+                assert await metric(client, "marketdata_websocket_subscriptions") == 1

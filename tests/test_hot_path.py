@@ -7,7 +7,6 @@ from pathlib import Path
 
 from app.model import Tick
 from app.store.sqlite import SQLiteStorage
-from app.web.feed import FeedLimits
 
 
 async def test_multi_row_tick_inserts_store_every_tick_once_across_statement_boundaries(tmp_path: Path) -> None:
@@ -25,11 +24,3 @@ async def test_multi_row_tick_inserts_store_every_tick_once_across_statement_bou
     assert rows == [("BTCUSDT", 2_500, 0, 2_499), ("ETHUSDT", 1_001, 0, 1_000)]
     assert await storage.ticks("BTCUSDT", 0, -1, 3_000) == first  # exact round trip, in order
     await storage.close()
-
-
-def test_feed_frames_follow_a_trickle_within_a_millisecond_and_space_out_under_load() -> None:
-    limits = FeedLimits()
-    assert limits.frame_interval(1, frame_items=1) == limits.min_frame_interval_seconds == 0.001
-    assert limits.frame_interval(1, frame_items=500) == limits.busy_frame_interval_seconds == 0.002
-    # The global frame budget still stretches the interval with many subscribed clients.
-    assert limits.frame_interval(100, frame_items=1) == 100 / limits.frame_budget_per_second

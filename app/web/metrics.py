@@ -205,6 +205,18 @@ class ServiceCollector(Collector):
         rejected = _counter("websocket_messages_rejected", "Client messages answered with an error.")
         rejected.add_metric([], feed.messages_rejected)
         yield rejected
+        subscriptions = _gauge("websocket_subscriptions",
+                               "Subscriptions held by WebSocket connections (one per symbol and channel, \"*\" one).")
+        subscriptions.add_metric([], feed.subscriptions)
+        yield subscriptions
+        refused = _counter("websocket_subscriptions_refused",
+                           "Subscribe requests refused: over MAX_SUBSCRIPTIONS_PER_CONNECTION.")
+        refused.add_metric([], feed.subscriptions_refused)
+        yield refused
+        limit = _gauge("websocket_max_subscriptions_per_connection",
+                       "MAX_SUBSCRIPTIONS_PER_CONNECTION: subscriptions one WebSocket connection may hold.")
+        limit.add_metric([], self._state.settings.max_subscriptions_per_connection)
+        yield limit
 
         lag = _gauge("end_to_end_lag_last_seconds",
                      "Exchange event time to WebSocket send time, newest tick of the last tick frame sent.")
