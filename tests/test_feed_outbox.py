@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import attrs
 import pytest
@@ -10,8 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.model import Candle, Tick
-from app.web.feed_outbox import CandleFrame, Outbox, TickFrame
-from app.web.feed_protocol import Selection
+from app.settings import Settings
+from app.web.feed import MAX_PENDING_REPLIES, FeedLimits
+from app.web.feed_outbox import MAX_ITEMS_PER_FRAME, CandleFrame, Outbox, TickFrame
+from app.web.feed_protocol import MAX_ID_LENGTH, MAX_SYMBOLS_PER_MESSAGE, Selection
 
 EVERYTHING = Selection(everything=True)
 
@@ -135,3 +138,15 @@ def test_every_tick_goes_out_once_in_order_and_never_waits_on_an_idle_connection
     if outbox.ready:
         take()
     assert sent == list(range(next_id))
+
+
+def test_the_readmes_feed_section_states_the_codes_limits() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## WebSocket feed") : readme.index("## Ingestion guarantees")]
+    flat = " ".join(section.split())
+    assert f"at most {MAX_ITEMS_PER_FRAME:,} items each" in flat
+    assert f"more than {FeedLimits().max_pending:,} items waiting" in flat
+    assert f"More than {MAX_PENDING_REPLIES:,} replies unread" in flat
+    assert f"At most {MAX_SYMBOLS_PER_MESSAGE:,} symbols per message, ids up to {MAX_ID_LENGTH} characters" in flat
+    assert f"(default {Settings().max_subscriptions_per_connection:,};" in flat
+    assert "no timer between frames" in flat.lower()
