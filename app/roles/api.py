@@ -74,7 +74,7 @@ async def run_api(
                                  subscriptions=subscriptions)
             ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](settings.tick_buffer)
             closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](1)
-            aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
+            _, aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
             async with trio.open_nursery() as nursery:
                 urls = await nursery.start(serve_http, create_app(state), settings.http_host, settings.http_port)
                 log.warning("role=api bus=%s database=%s position=%s symbols=%d urls=%s", settings.bus_url,
