@@ -71,6 +71,9 @@ async def _http_error(error: HTTPException) -> Response:
     response = error_response(status, code, message)
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         response.headers["Allow"] = ", ".join(error.valid_methods)
+    if status == 413:
+        # The rest of the body is not read: the connection cannot carry another request, say so and end it.
+        response.headers["Connection"] = "close"
     return response
 
 
