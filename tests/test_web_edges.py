@@ -54,3 +54,41 @@ async def test_the_server_closes_the_connection_after_an_oversized_body() -> Non
     assert head.startswith(b"HTTP/1.1 413"), received
     assert b"connection: close" in head.lower().split(b"\r\n")
     assert json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+# (method, target, JSON body, expected status, expected error code): an empty or blank value is never taken for
+# an absent one. The 200 rows are the controls: the same routes with the parameter left out.
+EMPTY_PARAMETERS: list[tuple[str, str, object, int, str | None]] = [
+    ("GET", "/api/candles/BTCUSDT", None, 200, None),
+    ("GET", "/api/candles/BTCUSDT?interval=", None, 400, "unknown_interval"),
+    ("GET", "/api/candles/BTCUSDT?interval", None, 400, "unknown_interval"),
+    ("GET", "/api/candles/BTCUSDT?interval=%20", None, 400, "unknown_interval"),
+    ("GET", "/api/candles/BTCUSDT?interval=1m&limit=", None, 400, "invalid_limit"),
+    ("GET", "/api/candles/BTCUSDT?limit=%20", None, 400, "invalid_limit"),
+    ("GET", "/api/candles/BTCUSDT?start=", None, 400, "invalid_time"),
+    ("GET", "/api/candles/BTCUSDT?start=%20", None, 400, "invalid_time"),
+    ("GET", "/api/candles/BTCUSDT?end=", None, 400, "invalid_time"),
+    ("GET", "/api/candles/BTCUSDT?start=1723161300000&end=", None, 400, "invalid_time"),
+    ("GET", "/api/candles/BTCUSDT?interval=5m&limit=1&start=1723161300000", None, 200, None),
+    ("GET", "/api/candles/%20", None, 400, "invalid_symbol"),
+    ("GET", "/api/candles/", None, 404, "not_found"),
+    ("GET", "/api/ticks/%20", None, 400, "invalid_symbol"),
+    ("GET", "/api/ticks/", None, 404, "not_found"),
+    ("DELETE", "/api/symbols/%20", None, 400, "invalid_symbol"),
+    ("DELETE", "/api/symbols/", None, 404, "not_found"),
+    ("POST", "/api/symbols", {"symbol": ""}, 422, "invalid_symbol"),
+    ("POST", "/api/symbols", {"symbol": " "}, 422, "invalid_symbol"),
+    ("POST", "/api/symbols", {}, 422, "invalid_body"),
+]
+
+
+async def test_empty_parameters_are_errors_not_defaults_on_every_route() -> None:
+    outcomes = []
+    with trio.fail_after(30):
+        async with running_web() as web, httpx.AsyncClient(base_url=web.base_url) as client:
+            for method, target, body, _, _ in EMPTY_PARAMETERS:
+                response = await client.request(method, target, json=body) if body is not None else \
+                    await client.request(method, target)
+                code = response.json()["error"]["code"] if response.status_code >= 400 else None
+                outcomes.append((method, target, body, response.status_code, code))
+    assert outcomes == EMPTY_PARAMETERS

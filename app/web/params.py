@@ -28,9 +28,13 @@ def parse_symbol(text: str) -> str:
 
 
 def parse_interval(text: str | None, configured: Sequence[Interval]) -> Interval:
-    """A configured candle interval; without one, ``1m`` when configured, else the shortest configured."""
+    """A configured candle interval; without one, ``1m`` when configured, else the shortest configured.
+
+    ``None`` is an absent parameter; an empty one (``?interval=``) is an error, as in every parser here: the
+    client asked for something, and silently serving the default would answer another question.
+    """
     names = [interval.name for interval in configured]
-    if text is None or text == "":
+    if text is None:
         return Interval("1m") if "1m" in names else configured[0]
     if text not in INTERVAL_NAMES:
         raise ApiError(400, "unknown_interval",
@@ -42,7 +46,7 @@ def parse_interval(text: str | None, configured: Sequence[Interval]) -> Interval
 
 
 def parse_limit(text: str | None) -> int:
-    if text is None or text == "":
+    if text is None:
         return DEFAULT_CANDLE_LIMIT
     try:
         limit = int(text)
@@ -55,9 +59,9 @@ def parse_limit(text: str | None) -> int:
 
 def parse_time(name: str, text: str | None) -> int | None:
     """Epoch milliseconds from ``1723161300000`` or ISO-8601 with a zone (``2024-08-08T23:55:00Z``)."""
-    if text is None or text == "":
+    if text is None:
         return None
-    text = text.strip()
+    given, text = text, text.strip()
     if re.fullmatch(r"-?\d+", text):
         epoch_ms = int(text)
         if not 0 <= epoch_ms <= MAX_EPOCH_MS:
@@ -69,7 +73,7 @@ def parse_time(name: str, text: str | None) -> int | None:
         moment = datetime.fromisoformat(iso.replace("z", "Z"))
     except ValueError:
         raise ApiError(400, "invalid_time",
-                       f"{name} must be epoch milliseconds or ISO-8601 (e.g. 2024-08-08T23:55:00Z), got {text!r}"
+                       f"{name} must be epoch milliseconds or ISO-8601 (e.g. 2024-08-08T23:55:00Z), got {given!r}"
                        ) from None
     if moment.tzinfo is None:
         raise ApiError(400, "invalid_time",
