@@ -95,10 +95,14 @@ async def test_real_responses_fit_the_documented_schemas() -> None:
     documented = {(path, method, status) for path, item in document["paths"].items()
                   for method, operation in item.items() for status in operation["responses"]}
     # Every documented response was produced, except those that need a running exchange connection (tested
-    # end to end in test_web_e2e.py), a misbehaving exchange (502) or an unreadable database (test_store_trouble.py).
+    # end to end in test_web_e2e.py), a misbehaving exchange (502), an unreadable database
+    # (test_store_trouble.py), an ADMIN_TOKEN or a non-loopback host (test_web_security.py) or a body over
+    # the limit (test_web_edges.py).
     assert documented - seen == {
         ("/api/candles/{symbol}", "get", "503"),
         ("/api/symbols", "post", "201"), ("/api/symbols", "post", "502"),
         ("/api/symbols/{symbol}", "delete", "200"), ("/api/symbols/{symbol}", "delete", "502"),
         ("/health", "get", "200"),
+        ("/api/symbols", "post", "401"), ("/api/symbols", "post", "403"), ("/api/symbols", "post", "413"),
+        ("/api/symbols/{symbol}", "delete", "401"), ("/api/symbols/{symbol}", "delete", "403"),
     }

@@ -106,8 +106,10 @@ async def running_web(
     feed_limits: FeedLimits | None = None,
     recent_candles: int = 1000,
     storage: Storage | None = None,
+    **app_options: Any,
 ) -> AsyncIterator[Harness]:
-    """The app over the real parts; ``storage`` (SQLite in memory by default) is closed at the end."""
+    """The app over the real parts; ``storage`` (SQLite in memory by default) is closed at the end;
+    ``app_options`` go to ``create_app``."""
     settings = settings or web_settings()
     storage = storage or await SQLiteStorage.open(":memory:")
     hub = TickHub()
@@ -119,7 +121,7 @@ async def running_web(
     _, candle_input = hub.subscribe("aggregator", 256, OverflowPolicy.BACKPRESSURE)
     try:
         async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve_http, create_app(state, feed_limits), "127.0.0.1", 0)
+            urls = await nursery.start(serve_http, create_app(state, feed_limits, **app_options), "127.0.0.1", 0)
             base_url = urls[0]
             nursery.start_soon(fan_out, ticks_receive, hub)
             nursery.start_soon(partial(aggregate, candle_input, closed_send, candles, is_live=ingest.is_live))

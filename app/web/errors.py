@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 
 import orjson
 from quart import Quart, Response, request
@@ -22,11 +23,12 @@ FEED_PATH = "/ws"
 class ApiError(Exception):
     """A client error with its HTTP status, a stable machine-readable ``code`` and a human message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -52,7 +54,9 @@ def _snake_case(name: str) -> str:
 
 
 async def _api_error(error: ApiError) -> Response:
-    return error_response(error.status, error.code, error.message)
+    response = error_response(error.status, error.code, error.message)
+    response.headers.update(error.headers)
+    return response
 
 
 async def _http_error(error: HTTPException) -> Response:

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from app.state import ServiceState
+from app.web.client_limit import ClientLimit
 from app.web.feed import FeedStats
 from app.web.health import assess_health, channel_depths
 
@@ -42,9 +43,10 @@ def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> Ga
 
 
 class ServiceCollector(Collector):
-    def __init__(self, state: ServiceState, feed: FeedStats) -> None:
+    def __init__(self, state: ServiceState, feed: FeedStats, clients: ClientLimit) -> None:
         self._state = state
         self._feed = feed
+        self._clients = clients
 
     def collect(self) -> Iterator[Metric]:
         yield from self._ingest_metrics()
@@ -194,6 +196,17 @@ class ServiceCollector(Collector):
         connections = _gauge("websocket_connections", "Open WebSocket feed connections.")
         connections.add_metric([], feed.connections)
         yield connections
+        clients = self._clients
+        admitted = _gauge("websocket_clients", "WebSocket clients admitted (handshaking or served), against "
+                          "websocket_clients_limit.")
+        admitted.add_metric([], clients.current)
+        yield admitted
+        limit = _gauge("websocket_clients_limit", "The most WebSocket clients served at once (MAX_WS_CLIENTS).")
+        limit.add_metric([], clients.limit)
+        yield limit
+        refused = _counter("websocket_clients_refused", "WebSocket clients refused with 503 (MAX_WS_CLIENTS reached).")
+        refused.add_metric([], clients.refused)
+        yield refused
         frames = _counter("websocket_frames_sent", "Data frames sent to WebSocket subscribers.", ["channel"])
         frames.add_metric(["ticks"], feed.tick_frames)
         frames.add_metric(["candles"], feed.candle_frames)
@@ -237,9 +250,9 @@ class ServiceCollector(Collector):
         yield age
 
 
-def metrics_registry(state: ServiceState, feed: FeedStats) -> CollectorRegistry:
+def metrics_registry(state: ServiceState, feed: FeedStats, clients: ClientLimit) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(state, feed))
+    registry.register(ServiceCollector(state, feed, clients))
     return registry
 
 

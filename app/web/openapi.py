@@ -92,6 +92,15 @@ _TIME_PARAMETER_SCHEMA = {
 }
 
 
+# The requests that change the service (see app/web/admin.py).
+_ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
+_ADMIN_ERRORS = {
+    "401": _error("missing_token: ADMIN_TOKEN is set and no Authorization: Bearer header was sent"),
+    "403": _error("invalid_token: not the ADMIN_TOKEN; admin_disabled: no ADMIN_TOKEN and the API listens beyond "
+                  "loopback"),
+}
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     intervals = [interval.name for interval in settings.candle_intervals]
     default_interval = "1m" if "1m" in intervals else intervals[0]
@@ -206,10 +215,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": _object({"symbol": {"type": "string", "pattern": "^[A-Za-z0-9]{2,20}$"}}),
                 }}},
+                "security": _ADMIN_SECURITY,
                 "responses": {
                     "201": _json(_ref("Subscription"), "subscribed"),
                     "400": _error("invalid_json: the body is not JSON"),
+                    **_ADMIN_ERRORS,
                     "409": _error("already_subscribed"),
+                    "413": _error("payload_too_large: the body is over 64 KiB (the connection is closed after it)"),
                     "422": _error("invalid_body, invalid_symbol, or unknown_symbol (not listed on the exchange)"),
                     "502": _error("exchange_refused: the exchange refused the subscription"),
                     "503": _error("exchange_unavailable: the exchange could not be asked"),
@@ -220,9 +232,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "operationId": "unsubscribe",
             "summary": "Unsubscribe a symbol live",
             "parameters": [_symbol_parameter("a subscribed symbol")],
+            "security": _ADMIN_SECURITY,
             "responses": {
                 "200": _json(_ref("Subscription"), "unsubscribed"),
                 "400": _error("invalid_symbol"),
+                **_ADMIN_ERRORS,
                 "404": _error("not_subscribed"),
                 "502": _error("exchange_refused"),
                 "503": _error("exchange_unavailable"),
@@ -270,5 +284,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                            '(send {"op": "subscribe", "channel": "ticks", "symbols": ["BTCUSDT"]}).',
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {"adminToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The service's ADMIN_TOKEN, needed by the requests that change subscriptions when it is "
+                           "set. Without one they are open while the API listens on loopback, and refused (403 "
+                           "admin_disabled) when it listens beyond it. Reads never need it.",
+        }}},
     }

@@ -13,6 +13,7 @@ from app.convert import api_converter, iso_utc
 from app.state import ServiceState
 from app.store.candle_query import query_candles
 from app.store.storage import StorageError
+from app.web.admin import AdminAccess
 from app.web.errors import ApiError
 from app.web.health import assess_health
 from app.web.metrics import CONTENT_TYPE, render_metrics
@@ -25,7 +26,7 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(api_converter.unstructure(body)), status=status, content_type="application/json")
 
 
-def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry) -> None:
+def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry, admin: AdminAccess) -> None:
     document = orjson.dumps(openapi_document(state.settings))
 
     @app.get("/api/ticks")
@@ -66,6 +67,7 @@ def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry
 
     @app.post("/api/symbols")
     async def subscribe() -> Response:
+        admin.authorize(request.headers.get("Authorization"))
         body = await request.get_data()
         symbol = parse_symbol_body(body.encode() if isinstance(body, str) else body)
         await add_symbol(state, symbol)
@@ -73,6 +75,7 @@ def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry
 
     @app.delete("/api/symbols/<symbol>")
     async def unsubscribe(symbol: str) -> Response:
+        admin.authorize(request.headers.get("Authorization"))
         symbol = parse_symbol(symbol)
         await remove_symbol(state, symbol)
         return json_response({"symbol": symbol, "subscribed": False})

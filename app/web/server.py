@@ -19,6 +19,9 @@ def hypercorn_config(host: str, port: int) -> Config:
     # Hypercorn's messages go through our logging configuration rather than a handler of its own.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
+    # Hypercorn's default backlog (100) drops connection attempts when many /ws clients reconnect at once (after
+    # a restart); they then wait for TCP's retransmits, seconds each. The kernel caps it at net.core.somaxconn.
+    config.backlog = 1024
     # Client messages on /ws are small JSON requests (1,024 symbols fit in ~16 KiB); larger ones close the
     # connection with 1009 instead of buffering up to Hypercorn's default 16 MiB.
     config.websocket_max_message_size = 64 * 1024
