@@ -26,6 +26,7 @@ from app.replay.config import ReplaySource, SimulatorConfig
 from app.replay.simulator import Simulator, run_simulator
 from app.settings import Settings, add_settings_flags, configure_logging, flag_overrides, load_settings
 from app.startup import startup_error
+from app.web.admin import AdminAccess
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,27 @@ def instructions(api_url: str, simulator: Simulator, options: DemoOptions) -> st
         f'    > {{"op": "subscribe", "channel": "ticks", "symbols": ["{first}"]}}',
         f'    > {{"op": "subscribe", "channel": "candles", "symbols": ["*"], "interval": "{interval}"}}',
         "",
+        *change_examples(api_url, symbols[-1] if symbols else "ETHUSDT", options.settings),
+        "",
         "Stop with Ctrl-C.",
         "",
     ])
+
+
+def change_examples(api_url: str, symbol: str, settings: Settings) -> list[str]:
+    """How to change the subscriptions, with the admin token when one is set (README: Security)."""
+    access = AdminAccess(token=settings.admin_token, host=settings.http_host)
+    if access.disabled:
+        return ["Changing subscriptions is disabled: the API listens beyond loopback and no --admin-token is set."]
+    if access.token is None:
+        intro = "Change subscriptions (open on loopback; with --admin-token TOKEN they need the token):"
+        auth = ""
+    else:
+        intro = "Change subscriptions with the admin token given as --admin-token:"
+        auth = "-H 'Authorization: Bearer TOKEN' "
+    return [
+        intro,
+        f"  curl -X DELETE {auth}{api_url}/api/symbols/{symbol}",
+        f"  curl -X POST {auth}-H 'Content-Type: application/json' -d '{{\"symbol\": \"{symbol}\"}}' "
+        f"{api_url}/api/symbols",
+    ]

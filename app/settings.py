@@ -76,9 +76,11 @@ def _setting(
     *,
     render: Callable[[Any], str] = str,
     in_demo: bool = False,
+    secret: bool = False,
 ) -> Any:
     spec = SettingSpec(variable=variable, flag=flag, parse=parse, help=help, render=render, in_demo=in_demo)
-    return attrs.field(default=default, metadata={_SPEC: spec}, converter=lambda value: _normalise(spec, value))
+    return attrs.field(default=default, metadata={_SPEC: spec}, converter=lambda value: _normalise(spec, value),
+                       repr=not secret)
 
 
 def _parse_symbols(text: str) -> tuple[str, ...]:
@@ -183,6 +185,20 @@ def _parse_shard(text: str) -> str:
     return f"{index}/{count}"
 
 
+# RFC 6750's token characters (a bearer token travels in an Authorization header as it is).
+_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+def _parse_admin_token(text: str) -> str:
+    token = text.strip()
+    if not _TOKEN.match(token):
+        raise ValueError("expected letters, digits and - . _ ~ + / (e.g. from `openssl rand -hex 32`)")
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ValueError(f"too short to resist guessing: use at least {MIN_ADMIN_TOKEN_LENGTH} characters")
+    return token
+
+
 def _number(value: float) -> str:
     """``30.0`` as ``30``: how a person writes it in the environment."""
     return f"{value:g}"
@@ -230,6 +246,14 @@ class Settings:
     tick_retention_days: float = _setting(
         7.0, "TICK_RETENTION_DAYS", "--tick-retention-days", _positive_float,
         "raw ticks older than this are pruned; candles are kept", render=_number)
+    admin_token: str | None = _setting(
+        None, "ADMIN_TOKEN", "--admin-token", _parse_admin_token,
+        "when set, `POST`/`DELETE /api/symbols` need `Authorization: Bearer <token>`; unset, they are open on "
+        "loopback and refused beyond it (see [Security](#security)); prefer the variable to the flag, which `ps` "
+        "shows", in_demo=True, secret=True)
+    max_ws_clients: int = _setting(
+        1000, "MAX_WS_CLIENTS", "--max-ws-clients", _positive_int,
+        "`/ws` clients served at once; beyond it a client is refused with 503 before the upgrade")
     tick_buffer: int = _setting(
         256, "TICK_BUFFER", "--tick-buffer", _positive_int,
         "batches (one socket read each) waiting between ingest and the store; ingest waits when it is full, "

@@ -11,8 +11,10 @@ import pytest
 import trio
 from test_openapi import fetch_document
 from test_web_routes import assert_error
-from web_harness import check_schema, running_web
+from web_harness import check_schema, running_web, web_settings
 
+from app.demo import change_examples
+from app.settings import SettingsError, load_settings
 from app.web.admin import AdminAccess, is_loopback
 from app.web.errors import ApiError
 
@@ -137,3 +139,37 @@ async def test_the_auth_answers_are_documented_and_fit_the_error_schema() -> Non
     scheme = document["components"]["securitySchemes"]["adminToken"]
     assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
     assert re.search(r"ADMIN_TOKEN", scheme["description"])
+
+
+@pytest.mark.parametrize("token", [None, TOKEN])
+async def test_the_demo_prints_change_commands_that_get_past_the_check(token: str | None) -> None:
+    settings = web_settings(admin_token=token)
+    with trio.fail_after(30):
+        async with running_web(settings) as web, httpx.AsyncClient() as client:
+            lines = change_examples(web.base_url, "ETHUSDT", settings)
+            delete = next(line for line in lines if "curl -X DELETE" in line)
+            headers = {"Authorization": f"Bearer {TOKEN}"} if "'Authorization: Bearer TOKEN'" in delete else {}
+            response = await client.delete(delete.split()[-1], headers=headers)
+    assert bool(headers) is (token is not None)
+    # No ingestion runs here, so the unsubscribe itself cannot reach an exchange: 503, past the token check.
+    assert_error(response, 503, "exchange_unavailable")
+
+
+def test_the_demo_says_when_changes_are_disabled() -> None:
+    lines = change_examples("http://192.0.2.1:8000", "ETHUSDT", web_settings(http_host="0.0.0.0"))
+    assert lines == ["Changing subscriptions is disabled: the API listens beyond loopback and no --admin-token "
+                     "is set."]
+
+
+def test_the_admin_token_setting_is_validated_and_never_shown() -> None:
+    settings = load_settings(environ={"ADMIN_TOKEN": f" {TOKEN} "}, dotenv_path=None)
+    assert settings.admin_token == TOKEN
+    assert TOKEN not in repr(settings)
+    assert load_settings(environ={}, dotenv_path=None).admin_token is None
+    for bad, problem in [("short-token", "at least 16"), ("has space inside 0123456789", "letters, digits"),
+                         ("", "letters, digits"), ("caf\u00e9" * 5, "letters, digits")]:
+        with pytest.raises(SettingsError, match=problem):
+            load_settings(environ={"ADMIN_TOKEN": bad}, dotenv_path=None)
+    assert load_settings(environ={"MAX_WS_CLIENTS": "5000"}, dotenv_path=None).max_ws_clients == 5000
+    with pytest.raises(SettingsError, match="MAX_WS_CLIENTS"):
+        load_settings(environ={"MAX_WS_CLIENTS": "0"}, dotenv_path=None)

@@ -32,9 +32,10 @@ def create_app(
     feed_stats = FeedStats()
     render_cache = RenderCache()
     limits = feed_limits or FeedLimits()
-    admin = admin or AdminAccess(host=state.settings.http_host)
+    settings = state.settings
+    admin = admin or AdminAccess(token=settings.admin_token, host=settings.http_host)
     admin.warn_if_disabled()
-    clients = ws_clients or ClientLimit()
+    clients = ws_clients or ClientLimit(settings.max_ws_clients)
     register_error_handlers(app)
     register_routes(app, state, metrics_registry(state, feed_stats, clients), admin)
     register_dashboard(app, state.settings)
@@ -45,7 +46,8 @@ def create_app(
         if not clients.admit():
             refusal = error_response(503, "too_many_clients",
                                      f"{clients.limit} WebSocket clients are connected, the most this service "
-                                     "serves (MAX_WS_CLIENTS); try again later")
+                                     "serves (MAX_WS_CLIENTS, or fewer if the open-file limit is lower); try "
+                                     "again later")
             refusal.headers["Retry-After"] = "5"
             return refusal
         try:

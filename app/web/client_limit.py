@@ -11,14 +11,11 @@ from app.ingest.log_throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_WS_CLIENTS = 1_000
-
-
 @attrs.define
 class ClientLimit:
     """Counts the ``/ws`` clients admitted (from the handshake to the end of the session) and those refused."""
 
-    limit: int = DEFAULT_MAX_WS_CLIENTS
+    limit: int
     current: int = 0
     refused: int = 0
     _log_throttle: LogThrottle = attrs.Factory(LogThrottle)
