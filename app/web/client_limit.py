@@ -11,6 +11,7 @@ from app.ingest.log_throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
+
 @attrs.define
 class ClientLimit:
     """Counts the ``/ws`` clients admitted (from the handshake to the end of the session) and those refused."""
