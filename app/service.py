@@ -51,8 +51,7 @@ from app.store.restore import restore
 from app.store.sqlite import SQLiteStorage
 from app.store.storage import Storage, StorageError
 from app.web.app import create_app
-from app.web.client_limit import ClientLimit
-from app.web.open_files import raise_open_file_limit
+from app.web.open_files import ws_client_limit
 from app.web.server import serve_http
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ async def _supervise(
 
     async with trio.open_nursery() as service:
         # One socket per /ws client: the open-file limit is raised for MAX_WS_CLIENTS (or says how many fit).
-        app = create_app(state, ws_clients=ClientLimit(raise_open_file_limit(settings.max_ws_clients)))
+        app = create_app(state, ws_clients=ws_client_limit(settings.max_ws_clients))
         with listening("the HTTP API", settings.http_host, settings.http_port, "--port or HTTP_PORT"):
             urls = await service.start(serve_http, app, settings.http_host, settings.http_port)
         log.info("serving urls=%s", ",".join(urls))

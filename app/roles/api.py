@@ -34,6 +34,7 @@ from app.store.aggregator import CandleFeed, aggregate, wall_clock_ms
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.storage import Storage
 from app.web.app import create_app
+from app.web.open_files import ws_client_limit
 from app.web.server import serve_http
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ async def run_api(
             closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](1)
             _, aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
             async with trio.open_nursery() as nursery:
-                urls = await nursery.start(serve_http, create_app(state), settings.http_host, settings.http_port)
+                app = create_app(state, ws_clients=ws_client_limit(settings.max_ws_clients))
+                urls = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
                 log.warning("role=api bus=%s database=%s position=%s symbols=%d urls=%s", settings.bus_url,
                             settings.database_url, snapshot.position.entry_id.decode(), len(snapshot.latest),
                             ",".join(urls))

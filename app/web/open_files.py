@@ -12,6 +12,8 @@ import logging
 
 import attrs
 
+from app.web.client_limit import ClientLimit
+
 log = logging.getLogger(__name__)
 
 # Files the service needs besides /ws clients: listening sockets, exchange connections, the REST pool, the
@@ -62,3 +64,8 @@ def raise_open_file_limit(max_ws_clients: int) -> int:
                     "LimitNOFILE=) or lower MAX_WS_CLIENTS", plan.soft, hard, plan.ws_clients, max_ws_clients,
                     RESERVED_FILES, plan.ws_clients)
     return plan.ws_clients
+
+
+def ws_client_limit(max_ws_clients: int) -> ClientLimit:
+    """At start-up of a process serving ``/ws``: the open-file limit raised, and the client limit that fits it."""
+    return ClientLimit(raise_open_file_limit(max_ws_clients))
