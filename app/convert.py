@@ -216,25 +216,6 @@ def _make_trade_converter() -> cattrs.Converter:
 trade_converter = _make_trade_converter()
 
 
-def structure_trade(payload: Mapping[str, Any]) -> Tick:
-    """The reference (cattrs) structuring of a ``@trade`` payload; errors are ``FrameError``s too."""
-    if not isinstance(payload, Mapping) or payload.get("e") != "trade":
-        raise FrameError("not a trade event")
-    try:
-        tick = trade_converter.structure(payload, Tick)
-    except cattrs.BaseValidationError as error:
-        reasons = "; ".join(cattrs.transform_error(error, path="trade", format_exception=_describe_error))
-        raise FrameError(f"invalid trade: {reasons}") from None
-    _require_symbol(tick.symbol)
-    return tick
-
-
-def _describe_error(error: BaseException, expected: type | None) -> str:
-    if isinstance(error, FrameError):
-        return error.reason
-    return cattrs.v.format_exception(error, expected)
-
-
 # --- model -> API JSON -------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ Prices and quantities are exact ``Decimal``s parsed from Binance's strings, neve
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -25,6 +26,10 @@ def ms_from_utc(moment: datetime) -> int:
         raise ValueError(f"naive datetime {moment.isoformat()} has no time zone; use UTC")
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+# A Binance symbol as the service accepts it everywhere (settings, the API, the feed, subscriptions).
+SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
 
 
 @attrs.frozen(slots=True)

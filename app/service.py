@@ -33,6 +33,7 @@ from app.settings import Settings
 from app.startup import StartupError, listening, redact_url
 from app.state import ServiceState
 from app.store.aggregator import CandleFeed, aggregate
+from app.store.broadcast import ChannelDepth
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import (
     RETRY_CAP_SECONDS as STORAGE_RETRY_CAP_SECONDS,
@@ -102,12 +103,13 @@ async def _supervise(
     ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](settings.tick_buffer)
     closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](CLOSED_CANDLE_BUFFER)
     _, aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
-    _, persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
+    persistence, persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
     ingest_status = IngestStatus()
     subscriptions = SubscriptionManager(symbols, ingest_status, configured=settings.symbols, memory=storage)
     state = ServiceState(
         settings=settings, hub=hub, candles=candle_feed, storage=storage, ingest=ingest_status,
-        subscriptions=subscriptions, persist=persist_status, tick_channel=ticks_receive,
+        subscriptions=subscriptions, persist=persist_status, persistence=persistence,
+        ingest_backlog=partial(channel_depth, "ingest", ticks_receive),
     )
     ingest_scope = trio.CancelScope()
 
@@ -141,6 +143,11 @@ async def _supervise(
 
 def _storage_retry() -> Backoff:
     return Backoff(start=STORAGE_RETRY_START_SECONDS, cap=STORAGE_RETRY_CAP_SECONDS)
+
+
+def channel_depth(name: str, channel: trio.MemoryReceiveChannel[list[Tick]]) -> ChannelDepth:
+    statistics = channel.statistics()
+    return ChannelDepth(name, statistics.current_buffer_used, int(statistics.max_buffer_size))
 
 
 async def _symbols_to_serve(settings: Settings, storage: Storage) -> tuple[str, ...]:

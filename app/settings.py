@@ -23,8 +23,8 @@ import attrs
 from dotenv import dotenv_values
 
 from app.intervals import Interval, UnknownIntervalError, parse_intervals
+from app.model import SYMBOL_PATTERN
 
-_SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SPEC = "marketdata.setting"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -88,7 +88,7 @@ def _parse_symbols(text: str) -> tuple[str, ...]:
     if not symbols:
         raise ValueError("no symbol given")
     for symbol in symbols:
-        if not _SYMBOL.match(symbol):
+        if not SYMBOL_PATTERN.match(symbol):
             raise ValueError(f"{symbol!r} is not a symbol (2-20 letters or digits, e.g. BTCUSDT)")
     return symbols
 

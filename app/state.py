@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
-import trio
 
 from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
 from app.model import Tick
 from app.settings import Settings
 from app.store.aggregator import CandleFeed
+from app.store.broadcast import ChannelDepth, Subscriber
 from app.store.latest import TickHub
 from app.store.persist import PersistStatus
 from app.store.storage import Storage
@@ -35,5 +37,7 @@ class ServiceState:
     )
     # Owned by the persistence tasks: what has been committed.
     persist: PersistStatus = attrs.Factory(PersistStatus)
-    # The ingest -> fan-out channel, for its depth only (None where a test runs without ingestion).
-    tick_channel: trio.MemoryReceiveChannel[list[Tick]] | None = None
+    # How full the ingest -> fan-out channel is (None where a test runs without ingestion).
+    ingest_backlog: Callable[[], ChannelDepth] | None = None
+    # The database writer's subscription to the hub (None without one): /health watches how far behind it is.
+    persistence: Subscriber[Tick] | None = None

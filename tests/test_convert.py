@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
+import cattrs
 import orjson
 import pytest
 from hypothesis import given
@@ -17,12 +20,33 @@ from app.convert import (
     decimal_text,
     iso_utc,
     parse_trade_frame,
-    structure_trade,
     to_json,
+    trade_converter,
     trade_from_payload,
     trade_from_rest,
 )
 from app.model import Candle, Tick, ms_from_utc, utc_from_ms
+
+
+def structure_trade(payload: Mapping[str, Any]) -> Tick:
+    """The reference: cattrs structuring of a ``@trade`` payload with the project's trade converter; its errors
+    are ``FrameError``s too (the hand-written parser must agree with it)."""
+    if not isinstance(payload, Mapping) or payload.get("e") != "trade":
+        raise FrameError("not a trade event")
+    try:
+        tick = trade_converter.structure(payload, Tick)
+    except cattrs.BaseValidationError as error:
+        reasons = "; ".join(cattrs.transform_error(error, path="trade", format_exception=_describe_error))
+        raise FrameError(f"invalid trade: {reasons}") from None
+    if not tick.symbol or not tick.symbol.isalnum() or not tick.symbol.isupper():
+        raise FrameError(f"field 's' must be an upper-case symbol, got {tick.symbol!r}")
+    return tick
+
+
+def _describe_error(error: BaseException, expected: type | None) -> str:
+    if isinstance(error, FrameError):
+        return error.reason
+    return cattrs.v.format_exception(error, expected)
 
 REAL_FRAME = (
     '{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":3735683259,'

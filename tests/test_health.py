@@ -10,7 +10,6 @@ from web_harness import Harness, make_ticks, running_web
 
 from app.ingest.status import ConnectionStatus
 from app.model import Gap
-from app.store.latest import OverflowPolicy
 
 
 def connect(web: Harness, name: str = "shard-0", *, age: float = 0.1) -> ConnectionStatus:
@@ -78,10 +77,11 @@ async def test_503_while_backfilling_and_with_an_unrepaired_gap() -> None:
 
 async def test_503_when_the_database_writer_is_behind_or_failing() -> None:
     with trio.fail_after(20):
-        async with running_web() as web, httpx.AsyncClient(base_url=web.base_url) as client:
+        # A writer that does not read: its channel fills past half.
+        async with running_web(writer_buffer=4) as web, httpx.AsyncClient(base_url=web.base_url) as client:
             connect(web)
-            # A writer that does not read: its channel fills past half.
-            _, writer_input = web.state.hub.subscribe("persistence", 4, OverflowPolicy.BACKPRESSURE)
+            writer_input = web.writer_input
+            assert writer_input is not None
             for batch in range(3):
                 await web.publish_and_settle(make_ticks("BTCUSDT", 1 + batch, 1))
             body = await health(client, 503)

@@ -63,6 +63,8 @@ class Harness:
     base_url: str
     ws_url: str
     ticks: trio.MemorySendChannel[list[Tick]]
+    # The database writer's input, when the harness was asked for one that nobody reads (``writer_buffer``).
+    writer_input: trio.MemoryReceiveChannel[Sequence[Tick]] | None = None
 
     async def publish(self, ticks: Sequence[Tick]) -> None:
         """Sends ``ticks`` as ingestion does: in batches of at most one socket read's worth."""
@@ -106,16 +108,21 @@ async def running_web(
     feed_limits: FeedLimits | None = None,
     recent_candles: int = 1000,
     storage: Storage | None = None,
+    writer_buffer: int | None = None,
     **app_options: Any,
 ) -> AsyncIterator[Harness]:
     """The app over the real parts; ``storage`` (SQLite in memory by default) is closed at the end;
+    ``writer_buffer``: a database writer's subscription of that size that nobody reads (for /health);
     ``app_options`` go to ``create_app``."""
     settings = settings or web_settings()
     storage = storage or await SQLiteStorage.open(":memory:")
     hub = TickHub()
     candles = CandleFeed(settings.candle_intervals, recent_limit=recent_candles)
     ingest = IngestStatus()
-    state = ServiceState(settings=settings, hub=hub, candles=candles, storage=storage, ingest=ingest)
+    persistence, writer_input = (None, None) if writer_buffer is None else hub.subscribe(
+        "persistence", writer_buffer, OverflowPolicy.BACKPRESSURE)
+    state = ServiceState(settings=settings, hub=hub, candles=candles, storage=storage, ingest=ingest,
+                         persistence=persistence)
     ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](1024)
     closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](1024)
     _, candle_input = hub.subscribe("aggregator", 256, OverflowPolicy.BACKPRESSURE)
@@ -126,7 +133,7 @@ async def running_web(
             nursery.start_soon(fan_out, ticks_receive, hub)
             nursery.start_soon(partial(aggregate, candle_input, closed_send, candles, is_live=ingest.is_live))
             nursery.start_soon(persist_candles, closed_receive, storage, state.persist, Backoff())
-            yield Harness(state, base_url, base_url.replace("http://", "ws://") + "/ws", ticks_send)
+            yield Harness(state, base_url, base_url.replace("http://", "ws://") + "/ws", ticks_send, writer_input)
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -10,7 +10,6 @@ same symbol get clear answers.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
@@ -23,10 +22,10 @@ from app.ingest.gap_repair import TradeSequencer
 from app.ingest.rest import RestError
 from app.ingest.status import IngestStatus
 from app.ingest.urls import trade_stream
+from app.model import SYMBOL_PATTERN
 
 log = logging.getLogger(__name__)
 
-_SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
 
 
 class SubscriptionError(Exception):
@@ -238,6 +237,6 @@ class SubscriptionManager:
 
 def _normalise(symbol: str) -> str:
     normalised = symbol.strip().upper()
-    if not _SYMBOL.match(normalised):
+    if not SYMBOL_PATTERN.match(normalised):
         raise UnknownSymbolError(symbol, "a symbol is 2-20 letters or digits, e.g. BTCUSDT")
     return normalised

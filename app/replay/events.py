@@ -13,6 +13,7 @@ import attrs
 import orjson
 
 from app.convert import FrameError, trade_from_payload
+from app.ingest.urls import trade_stream
 from app.model import Tick
 
 
@@ -40,10 +41,6 @@ def trade_payload(tick: Tick, *, microseconds: bool = False) -> str:
 
 def combine(stream: str, raw: str) -> str:
     return f'{{"stream":"{stream}","data":{raw}}}'
-
-
-def trade_stream(symbol: str) -> str:
-    return f"{symbol.lower()}@trade"
 
 
 def trade_event(tick: Tick) -> MarketEvent:

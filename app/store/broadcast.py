@@ -45,6 +45,8 @@ class ChannelDepth:
     # Batches waiting in the channel, and its capacity (in batches).
     used: int
     size: int
+    # Feed clients (cut off when slow) or the service's own consumers (backpressure); None: not a subscriber.
+    policy: OverflowPolicy | None = None
 
 
 @attrs.define(eq=False)
@@ -63,7 +65,7 @@ class Subscriber(Generic[T]):
     _last_alarm_log: float = -ALARM_LOG_INTERVAL_SECONDS
 
     def depth(self) -> ChannelDepth:
-        return ChannelDepth(self.name, self.send_channel.statistics().current_buffer_used, self.buffer)
+        return ChannelDepth(self.name, self.send_channel.statistics().current_buffer_used, self.buffer, self.policy)
 
 
 class Fanout(Generic[T]):

@@ -25,7 +25,7 @@ import attrs
 import orjson
 
 from app.convert import quote_frame
-from app.web.params import SYMBOL_PATTERN
+from app.model import SYMBOL_PATTERN
 
 # Request ids are echoed; longer ones are refused.
 MAX_ID_LENGTH = 64

@@ -14,7 +14,6 @@ from app.store.broadcast import ChannelDepth
 WRITER_BEHIND_SHARE = 0.5
 GAPS_SHOWN = 20
 # The supervisor's name for the database writer's hub subscription.
-PERSISTENCE_SUBSCRIBER = "persistence"
 
 
 @attrs.frozen(slots=True)
@@ -91,19 +90,18 @@ def assess_health(state: ServiceState, now: float) -> HealthReport:
 def channel_depths(state: ServiceState) -> list[ChannelDepth]:
     """How full the ingest channel and each subscriber channel are (in batches)."""
     depths = [*state.hub.channel_depths(), *state.candles.channel_depths()]
-    if state.tick_channel is not None:
-        statistics = state.tick_channel.statistics()
-        depths.insert(0, ChannelDepth("ingest", statistics.current_buffer_used, int(statistics.max_buffer_size)))
+    if state.ingest_backlog is not None:
+        depths.insert(0, state.ingest_backlog())
     return depths
 
 
 def _writer_problems(state: ServiceState) -> list[Problem]:
-    problems = []
-    for depth in state.hub.channel_depths():
-        if depth.name == PERSISTENCE_SUBSCRIBER and depth.used > depth.size * WRITER_BEHIND_SHARE:
-            problems.append(Problem(
-                "writer_behind", f"the database writer has {depth.used} of {depth.size} tick batches pending"))
-    return problems
+    if state.persistence is None:
+        return []
+    depth = state.persistence.depth()
+    if depth.used <= depth.size * WRITER_BEHIND_SHARE:
+        return []
+    return [Problem("writer_behind", f"the database writer has {depth.used} of {depth.size} tick batches pending")]
 
 
 def _storage_problems(state: ServiceState, now: float) -> list[Problem]:

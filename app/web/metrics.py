@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from app.state import ServiceState
+from app.store.broadcast import OverflowPolicy
 from app.web.client_limit import ClientLimit
 from app.web.feed import FeedStats
 from app.web.health import assess_health, channel_depths
@@ -182,7 +183,7 @@ class ServiceCollector(Collector):
                           "subscribers).", ["channel"])
         feed_depth = 0
         for channel in channel_depths(self._state):
-            if channel.name.startswith("ws:"):
+            if channel.policy is OverflowPolicy.CUT_OFF:  # a feed client: one gauge for the fullest
                 feed_depth = max(feed_depth, channel.used)
                 continue
             depth.add_metric([channel.name], channel.used)

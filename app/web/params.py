@@ -9,10 +9,9 @@ from datetime import datetime
 import orjson
 
 from app.intervals import INTERVAL_NAMES, Interval
-from app.model import ms_from_utc
+from app.model import SYMBOL_PATTERN, ms_from_utc
 from app.web.errors import ApiError
 
-SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
 DEFAULT_CANDLE_LIMIT = 500
 MAX_CANDLE_LIMIT = 1000
 # Epoch milliseconds accepted for start/end: 1970 .. 9999-12-31.
