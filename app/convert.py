@@ -5,12 +5,14 @@
   tick) and is tested against the converter.
 * ``api_converter`` (cattrs) unstructures model objects into the API's JSON field names; decimals become
   ``orjson.Fragment``s holding the exact decimal text (``"95234.56000000"`` is served as ``95234.56``), times
-  become ISO-8601 UTC strings with offset.
+  become ISO-8601 UTC strings with offset. It also structures the API's JSON back into the model (the typed
+  client): ``api_json`` parses JSON numbers into exact ``Decimal``s, never floats.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -21,7 +23,7 @@ import cattrs
 import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from app.model import Candle, Gap, Tick
+from app.model import Candle, Gap, HealthProblem, ServiceHealth, SymbolSummary, Tick, ms_from_utc
 
 # Frames are quoted in error messages up to this many characters.
 _QUOTE_LIMIT = 200
@@ -277,6 +279,64 @@ def _make_api_converter() -> cattrs.Converter:
 
 
 api_converter = _make_api_converter()
+
+
+# --- API JSON -> model (the typed client) -------------------------------------------------------------------
+
+
+def api_json(body: bytes | str) -> Any:
+    """The API's JSON with every non-integer number as an exact ``Decimal`` (orjson would give floats)."""
+    return json.loads(body, parse_float=Decimal)
+
+
+def _structure_api_decimal(value: object, _type: type) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
+        raise ValueError(f"expected a decimal number, got {value!r}")
+    return Decimal(value)
+
+
+def _ms_from_iso(value: object, _type: type = int) -> int:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO-8601 time, got {value!r}")
+    return ms_from_utc(datetime.fromisoformat(value))
+
+
+def _optional_ms_from_iso(value: object, _type: type = int) -> int | None:
+    return None if value is None else _ms_from_iso(value)
+
+
+def _stopped_symbols(value: object, _type: type) -> dict[str, str]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of stopped symbols, got {value!r}")
+    return {str(row["symbol"]): str(row["trading_status"]) for row in value}
+
+
+def _register_api_structure_hooks(converter: cattrs.Converter) -> None:
+    converter.register_structure_hook(Decimal, _structure_api_decimal)
+    converter.register_structure_hook(int, _structure_strict_int)
+    converter.register_structure_hook(bool, _structure_strict_bool)
+    def time_field(name: str) -> Any:
+        return override(rename=name, struct_hook=_ms_from_iso)
+
+    converter.register_structure_hook(Tick, make_dict_structure_fn(
+        Tick, converter, trade_time_ms=time_field("timestamp"), event_time_ms=time_field("event_time")))
+    converter.register_structure_hook(Candle, make_dict_structure_fn(
+        Candle, converter, open_time_ms=time_field("open_time"), close_time_ms=time_field("close_time")))
+    converter.register_structure_hook(Gap, make_dict_structure_fn(
+        Gap, converter, detected_at_ms=time_field("detected_at")))
+    converter.register_structure_hook(HealthProblem, make_dict_structure_fn(HealthProblem, converter))
+    converter.register_structure_hook(
+        SymbolSummary,
+        make_dict_structure_fn(SymbolSummary, converter, last_trade_time_ms=override(
+            rename="last_trade_time", struct_hook=_optional_ms_from_iso)),
+    )
+    converter.register_structure_hook(
+        ServiceHealth,
+        make_dict_structure_fn(ServiceHealth, converter, stopped_symbols=override(struct_hook=_stopped_symbols)),
+    )
+
+
+_register_api_structure_hooks(api_converter)
 
 
 def to_json(value: object) -> bytes:

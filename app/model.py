@@ -100,3 +100,45 @@ class Gap:
     @property
     def missing_count(self) -> int:
         return self.last_trade_id - self.first_trade_id + 1
+
+
+# --- what the HTTP API reports (read by the typed client, app/client.py) -----------------------------------
+
+
+@attrs.frozen(slots=True)
+class SymbolSummary:
+    """One row of ``GET /api/symbols``."""
+
+    symbol: str
+    last_trade_id: int | None
+    last_trade_time_ms: int | None
+    last_tick_age_seconds: float | None
+    ticks_received: int
+    gaps_found: int
+    gaps_repaired: int
+    unrepaired_gaps: tuple[Gap, ...]
+    backfilling: bool
+    # Binance's status (``TRADING``, ``BREAK`` ...) or ``DELISTED``.
+    trading_status: str
+
+
+@attrs.frozen(slots=True)
+class HealthProblem:
+    code: str
+    message: str
+
+
+@attrs.frozen(slots=True)
+class ServiceHealth:
+    """``GET /health``: ``ok`` (200) or not (503) with the reasons."""
+
+    status: str
+    reasons: tuple[HealthProblem, ...] = ()
+    ticks_published: int = 0
+    # Symbol -> its trading status, for symbols the exchange stopped (not a reason for 503).
+    stopped_symbols: dict[str, str] = attrs.Factory(dict)
+    unrepaired_gaps: tuple[Gap, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"

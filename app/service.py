@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
+import attrs
 import trio
 
 from app.ingest.backoff import Backoff
@@ -73,25 +74,67 @@ async def open_storage(settings: Settings) -> Storage:
     return await SQLiteStorage.open(path)
 
 
+async def open_storage_at_startup(settings: Settings) -> Storage:
+    """``open_storage``, its failure a one-line ``StartupError`` naming DATABASE_URL (password redacted)."""
+    try:
+        return await open_storage(settings)
+    except StorageError as error:
+        raise StartupError(f"cannot use DATABASE_URL={redact_url(settings.database_url)}: {error}") from None
+
+
 async def run(
     settings: Settings,
     *,
     task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the service until a signal, or until a task crashes (the crash propagates)."""
+    storage = await open_storage_at_startup(settings)
     try:
-        storage = await open_storage(settings)
-    except StorageError as error:
-        raise StartupError(f"cannot use DATABASE_URL={redact_url(settings.database_url)}: {error}") from None
-    try:
-        await _supervise(settings, storage, task_status)
+        await _supervise(settings, storage, http=True, on_signals=True,
+                         started=lambda running: task_status.started(running.urls))
     finally:
         with trio.CancelScope(shield=True):
             await storage.close()
 
 
+@attrs.frozen
+class RunningService:
+    """What the supervisor hands its caller once every task runs: the state, the HTTP URLs, and the stop."""
+
+    state: ServiceState
+    # Empty without the HTTP server.
+    urls: Sequence[str]
+    _ingest_scope: trio.CancelScope
+    _service_scope: trio.CancelScope
+
+    def stop(self) -> None:
+        """Stops ingestion and lets the pipeline drain, then the rest; everything at once after the drain
+        timeout (as the first SIGINT does)."""
+        self._ingest_scope.cancel()
+        self._service_scope.deadline = min(self._service_scope.deadline,
+                                           trio.current_time() + DRAIN_TIMEOUT_SECONDS)
+
+
+async def supervise(
+    settings: Settings,
+    storage: Storage,
+    *,
+    http: bool,
+    task_status: trio.TaskStatus[RunningService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The service's tasks for an embedding caller (``app.api.open_service``): no signal handling, and shielded
+    from the caller's cancellation so that ``RunningService.stop`` can drain the pipeline first."""
+    with trio.CancelScope(shield=True):
+        await _supervise(settings, storage, http=http, on_signals=False, started=task_status.started)
+
+
 async def _supervise(
-    settings: Settings, storage: Storage, task_status: trio.TaskStatus[Sequence[str]]
+    settings: Settings,
+    storage: Storage,
+    *,
+    http: bool,
+    on_signals: bool,
+    started: Callable[[RunningService], object],
 ) -> None:
     hub = TickHub()
     candle_feed = CandleFeed(settings.candle_intervals)
@@ -114,12 +157,15 @@ async def _supervise(
     ingest_scope = trio.CancelScope()
 
     async with trio.open_nursery() as service:
-        # One socket per /ws client: the open-file limit is raised for MAX_WS_CLIENTS (or says how many fit).
-        app = create_app(state, ws_clients=ws_client_limit(settings.max_ws_clients))
-        with listening("the HTTP API", settings.http_host, settings.http_port, "--port or HTTP_PORT"):
-            urls = await service.start(serve_http, app, settings.http_host, settings.http_port)
-        log.info("serving urls=%s", ",".join(urls))
-        service.start_soon(_stop_on_signal, ingest_scope, service.cancel_scope)
+        urls: Sequence[str] = ()
+        if http:
+            # One socket per /ws client: the open-file limit is raised for MAX_WS_CLIENTS (or says how many fit).
+            app = create_app(state, ws_clients=ws_client_limit(settings.max_ws_clients))
+            with listening("the HTTP API", settings.http_host, settings.http_port, "--port or HTTP_PORT"):
+                urls = await service.start(serve_http, app, settings.http_host, settings.http_port)
+            log.info("serving urls=%s", ",".join(urls))
+        if on_signals:
+            service.start_soon(_stop_on_signal, ingest_scope, service.cancel_scope)
         service.start_soon(
             partial(prune_ticks, storage, persist_status, settings.tick_retention_days,
                     newest_trade_ms=hub.newest_trade_ms, keep_from_ms=candle_feed.builder.earliest_open_time_ms)
@@ -136,7 +182,7 @@ async def _supervise(
             pipeline.start_soon(partial(persist_ticks, persistence_input, storage, persist_status, _storage_retry(),
                                         backlog_limit=settings.storage_backlog_ticks))
             pipeline.start_soon(persist_candles, closed_receive, storage, persist_status, _storage_retry())
-            task_status.started(urls)
+            started(RunningService(state, urls, ingest_scope, service.cancel_scope))
         log.info("pipeline drained; stopping the HTTP server")
         service.cancel_scope.cancel()
 

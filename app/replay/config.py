@@ -100,3 +100,6 @@ class SimulatorConfig:
     # Hold the source back until this many connections have subscribed to something, so a test's client
     # sees a replay from its first frame.
     wait_for_subscribers: int = 0
+    # Trades published by hand go out (WebSocket and REST) with their own digits instead of Binance's 8
+    # decimals, so a test that publishes "100.0" sees "100.0" (the pytest plugin's manual market).
+    exact_decimals: bool = False

@@ -7,6 +7,7 @@ trades the simulator generates (or shifts when looping) are rendered in Binance'
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -28,13 +29,20 @@ class MarketEvent:
     tick: Tick | None = None
 
 
-def trade_payload(tick: Tick, *, microseconds: bool = False) -> str:
-    """Binance's ``@trade`` payload text, key order and 8-decimal strings as Binance sends them."""
+def wire_decimal(value: Decimal, *, exact: bool = False) -> str:
+    """A trade's price or quantity as sent: Binance's 8 decimals, or with ``exact`` the digits it was published
+    with (``"100.0"`` stays ``"100.0"``; see ``SimulatorConfig.exact_decimals``)."""
+    return format(value, "f") if exact else f"{value:.8f}"
+
+
+def trade_payload(tick: Tick, *, microseconds: bool = False, exact: bool = False) -> str:
+    """Binance's ``@trade`` payload text, key order and decimal strings as Binance sends them."""
     scale = 1000 if microseconds else 1
     maker = "true" if tick.is_buyer_maker else "false"
+    price, quantity = wire_decimal(tick.price, exact=exact), wire_decimal(tick.quantity, exact=exact)
     return (
         f'{{"e":"trade","E":{tick.event_time_ms * scale},"s":"{tick.symbol}","t":{tick.trade_id},'
-        f'"p":"{tick.price:.8f}","q":"{tick.quantity:.8f}","T":{tick.trade_time_ms * scale},'
+        f'"p":"{price}","q":"{quantity}","T":{tick.trade_time_ms * scale},'
         f'"m":{maker},"M":true}}'
     )
 
@@ -43,9 +51,9 @@ def combine(stream: str, raw: str) -> str:
     return f'{{"stream":"{stream}","data":{raw}}}'
 
 
-def trade_event(tick: Tick) -> MarketEvent:
+def trade_event(tick: Tick, *, exact: bool = False) -> MarketEvent:
     stream = trade_stream(tick.symbol)
-    raw = trade_payload(tick)
+    raw = trade_payload(tick, exact=exact)
     return MarketEvent(stream=stream, raw=raw, combined=combine(stream, raw), tick=tick)
 
 

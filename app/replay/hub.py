@@ -89,6 +89,8 @@ class Client:
     pending_pings: set[bytes] = attrs.field(factory=set)
     ping_outstanding_since: float | None = None
     last_frame: str | None = None
+    # Re-rendered trades (microseconds) keep their published digits (SimulatorConfig.exact_decimals).
+    exact_decimals: bool = False
 
     def terminate(self, termination: Termination) -> None:
         """Ends the connection (the first reason wins); the handler carries it out.
@@ -107,14 +109,16 @@ class Client:
 
     def render(self, event: MarketEvent) -> str:
         if self.microseconds and event.tick is not None:
-            raw = trade_payload(event.tick, microseconds=True)
+            raw = trade_payload(event.tick, microseconds=True, exact=self.exact_decimals)
             return combine(event.stream, raw) if self.combined else raw
         return event.combined if self.combined else event.raw
 
 
 class Hub:
-    def __init__(self, limits: Limits, retained_trades: int) -> None:
+    def __init__(self, limits: Limits, retained_trades: int, *, exact_decimals: bool = False) -> None:
         self.limits = limits
+        # Trades by hand go out with the digits they were published with (SimulatorConfig.exact_decimals).
+        self.exact_decimals = exact_decimals
         self.ledger = TradeLedger(retained_trades)
         self.counters = Counters()
         self.clients: dict[int, Client] = {}
@@ -143,7 +147,8 @@ class Hub:
     # --- clients and subscriptions ---
 
     def add_client(self, combined: bool, microseconds: bool, outbox: trio.MemorySendChannel[list[str]]) -> Client:
-        client = Client(id=next(self._ids), combined=combined, microseconds=microseconds, outbox=outbox)
+        client = Client(id=next(self._ids), combined=combined, microseconds=microseconds, outbox=outbox,
+                        exact_decimals=self.exact_decimals)
         self.clients[client.id] = client
         self.counters.connections_accepted += 1
         self.changed()
@@ -292,7 +297,7 @@ class Hub:
         self.changed()
 
     def publish_ticks(self, ticks: Iterable[Tick]) -> None:
-        self.publish([trade_event(tick) for tick in ticks])
+        self.publish([trade_event(tick, exact=self.exact_decimals) for tick in ticks])
 
     def server_shutdown_event(self) -> None:
         """Binance's ``serverShutdown`` event to every connection (they should switch connections)."""

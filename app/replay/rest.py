@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from app.intervals import Interval, UnknownIntervalError
 from app.model import Tick
 from app.replay.agg_trades import AggTrade
+from app.replay.events import wire_decimal
 from app.replay.hub import Hub
 from app.replay.klines import build_klines
 from app.replay.ticker import DAY_MS, TickerParamError, parse_ticker_request, ticker_row, ticker_weight
@@ -135,11 +136,11 @@ async def serve_rest(
 # --- endpoints ---------------------------------------------------------------------------------------------
 
 
-def _trade_row(tick: Tick) -> dict[str, Any]:
+def _trade_row(tick: Tick, exact: bool) -> dict[str, Any]:
     return {
         "id": tick.trade_id,
-        "price": f"{tick.price:.8f}",
-        "qty": f"{tick.quantity:.8f}",
+        "price": wire_decimal(tick.price, exact=exact),
+        "qty": wire_decimal(tick.quantity, exact=exact),
         "quoteQty": f"{tick.price * tick.quantity:.8f}",
         "time": tick.trade_time_ms,
         "isBuyerMaker": tick.is_buyer_maker,
@@ -179,7 +180,7 @@ def _historical_trades(hub: Hub, args: Mapping[str, str]) -> list[dict[str, Any]
     from_id = _int_param(args, "fromId")
     trades = hub.ledger.symbol(symbol)
     ticks = trades.recent(limit) if from_id is None else trades.from_id(from_id, limit)
-    return [_trade_row(tick) for tick in ticks]
+    return [_trade_row(tick, hub.exact_decimals) for tick in ticks]
 
 
 def _agg_trades(hub: Hub, args: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -225,7 +226,7 @@ def _agg_trade_row(aggregate: AggTrade) -> dict[str, Any]:
 
 def _recent_trades(hub: Hub, args: Mapping[str, str]) -> list[dict[str, Any]]:
     symbol, limit = _symbol(hub, args), _limit(args)
-    return [_trade_row(tick) for tick in hub.ledger.symbol(symbol).recent(limit)]
+    return [_trade_row(tick, hub.exact_decimals) for tick in hub.ledger.symbol(symbol).recent(limit)]
 
 
 def _klines(hub: Hub, args: Mapping[str, str]) -> list[list[int | str]]:

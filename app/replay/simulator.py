@@ -22,7 +22,6 @@ import trio
 
 from app.model import Tick
 from app.replay.config import Faults, ManualSource, ReplaySource, SimulatorConfig, Source, SyntheticSource
-from app.replay.events import trade_event
 from app.replay.faults import FaultDice, malformed_frame
 from app.replay.hub import RESET, Hub, SymbolInfo, Termination, symbol_info
 from app.replay.publisher import run_source
@@ -151,7 +150,7 @@ class Simulator:
 
     def publish(self, ticks: Iterable[Tick]) -> None:
         """Publishes these trades now (on the socket to subscribers, and to REST), as the source would."""
-        self._hub.publish([trade_event(tick) for tick in ticks])
+        self._hub.publish_ticks(ticks)
 
     # --- faults on demand ---
 
@@ -242,7 +241,7 @@ async def _prepare_source(source: Source, hub: Hub) -> tuple[Iterator[Scheduled]
         return iter(market), source.speed
     assert isinstance(source, ManualSource)
     hub.register_symbols(symbol_info(symbol) for symbol in source.symbols)
-    hub.publish([trade_event(tick) for tick in source.initial])
+    hub.publish_ticks(source.initial)
     return None, 0.0
 
 
@@ -251,7 +250,7 @@ async def run_simulator(
 ) -> None:
     """Runs the simulator until cancelled; reports its handle once both servers listen."""
     _require_loopback(config.host)
-    hub = Hub(config.limits, config.retained_trades)
+    hub = Hub(config.limits, config.retained_trades, exact_decimals=config.exact_decimals)
     dice = FaultDice(config.faults)
     schedule, speed = await _prepare_source(config.source, hub)
     async with trio.open_nursery() as nursery:
