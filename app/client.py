@@ -1,0 +1,318 @@
+"""A typed client for a running service: ``Client`` (the REST API) and ``open_feed`` (the ``/ws`` feed).
+
+Both give the model's own attrs classes (``Tick``, ``Candle`` ...) with exact decimals, converted from the API's
+JSON by ``app.convert``; every refusal is a ``ServiceError`` with the API's ``code`` and ``message``.
+``Client`` runs on httpx, under Trio or asyncio; ``open_feed`` is Trio only (the project's WebSocket client).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar, overload
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+import cattrs
+import httpx
+import orjson
+import trio
+
+from app.convert import api_converter, api_json
+from app.errors import ServiceError
+from app.ingest.backoff import Backoff
+from app.ingest.stream_socket import HandshakeFailed, SocketClosed, StreamSocket, open_stream_socket
+from app.model import Candle, ServiceHealth, SymbolSummary, Tick, ms_from_utc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+# Batches received but not yet read; when full the feed stops reading the socket, and the service cuts a
+# client that stays behind off (close 1013): the feed reconnects and says so (``FeedReconnected``).
+FEED_BUFFER = 64
+
+
+def _refusal(response: httpx.Response) -> ServiceError:
+    """The API's ``{"error": {"code", "message"}}``, or what came instead of it."""
+    try:
+        error = orjson.loads(response.content)["error"]
+        return ServiceError(response.status_code, str(error["code"]), str(error["message"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ServiceError(response.status_code, "unexpected_response",
+                            f"HTTP {response.status_code}: {response.text[:200]!r}")
+
+
+def _structure(body: bytes, kind: Any) -> Any:
+    try:
+        return api_converter.structure(api_json(body), kind)
+    except (ValueError, cattrs.BaseValidationError) as error:
+        raise ServiceError(None, "unexpected_response", f"the response is not a {kind}: {error!r}") from None
+
+
+def _time_param(moment: datetime | int | None) -> str | None:
+    if moment is None:
+        return None
+    return str(moment if isinstance(moment, int) else ms_from_utc(moment))
+
+
+class Client:
+    """The REST API of a service at ``base_url`` (``http://127.0.0.1:8000``), as typed async methods.
+
+        async with Client("http://127.0.0.1:8000") as client:
+            tick = await client.tick("BTCUSDT")
+    """
+
+    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, *, params: dict[str, str] | None = None,
+                       body: object = None, accept: Sequence[int] = (200,)) -> httpx.Response:
+        try:
+            response = await self._http.request(
+                method, path, params=params, content=None if body is None else orjson.dumps(body),
+                headers=None if body is None else {"content-type": "application/json"},
+            )
+        except httpx.TransportError as error:
+            raise ServiceError(None, "unreachable", f"{method} {self.base_url}{path}: {error!r}") from None
+        if response.status_code not in accept:
+            raise _refusal(response)
+        return response
+
+    async def ticks(self) -> dict[str, Tick]:
+        """The latest tick of every subscribed symbol that has traded (``GET /api/ticks``)."""
+        response = await self._request("GET", "/api/ticks")
+        result: dict[str, Tick] = _structure(response.content, dict[str, Tick])
+        return result
+
+    async def tick(self, symbol: str) -> Tick:
+        """The latest tick of ``symbol``; ``ServiceError`` ``unknown_symbol`` or ``no_data`` otherwise."""
+        response = await self._request("GET", f"/api/ticks/{symbol}")
+        result: Tick = _structure(response.content, Tick)
+        return result
+
+    async def candles(
+        self,
+        symbol: str,
+        interval: str = "1m",
+        *,
+        limit: int | None = None,
+        start: datetime | int | None = None,
+        end: datetime | int | None = None,
+    ) -> list[Candle]:
+        """``GET /api/candles/{symbol}``: oldest first, the open candle last; ``start``/``end`` are aware datetimes
+        or epoch milliseconds bounding the open time."""
+        params = {"interval": interval, "limit": None if limit is None else str(limit),
+                  "start": _time_param(start), "end": _time_param(end)}
+        response = await self._request("GET", f"/api/candles/{symbol}",
+                                       params={key: value for key, value in params.items() if value is not None})
+        result: list[Candle] = _structure(response.content, list[Candle])
+        return result
+
+    async def symbols(self) -> list[SymbolSummary]:
+        """``GET /api/symbols``: each symbol's last trade, counters, gaps and trading status."""
+        response = await self._request("GET", "/api/symbols")
+        try:
+            rows = api_json(response.content)["symbols"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ServiceError(None, "unexpected_response", f"no symbols in the response: {error!r}") from None
+        result: list[SymbolSummary] = api_converter.structure(rows, list[SymbolSummary])
+        return result
+
+    async def add_symbol(self, symbol: str) -> None:
+        """``POST /api/symbols``: subscribed live once the exchange acknowledged it."""
+        await self._request("POST", "/api/symbols", body={"symbol": symbol}, accept=(201,))
+
+    async def remove_symbol(self, symbol: str) -> None:
+        """``DELETE /api/symbols/{symbol}``."""
+        await self._request("DELETE", f"/api/symbols/{symbol}")
+
+    async def health(self) -> ServiceHealth:
+        """``GET /health``; a 503 is an answer too (``ok`` False, with its ``reasons``), not an error."""
+        response = await self._request("GET", "/health", accept=(200, 503))
+        result: ServiceHealth = _structure(response.content, ServiceHealth)
+        return result
+
+
+# --- the WebSocket feed ------------------------------------------------------------------------------------
+
+
+class FeedReconnected(Exception):
+    """The feed's connection was lost and is back (subscribed again): what the service sent meanwhile is
+    missing. Iterating again goes on with what comes after; fill the hole from ``Client`` if it matters
+    (``last_trade_ids`` says where the ticks stopped)."""
+
+    def __init__(self, reason: str, last_trade_ids: dict[str, int]) -> None:
+        super().__init__(f"the feed reconnected; data may be missing: {reason}")
+        self.reason = reason
+        self.last_trade_ids = last_trade_ids
+
+
+@attrs.frozen(slots=True)
+class _Lost:
+    reason: str
+
+
+def feed_url(url: str) -> str:
+    """``http://host:port`` (the service's base URL) or ``ws://host:port/ws`` -> the feed's WebSocket URL."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path.rstrip("/").endswith("/ws") else parts.path.rstrip("/") + "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+class Feed(Generic[T]):
+    """Batches of ticks or candles from ``/ws``, in the order the service sent them.
+
+    After a lost connection the feed reconnects (the project's backoff) and resubscribes; the next iteration
+    raises ``FeedReconnected`` at the place of the hole, and iterating again continues after it.
+    """
+
+    def __init__(self, kind: type[T], batches: trio.MemoryReceiveChannel[list[T] | _Lost]) -> None:
+        self._kind: type[T] = kind
+        self._batches: trio.MemoryReceiveChannel[list[T] | _Lost] = batches
+        self.reconnects = 0
+        # For ticks: the last trade id received per symbol.
+        self.last_trade_ids: dict[str, int] = {}
+
+    def __aiter__(self) -> Feed[T]:
+        return self
+
+    async def __anext__(self) -> list[T]:
+        try:
+            item = await self._batches.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if isinstance(item, _Lost):
+            self.reconnects += 1
+            raise FeedReconnected(item.reason, dict(self.last_trade_ids))
+        for entry in item:
+            if isinstance(entry, Tick):
+                self.last_trade_ids[entry.symbol] = entry.trade_id
+        return item
+
+
+@attrs.frozen(slots=True)
+class _FeedRequest:
+    url: str
+    channel: str
+    symbols: tuple[str, ...]
+    interval: str | None
+
+    def message(self) -> str:
+        request: dict[str, object] = {"op": "subscribe", "channel": self.channel, "symbols": list(self.symbols)}
+        if self.interval is not None:
+            request["interval"] = self.interval
+        return orjson.dumps(request).decode()
+
+
+@overload
+def open_feed(url: str, channel: Literal["ticks"] = ..., symbols: Iterable[str] = ...,
+              interval: None = ...) -> AbstractAsyncContextManager[Feed[Tick]]: ...
+
+
+@overload
+def open_feed(url: str, channel: Literal["candles"], symbols: Iterable[str] = ...,
+              interval: str = ...) -> AbstractAsyncContextManager[Feed[Candle]]: ...
+
+
+def open_feed(url: str, channel: str = "ticks", symbols: Iterable[str] = ("*",),
+              interval: str | None = None) -> AbstractAsyncContextManager[Feed[Any]]:
+    """Subscribes to ``channel`` (``"ticks"``, or ``"candles"`` with an ``interval``) of ``symbols`` (``"*"``:
+    all) on the service at ``url`` and yields the ``Feed``. Returns once subscribed: a refusal (an unknown
+    interval ...) raises ``ServiceError`` here, as does a service that cannot be reached at first."""
+    if channel not in ("ticks", "candles"):
+        raise ValueError(f"channel must be 'ticks' or 'candles', not {channel!r}")
+    if (channel == "candles") != (interval is not None):
+        raise ValueError("an interval goes with the candles channel, and only with it")
+    wanted = (symbols,) if isinstance(symbols, str) else tuple(symbols)
+    request = _FeedRequest(feed_url(url), channel, wanted, interval)
+    return _open_feed(request, Tick if channel == "ticks" else Candle)
+
+
+@asynccontextmanager
+async def _open_feed(request: _FeedRequest, kind: type[T]) -> AsyncIterator[Feed[T]]:
+    send, receive = trio.open_memory_channel[list[T] | _Lost](FEED_BUFFER)
+    refused: ServiceError | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(_keep_subscribed, request, kind, send)
+        except ServiceError as error:
+            refused = error  # raised below, by itself rather than in the nursery's exception group
+        else:
+            with receive:
+                yield Feed(kind, receive)
+            nursery.cancel_scope.cancel()
+    if refused is not None:
+        raise refused
+
+
+# The socket reports every way a connection ends as SocketClosed; connecting can fail with these too.
+_CONNECTION_LOST = (SocketClosed, HandshakeFailed, OSError)
+
+
+async def _keep_subscribed(
+    request: _FeedRequest, kind: type[T], batches: trio.MemorySendChannel[list[T] | _Lost],
+    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connects, subscribes and forwards data; after a loss, reconnects with backoff and reports the hole."""
+    backoff = Backoff()
+    lost: str | None = None
+    subscribed_once = False
+    async with batches:
+        while True:
+            try:
+                async with open_stream_socket(request.url) as socket:
+                    await socket.send_text(request.message())
+                    await _wait_subscribed(socket)
+                    backoff.reset()
+                    if not subscribed_once:
+                        subscribed_once = True
+                        task_status.started()
+                    elif lost is not None:
+                        await batches.send(_Lost(lost))
+                    await _forward(socket, kind, batches)
+            except _CONNECTION_LOST as error:
+                if not subscribed_once:
+                    raise ServiceError(None, "unreachable", f"no feed at {request.url}: {error}") from None
+                lost = str(error)
+                log.warning("feed_disconnected url=%s reason=%s", request.url, lost)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the reader closed its end: nobody to feed
+            await trio.sleep(backoff.next_delay())
+
+
+async def _wait_subscribed(socket: StreamSocket) -> None:
+    while True:
+        for message in await socket.receive_batch():
+            reply = orjson.loads(message)
+            if reply.get("op") == "subscribed":
+                return
+            if reply.get("op") == "error":
+                raise ServiceError(None, str(reply.get("code")), str(reply.get("message")))
+
+
+async def _forward(socket: StreamSocket, kind: type[T], batches: trio.MemorySendChannel[list[T] | _Lost]) -> None:
+    while True:
+        for message in await socket.receive_batch():
+            document = api_json(message)
+            if "channel" in document:
+                await batches.send(api_converter.structure(document["data"], list[kind]))  # type: ignore[valid-type]
+            elif document.get("op") == "error":
+                log.warning("feed_error code=%s message=%s", document.get("code"), document.get("message"))
+
+
+__all__ = ["Client", "Feed", "FeedReconnected", "ServiceError", "feed_url", "open_feed"]
