@@ -7,10 +7,21 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_ingest_support import make_ticks
 
 from app import MarketData, ServiceError, Settings, Subscription, SubscriptionCutOff, Tick, open_service
+from app.replay.events import combine, trade_payload
 from app.store.sqlite import SQLiteStorage
-from app.testing import SimulatedExchange
+from app.testing import (
+    RecordedFrame,
+    RecordingHeader,
+    RecordingReader,
+    SimulatedExchange,
+    exchange_config,
+    open_simulated_exchange,
+    read_recording,
+    write_recording,
+)
 
 T0_MS = 1_723_161_240_000  # 2024-08-08 23:54:00 UTC, a minute boundary
 
@@ -134,3 +145,32 @@ async def test_a_recording_chosen_with_the_marker(binance_simulator: SimulatedEx
             while (tick := marketdata_service.latest("BTCUSDT")) is None or tick.trade_id < last.trade_id:
                 await ticks.__anext__()
     assert marketdata_service.latest("BTCUSDT") == last
+
+
+async def test_malformed_frames_lose_nothing(binance_simulator: SimulatedExchange,
+                                             marketdata_service: MarketData) -> None:
+    async with marketdata_service.subscribe(["BTCUSDT"]) as ticks:
+        before = await publish(binance_simulator, "BTCUSDT", 2)
+        binance_simulator.send_malformed(3)
+        after = await publish(binance_simulator, "BTCUSDT", 2, first_price=200)
+        assert await receive(ticks, 4) == before + after
+    assert binance_simulator.simulator.stats.malformed_sent == 3
+    assert binance_simulator.published("BTCUSDT") == before + after
+
+
+async def test_a_recording_written_with_the_helpers_is_replayed(tmp_path: Path) -> None:
+    frames = [
+        RecordedFrame(recv_ns=(T0_MS + i) * 1_000_000, frame=combine("btcusdt@trade", trade_payload(tick)))
+        for i, tick in enumerate(make_ticks("BTCUSDT", 7, 3, T0_MS))
+    ]
+    header = RecordingHeader(source="test", symbols=("BTCUSDT",), started_at="2024-08-08T23:54:00.000+00:00",
+                             synthetic=True)
+    path = tmp_path / "three.rec.zst"
+    assert write_recording(path, header, frames) == 3
+    assert read_recording(path) == (header, frames)
+    with RecordingReader(path) as reader:
+        assert [frame.recv_ns for frame in reader.frames()] == [frame.recv_ns for frame in frames]
+    with trio.fail_after(20):
+        async with open_simulated_exchange(exchange_config(recording=path)) as exchange:
+            await exchange.simulator.wait_source_done()
+            assert exchange.published("BTCUSDT") == make_ticks("BTCUSDT", 7, 3, T0_MS)
