@@ -122,10 +122,16 @@ async def supervise(
     http: bool,
     task_status: trio.TaskStatus[RunningService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The service's tasks for an embedding caller (``app.api.open_service``): no signal handling, and shielded
-    from the caller's cancellation so that ``RunningService.stop`` can drain the pipeline first."""
-    with trio.CancelScope(shield=True):
-        await _supervise(settings, storage, http=http, on_signals=False, started=task_status.started)
+    """The service's tasks for an embedding caller (``app.embed.open_service``): no signal handling. Start-up
+    can be cancelled; once running, the tasks are shielded from the caller's cancellation so that
+    ``RunningService.stop`` drains the pipeline first (within the drain timeout)."""
+    with trio.CancelScope() as scope:
+
+        def started(running: RunningService) -> None:
+            scope.shield = True
+            task_status.started(running)
+
+        await _supervise(settings, storage, http=http, on_signals=False, started=started)
 
 
 async def _supervise(
