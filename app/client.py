@@ -8,7 +8,7 @@ JSON by ``app.convert``; every refusal is a ``ServiceError`` with the API's ``co
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar, overload
@@ -20,7 +20,7 @@ import httpx
 import orjson
 import trio
 
-from app.convert import api_converter, api_json
+from app.convert import api_converter, api_json, candles_from_api, ticks_from_api
 from app.errors import ServiceError
 from app.ingest.backoff import Backoff
 from app.ingest.stream_socket import HandshakeFailed, SocketClosed, StreamSocket, open_stream_socket
@@ -181,8 +181,7 @@ class Feed(Generic[T]):
     raises ``FeedReconnected`` at the place of the hole, and iterating again continues after it.
     """
 
-    def __init__(self, kind: type[T], batches: trio.MemoryReceiveChannel[list[T] | _Lost]) -> None:
-        self._kind: type[T] = kind
+    def __init__(self, batches: trio.MemoryReceiveChannel[list[T] | _Lost]) -> None:
         self._batches: trio.MemoryReceiveChannel[list[T] | _Lost] = batches
         self.reconnects = 0
         # For ticks: the last trade id received per symbol.
@@ -240,21 +239,23 @@ def open_feed(url: str, channel: str = "ticks", symbols: Iterable[str] = ("*",),
         raise ValueError("an interval goes with the candles channel, and only with it")
     wanted = (symbols,) if isinstance(symbols, str) else tuple(symbols)
     request = _FeedRequest(feed_url(url), channel, wanted, interval)
-    return _open_feed(request, Tick if channel == "ticks" else Candle)
+    if channel == "ticks":
+        return _open_feed(request, ticks_from_api)
+    return _open_feed(request, candles_from_api)
 
 
 @asynccontextmanager
-async def _open_feed(request: _FeedRequest, kind: type[T]) -> AsyncIterator[Feed[T]]:
+async def _open_feed(request: _FeedRequest, decode: Callable[[object], list[T]]) -> AsyncIterator[Feed[T]]:
     send, receive = trio.open_memory_channel[list[T] | _Lost](FEED_BUFFER)
     refused: ServiceError | None = None
     async with trio.open_nursery() as nursery:
         try:
-            await nursery.start(_keep_subscribed, request, kind, send)
+            await nursery.start(_keep_subscribed, request, decode, send)
         except ServiceError as error:
             refused = error  # raised below, by itself rather than in the nursery's exception group
         else:
             with receive:
-                yield Feed(kind, receive)
+                yield Feed(receive)
             nursery.cancel_scope.cancel()
     if refused is not None:
         raise refused
@@ -265,7 +266,7 @@ _CONNECTION_LOST = (SocketClosed, HandshakeFailed, OSError)
 
 
 async def _keep_subscribed(
-    request: _FeedRequest, kind: type[T], batches: trio.MemorySendChannel[list[T] | _Lost],
+    request: _FeedRequest, decode: Callable[[object], list[T]], batches: trio.MemorySendChannel[list[T] | _Lost],
     *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Connects, subscribes and forwards data; after a loss, reconnects with backoff and reports the hole."""
@@ -284,7 +285,7 @@ async def _keep_subscribed(
                         task_status.started()
                     elif lost is not None:
                         await batches.send(_Lost(lost))
-                    await _forward(socket, kind, batches)
+                    await _forward(socket, decode, batches)
             except _CONNECTION_LOST as error:
                 if not subscribed_once:
                     raise ServiceError(None, "unreachable", f"no feed at {request.url}: {error}") from None
@@ -305,12 +306,14 @@ async def _wait_subscribed(socket: StreamSocket) -> None:
                 raise ServiceError(None, str(reply.get("code")), str(reply.get("message")))
 
 
-async def _forward(socket: StreamSocket, kind: type[T], batches: trio.MemorySendChannel[list[T] | _Lost]) -> None:
+async def _forward(
+    socket: StreamSocket, decode: Callable[[object], list[T]], batches: trio.MemorySendChannel[list[T] | _Lost]
+) -> None:
     while True:
         for message in await socket.receive_batch():
             document = api_json(message)
             if "channel" in document:
-                await batches.send(api_converter.structure(document["data"], list[kind]))  # type: ignore[valid-type]
+                await batches.send(decode(document["data"]))
             elif document.get("op") == "error":
                 log.warning("feed_error code=%s message=%s", document.get("code"), document.get("message"))
 
