@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.client import Client, Feed, FeedReconnected, open_feed
+    from app.client import Client, Feed, FeedInterrupted, open_feed
     from app.embed import MarketData, Subscription, SubscriptionCutOff, open_service
     from app.errors import ServiceError
     from app.model import Candle, Gap, HealthProblem, ServiceHealth, SymbolSummary, Tick
@@ -28,7 +28,7 @@ _PUBLIC = {
     "Client": "app.client",
     "open_feed": "app.client",
     "Feed": "app.client",
-    "FeedReconnected": "app.client",
+    "FeedInterrupted": "app.client",
     "ServiceError": "app.errors",
     "Tick": "app.model",
     "Candle": "app.model",
@@ -42,7 +42,7 @@ __all__ = [
     "Candle",
     "Client",
     "Feed",
-    "FeedReconnected",
+    "FeedInterrupted",
     "Gap",
     "HealthProblem",
     "MarketData",

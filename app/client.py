@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 # Batches received but not yet read; when full the feed stops reading the socket, and the service cuts a
-# client that stays behind off (close 1013): the feed reconnects and says so (``FeedReconnected``).
+# client that stays behind off (close 1013): the feed says so (``FeedInterrupted``) and reconnects.
 FEED_BUFFER = 64
 
 
@@ -150,15 +150,24 @@ class Client:
 # --- the WebSocket feed ------------------------------------------------------------------------------------
 
 
-class FeedReconnected(Exception):
-    """The feed's connection was lost and is back (subscribed again): what the service sent meanwhile is
-    missing. Iterating again goes on with what comes after; fill the hole from ``Client`` if it matters
-    (``last_trade_ids`` says where the ticks stopped)."""
+class FeedInterrupted(Exception):
+    """The feed's connection was lost: what the service sends until the feed has subscribed again is missed.
+    The feed reconnects by itself (the ingest's backoff); iterating again goes on with what comes after
+    (``Feed.wait_subscribed`` waits for that). Fill the hole from ``Client`` if it matters:
+    ``last_trade_ids`` says where the ticks stopped."""
 
     def __init__(self, reason: str, last_trade_ids: dict[str, int]) -> None:
-        super().__init__(f"the feed reconnected; data may be missing: {reason}")
+        super().__init__(f"the feed was interrupted; data may be missed until it is back: {reason}")
         self.reason = reason
         self.last_trade_ids = last_trade_ids
+
+
+@attrs.define
+class _Connection:
+    """The feed task's state, read by the ``Feed``."""
+
+    subscribed: trio.Event = attrs.Factory(trio.Event)
+    interruptions: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -177,15 +186,28 @@ def feed_url(url: str) -> str:
 class Feed(Generic[T]):
     """Batches of ticks or candles from ``/ws``, in the order the service sent them.
 
-    After a lost connection the feed reconnects (the project's backoff) and resubscribes; the next iteration
-    raises ``FeedReconnected`` at the place of the hole, and iterating again continues after it.
+    When the connection is lost the next iteration raises ``FeedInterrupted`` at the place of the hole; the
+    feed meanwhile reconnects (the ingest's backoff) and resubscribes, and iterating again continues.
     """
 
-    def __init__(self, batches: trio.MemoryReceiveChannel[list[T] | _Lost]) -> None:
+    def __init__(self, batches: trio.MemoryReceiveChannel[list[T] | _Lost], connection: _Connection) -> None:
         self._batches: trio.MemoryReceiveChannel[list[T] | _Lost] = batches
-        self.reconnects = 0
+        self._connection = connection
         # For ticks: the last trade id received per symbol.
         self.last_trade_ids: dict[str, int] = {}
+
+    @property
+    def interruptions(self) -> int:
+        """How many times the connection was lost."""
+        return self._connection.interruptions
+
+    @property
+    def subscribed(self) -> bool:
+        return self._connection.subscribed.is_set()
+
+    async def wait_subscribed(self) -> None:
+        """Returns once the feed is connected and subscribed (at once unless it is reconnecting)."""
+        await self._connection.subscribed.wait()
 
     def __aiter__(self) -> Feed[T]:
         return self
@@ -196,8 +218,7 @@ class Feed(Generic[T]):
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
         if isinstance(item, _Lost):
-            self.reconnects += 1
-            raise FeedReconnected(item.reason, dict(self.last_trade_ids))
+            raise FeedInterrupted(item.reason, dict(self.last_trade_ids))
         for entry in item:
             if isinstance(entry, Tick):
                 self.last_trade_ids[entry.symbol] = entry.trade_id
@@ -247,15 +268,16 @@ def open_feed(url: str, channel: str = "ticks", symbols: Iterable[str] = ("*",),
 @asynccontextmanager
 async def _open_feed(request: _FeedRequest, decode: Callable[[object], list[T]]) -> AsyncIterator[Feed[T]]:
     send, receive = trio.open_memory_channel[list[T] | _Lost](FEED_BUFFER)
+    connection = _Connection()
     refused: ServiceError | None = None
     async with trio.open_nursery() as nursery:
         try:
-            await nursery.start(_keep_subscribed, request, decode, send)
+            await nursery.start(_keep_subscribed, request, decode, send, connection)
         except ServiceError as error:
             refused = error  # raised below, by itself rather than in the nursery's exception group
         else:
             with receive:
-                yield Feed(receive)
+                yield Feed(receive, connection)
             nursery.cancel_scope.cancel()
     if refused is not None:
         raise refused
@@ -267,12 +289,11 @@ _CONNECTION_LOST = (SocketClosed, HandshakeFailed, OSError)
 
 async def _keep_subscribed(
     request: _FeedRequest, decode: Callable[[object], list[T]], batches: trio.MemorySendChannel[list[T] | _Lost],
-    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    connection: _Connection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Connects, subscribes and forwards data; after a loss, reconnects with backoff and reports the hole."""
+    """Connects, subscribes and forwards data; reports a lost connection in the data's place, then
+    reconnects with backoff."""
     backoff = Backoff()
-    lost: str | None = None
-    subscribed_once = False
     async with batches:
         while True:
             try:
@@ -280,19 +301,24 @@ async def _keep_subscribed(
                     await socket.send_text(request.message())
                     await _wait_subscribed(socket)
                     backoff.reset()
-                    if not subscribed_once:
-                        subscribed_once = True
+                    connection.subscribed.set()
+                    if connection.interruptions == 0:
                         task_status.started()
-                    elif lost is not None:
-                        await batches.send(_Lost(lost))
                     await _forward(socket, decode, batches)
             except _CONNECTION_LOST as error:
-                if not subscribed_once:
-                    raise ServiceError(None, "unreachable", f"no feed at {request.url}: {error}") from None
-                lost = str(error)
-                log.warning("feed_disconnected url=%s reason=%s", request.url, lost)
+                if not connection.subscribed.is_set():
+                    if connection.interruptions == 0:
+                        raise ServiceError(None, "unreachable", f"no feed at {request.url}: {error}") from None
+                else:
+                    connection.subscribed = trio.Event()
+                    connection.interruptions += 1
+                    log.warning("feed_interrupted url=%s reason=%s", request.url, error)
+                    try:
+                        await batches.send(_Lost(str(error)))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the reader closed its end: nobody to feed
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the reader closed its end: nobody to feed
+                return
             await trio.sleep(backoff.next_delay())
 
 
@@ -318,4 +344,4 @@ async def _forward(
                 log.warning("feed_error code=%s message=%s", document.get("code"), document.get("message"))
 
 
-__all__ = ["Client", "Feed", "FeedReconnected", "ServiceError", "feed_url", "open_feed"]
+__all__ = ["Client", "Feed", "FeedInterrupted", "ServiceError", "feed_url", "open_feed"]

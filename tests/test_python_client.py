@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import trio
 
-from app import Client, FeedReconnected, MarketData, ServiceError, Tick, open_feed
+from app import Client, FeedInterrupted, MarketData, ServiceError, Tick, open_feed
 from app.testing import SimulatedExchange
 
 T0_MS = 1_723_161_240_000  # 2024-08-08 23:54:00 UTC
@@ -117,7 +117,7 @@ async def _pipe(source: trio.SocketStream, sink: trio.SocketStream) -> None:
         await sink.send_all(data)
 
 
-async def test_the_feed_gives_typed_batches_and_reports_a_reconnect(
+async def test_the_feed_gives_typed_batches_and_reports_an_interruption(
     binance_simulator: SimulatedExchange, marketdata_service: MarketData
 ) -> None:
     md = marketdata_service
@@ -133,13 +133,14 @@ async def test_the_feed_gives_typed_batches_and_reports_a_reconnect(
                     got += await feed.__anext__()
                 assert got == first and got[0].price == Decimal("60000.01")
                 proxy.reset()
-                with pytest.raises(FeedReconnected) as reconnected:
+                with pytest.raises(FeedInterrupted) as interrupted:
                     await feed.__anext__()
-                assert reconnected.value.last_trade_ids == {"BTCUSDT": 2}
+                assert interrupted.value.last_trade_ids == {"BTCUSDT": 2}
+                await feed.wait_subscribed()
                 later = await publish(binance_simulator, 1)
                 assert await feed.__anext__() == later
             nursery.cancel_scope.cancel()
-    assert proxy.accepted == 2 and feed.reconnects == 1
+    assert proxy.accepted == 2 and feed.interruptions == 1
 
 
 async def test_candle_feed_and_a_refused_subscription(binance_simulator: SimulatedExchange,
