@@ -19,7 +19,8 @@ from pathlib import Path
 
 import trio
 
-from app.ingest.recording import (
+from app.model import Tick, ms_from_utc
+from app.recording import (
     RecordedFrame,
     RecordingError,
     RecordingHeader,
@@ -27,7 +28,6 @@ from app.ingest.recording import (
     read_recording,
     write_recording,
 )
-from app.model import Tick, ms_from_utc
 from app.replay.cli import shipped_recording
 from app.replay.config import Faults, ManualSource, ReplaySource, SimulatorConfig, Source
 from app.replay.simulator import Simulator, open_simulator
