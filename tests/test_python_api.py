@@ -47,7 +47,11 @@ async def test_latest_candles_and_subscriptions(binance_simulator: SimulatedExch
     async with md.subscribe(["BTCUSDT", "ETHUSDT"]) as ticks, md.subscribe_candles(["BTCUSDT"], "1m") as candles:
         published = await publish(binance_simulator, "BTCUSDT", 3) + await publish(binance_simulator, "ETHUSDT", 2)
         got = await receive(ticks, 5)
-        updates = await candles.__anext__()
+        updates = []
+        async for batch in candles:  # until the aggregator has the third trade
+            updates += batch
+            if batch[-1].last_trade_id == 3:
+                break
     assert got == published  # exact decimals, ids, times: the same attrs objects' values
     assert {candle.symbol for candle in updates} == {"BTCUSDT"} and not updates[-1].closed
     assert md.latest("btcusdt") == published[2]

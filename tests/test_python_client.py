@@ -22,18 +22,22 @@ async def publish(exchange: SimulatedExchange, count: int, symbol: str = "BTCUSD
                                          trade_time=T0_MS + i) for i in range(count)]
 
 
-async def wait_latest(md: MarketData, tick: Tick) -> None:
-    async with md.subscribe(["*"]) as ticks:
-        while md.latest(tick.symbol) != tick:
-            await ticks.__anext__()
+async def publish_and_settle(md: MarketData, exchange: SimulatedExchange, count: int) -> list[Tick]:
+    """Publishes ``count`` trades and returns once the service has the last one and its candle."""
+    async with md.subscribe_candles(["BTCUSDT"], "1m") as candles:
+        published = await publish(exchange, count)
+        async for updates in candles:
+            if any(candle.last_trade_id == published[-1].trade_id for candle in updates):
+                break
+    assert md.latest("BTCUSDT") == published[-1]
+    return published
 
 
 async def test_the_rest_api_as_typed_methods(binance_simulator: SimulatedExchange,
                                             marketdata_service: MarketData) -> None:
     md = marketdata_service
     with trio.fail_after(20):
-        published = await publish(binance_simulator, 3)
-        await wait_latest(md, published[-1])
+        published = await publish_and_settle(md, binance_simulator, 3)
         async with Client(md.http_url) as client:
             assert await client.tick("btcusdt") == published[-1]  # exact: 62000.01, 0.00012345
             assert await client.ticks() == {"BTCUSDT": published[-1]}
@@ -69,8 +73,8 @@ async def test_an_unreachable_service_is_a_service_error() -> None:
 
 async def test_the_client_works_under_asyncio_too(binance_simulator: SimulatedExchange,
                                                   marketdata_service: MarketData) -> None:
-    published = await publish(binance_simulator, 1)
-    await wait_latest(marketdata_service, published[0])
+    with trio.fail_after(20):
+        published = await publish_and_settle(marketdata_service, binance_simulator, 1)
 
     async def under_asyncio(url: str) -> Tick:
         async with Client(url) as client:
@@ -147,8 +151,7 @@ async def test_candle_feed_and_a_refused_subscription(binance_simulator: Simulat
                                                       marketdata_service: MarketData) -> None:
     url = marketdata_service.http_url
     with trio.fail_after(20):
-        published = await publish(binance_simulator, 2)
-        await wait_latest(marketdata_service, published[-1])
+        await publish_and_settle(marketdata_service, binance_simulator, 2)
         async with open_feed(url, "candles", ["BTCUSDT"], "1m") as candles:
             [opened] = await candles.__anext__()
         with pytest.raises(ServiceError) as refused:
