@@ -66,9 +66,11 @@ class Client:
             tick = await client.tick("BTCUSDT")
     """
 
-    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        """``token``: the service's ``ADMIN_TOKEN``, sent as a Bearer token (adding and removing symbols)."""
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        headers = {} if token is None else {"authorization": f"Bearer {token}"}
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers)
 
     async def __aenter__(self) -> Client:
         return self

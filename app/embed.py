@@ -153,7 +153,7 @@ class MarketData:
         self, symbols: Iterable[str], *, buffer: int = SUBSCRIPTION_BUFFER
     ) -> AsyncIterator[Subscription[Tick]]:
         """Every tick of ``symbols`` (``["*"]``: every symbol) from now on, in lists, each symbol in id order."""
-        subscriber, channel = self._state.hub.subscribe_handle(
+        subscriber, channel = self._state.hub.subscribe(
             f"python:{next(self._numbers)}", buffer, OverflowPolicy.CUT_OFF, _symbol_filter(symbols)
         )
         subscription = Subscription(subscriber, channel)
@@ -173,7 +173,7 @@ class MarketData:
         except ApiError as error:
             raise ServiceError(error.status, error.code, error.message) from None
         wanted = _symbol_filter(symbols)
-        subscriber, channel = self._state.candles.subscribe_candles_handle(
+        subscriber, channel = self._state.candles.subscribe_candles(
             f"python:{next(self._numbers)}", buffer, OverflowPolicy.CUT_OFF, wanted, name
         )
         opened = (self._state.candles.open_candle(symbol, name) for symbol in (wanted or self.symbols()))

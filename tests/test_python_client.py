@@ -159,3 +159,15 @@ async def test_candle_feed_and_a_refused_subscription(binance_simulator: Simulat
                 pass
     assert opened == (await marketdata_service.candles("BTCUSDT", "1m"))[-1] and not opened.closed
     assert refused.value.code == "unknown_interval"
+
+
+@pytest.mark.marketdata_service(http=True, admin_token="a-token-of-16-chars-or-more")
+async def test_the_admin_token_is_sent_as_a_bearer_token(marketdata_service: MarketData) -> None:
+    url = marketdata_service.http_url
+    with trio.fail_after(20):
+        async with Client(url) as anonymous, Client(url, token="a-token-of-16-chars-or-more") as admin:
+            with pytest.raises(ServiceError) as refused:
+                await anonymous.remove_symbol("ETHUSDT")
+            await admin.remove_symbol("ETHUSDT")
+    assert (refused.value.status, refused.value.code) == (401, "missing_token")
+    assert marketdata_service.symbols() == ("BTCUSDT",)
