@@ -20,9 +20,10 @@ import httpx
 import orjson
 import trio
 
+from app.backoff import Backoff
 from app.convert import api_converter, api_json, candles_from_api, ticks_from_api
 from app.errors import ServiceError
-from app.ingest.backoff import Backoff
+from app.ingest.reconnect import RECONNECT_BACKOFF
 from app.ingest.stream_socket import HandshakeFailed, SocketClosed, StreamSocket, open_stream_socket
 from app.model import Candle, ServiceHealth, SymbolSummary, Tick, ms_from_utc
 
@@ -295,7 +296,7 @@ async def _keep_subscribed(
 ) -> None:
     """Connects, subscribes and forwards data; reports a lost connection in the data's place, then
     reconnects with backoff."""
-    backoff = Backoff()
+    backoff = Backoff(RECONNECT_BACKOFF)
     async with batches:
         while True:
             try:

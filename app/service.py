@@ -25,7 +25,7 @@ from functools import partial
 import attrs
 import trio
 
-from app.ingest.backoff import Backoff
+from app.backoff import Backoff, BackoffPolicy
 from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
 from app.ingest.trades import stream_trades
@@ -194,7 +194,7 @@ async def _supervise(
 
 
 def _storage_retry() -> Backoff:
-    return Backoff(start=STORAGE_RETRY_START_SECONDS, cap=STORAGE_RETRY_CAP_SECONDS)
+    return Backoff(BackoffPolicy(start=STORAGE_RETRY_START_SECONDS, cap=STORAGE_RETRY_CAP_SECONDS))
 
 
 def channel_depth(name: str, channel: trio.MemoryReceiveChannel[list[Tick]]) -> ChannelDepth:

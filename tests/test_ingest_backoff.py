@@ -1,47 +1,14 @@
-"""Reconnect backoff, the connection-attempt budget, and control-message pacing (pure cores + MockClock)."""
+"""Reconnect health, the connection-attempt budget, and control-message pacing (pure cores + MockClock)."""
 
 from __future__ import annotations
-
-import random
 
 import trio
 import trio.testing
 
-from app.ingest.backoff import AttemptBudget, Backoff
 from app.ingest.binance_stream import ConnectionHandle
 from app.ingest.log_throttle import LogThrottle
 from app.ingest.pacer import Pacer, SlidingWindow
-
-
-def test_backoff_ceiling_doubles_from_half_a_second_to_the_cap() -> None:
-    backoff = Backoff(rng=random.Random(1))
-    ceilings = []
-    for _ in range(10):
-        ceilings.append(backoff.ceiling())
-        backoff.next_delay()
-    assert ceilings == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0]
-
-
-def test_backoff_delays_are_full_jitter_within_the_ceiling() -> None:
-    backoff = Backoff(rng=random.Random(7))
-    delays = []
-    for _ in range(200):
-        ceiling = backoff.ceiling()
-        delay = backoff.next_delay()
-        assert 0.0 <= delay <= ceiling
-        delays.append(delay)
-    # Full jitter: capped delays spread over the whole range, not bunched at the cap.
-    capped = delays[10:]
-    assert min(capped) < 5.0 and max(capped) > 25.0
-
-
-def test_backoff_reset_starts_from_half_a_second_again() -> None:
-    backoff = Backoff(rng=random.Random(3))
-    for _ in range(5):
-        backoff.next_delay()
-    assert backoff.ceiling() == 16.0
-    backoff.reset()
-    assert backoff.ceiling() == 0.5
+from app.ingest.reconnect import AttemptBudget
 
 
 async def test_a_connection_counts_as_healthy_after_a_minute_up(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from app.ingest.backoff import Backoff
+from app.backoff import Backoff, BackoffPolicy
 from app.model import Candle, Tick
 from app.store.persist import (
     DAY_MS,
@@ -38,7 +38,8 @@ async def test_a_failed_write_is_retried_and_nothing_is_lost_or_reported_early(t
     batches_send, batches_receive = trio.open_memory_channel[Sequence[Tick]](16)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(persist_ticks, batches_receive, storage, status, Backoff(start=0.01, cap=0.1))
+            retry = Backoff(BackoffPolicy(start=0.01, cap=0.1))
+            nursery.start_soon(persist_ticks, batches_receive, storage, status, retry)
             for first in range(0, 6000, 1000):
                 await batches_send.send([tick(trade_id) for trade_id in range(first, first + 1000)])
             for _ in range(1000):
@@ -65,7 +66,7 @@ async def test_closed_candles_are_written_in_batches(tmp_path: Path) -> None:
         candles_send.send_nowait([Candle("BTCUSDT", "1m", open_ms, open_ms + 59_999, one, one, one, one, one, one,
                                          1, one, one, minute, minute, closed=True)])
     candles_send.close()
-    await persist_candles(candles_receive, storage, status, Backoff())
+    await persist_candles(candles_receive, storage, status, Backoff(BackoffPolicy(start=0.5, cap=30.0)))
     assert status.candles_persisted == 5 and status.candle_writes == 1  # drained into one transaction
     assert len(await storage.candles("BTCUSDT", "1m", None, None, 10)) == 5
     await storage.close()

@@ -25,7 +25,7 @@ from postgres_server import admin_connection, fresh_database
 from test_storage_contract import candle
 from web_harness import make_ticks, running_web, wait_until
 
-from app.ingest.backoff import Backoff
+from app.backoff import Backoff, BackoffPolicy
 from app.model import Candle, Tick
 from app.store.persist import PersistStatus, persist_candles, persist_ticks
 from app.store.postgres import PostgresStorage
@@ -41,7 +41,7 @@ def ticks(first: int, count: int, symbol: str = "BTCUSDT") -> list[Tick]:
 
 
 def fast_backoff() -> Backoff:
-    return Backoff(start=0.01, cap=0.05)
+    return Backoff(BackoffPolicy(start=0.01, cap=0.05))
 
 
 async def send_all(channel: trio.MemorySendChannel[Sequence[Tick]], sent: Sequence[Tick], batch: int = 500) -> None:

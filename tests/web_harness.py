@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import trio
 
-from app.ingest.backoff import Backoff
+from app.backoff import Backoff, BackoffPolicy
 from app.ingest.status import IngestStatus
 from app.intervals import Interval
 from app.model import Candle, Tick
@@ -132,7 +132,8 @@ async def running_web(
             base_url = urls[0]
             nursery.start_soon(fan_out, ticks_receive, hub)
             nursery.start_soon(partial(aggregate, candle_input, closed_send, candles, is_live=ingest.is_live))
-            nursery.start_soon(persist_candles, closed_receive, storage, state.persist, Backoff())
+            nursery.start_soon(persist_candles, closed_receive, storage, state.persist,
+                               Backoff(BackoffPolicy(start=0.5, cap=30.0)))
             yield Harness(state, base_url, base_url.replace("http://", "ws://") + "/ws", ticks_send, writer_input)
             nursery.cancel_scope.cancel()
     finally:

@@ -7,7 +7,7 @@
     frame_reader.py    FrameReader: RFC 6455 frames parsed from bytes, no I/O (each read -> a batch of messages)
     control.py         SUBSCRIBE/UNSUBSCRIBE frames, replies and their correlation by id
     pacer.py           control messages at <= 3 per sliding second (the server's pings take the 4th)
-    backoff.py         full-jitter exponential backoff and the connection-attempt budget
+    reconnect.py       the reconnect backoff policy (app/backoff.py) and the connection-attempt budget
     gap_repair.py      TradeSequencer: duplicates dropped, holes backfilled over REST, gaps reported;
                        last trade ids checked when a connection comes up and before unsubscribing
     sequence.py        TradeSequence: the pure per-symbol core of the above

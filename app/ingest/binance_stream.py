@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from app.ingest.backoff import HEALTHY_AFTER_SECONDS, AttemptBudget, Backoff
+from app.backoff import Backoff
 from app.ingest.connection import ACK_TIMEOUT_SECONDS, StreamConnection, TickSink
 from app.ingest.control import ControlError, ControlTimeout
+from app.ingest.reconnect import HEALTHY_AFTER_SECONDS, RECONNECT_BACKOFF, AttemptBudget
 from app.ingest.status import ConnectionStatus, IngestStatus
 from app.ingest.stream_socket import CONNECT_TIMEOUT_SECONDS, HandshakeFailed, SocketClosed, open_stream_socket
 from app.ingest.urls import combined_stream_url, symbol_of_stream, uses_microseconds
@@ -246,7 +247,7 @@ class StreamClient:
         return shard
 
     async def _run_shard(self, shard: Shard) -> None:
-        backoff = Backoff(rng=self._rng)
+        backoff = Backoff(RECONNECT_BACKOFF, rng=self._rng)
         with shard.scope:
             async with trio.open_nursery() as nursery:
                 current = await self._open(shard, nursery, backoff)

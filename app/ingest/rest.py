@@ -18,6 +18,7 @@ import httpx
 import orjson
 import trio
 
+from app.backoff import Backoff, BackoffPolicy
 from app.convert import FrameError, quote_frame, trade_from_rest
 from app.ingest.status import IngestStatus
 from app.model import Tick
@@ -41,8 +42,9 @@ WEIGHT_HEADROOM = 0.9
 DEFAULT_RETRY_AFTER_SECONDS = 30.0
 # One request gives up after waiting this long in total for rate limits (its gap is then reported).
 MAX_RATE_LIMIT_WAIT_SECONDS = 300.0
-# Network errors and 5xx answers: this many retries, with a growing pause.
-MAX_TRANSIENT_RETRIES = 4
+# Network errors and 5xx answers: 4 retries after 1, 2, 4 and 8 s. No jitter: one request's retries, and the
+# rate-limit rules above already keep this process's callers from bunching up on the exchange.
+TRANSIENT_RETRY = BackoffPolicy(start=1.0, cap=8.0, jitter=False, max_retries=4)
 REQUEST_TIMEOUT_SECONDS = 10.0
 # Binance's "Invalid symbol." error code.
 INVALID_SYMBOL = -1121
@@ -88,11 +90,13 @@ class BinanceRest:
         *,
         client: httpx.AsyncClient | None = None,
         max_rate_limit_wait: float = MAX_RATE_LIMIT_WAIT_SECONDS,
+        transient_retry: BackoffPolicy = TRANSIENT_RETRY,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._status = status
         self._client = client if client is not None else httpx.AsyncClient(timeout=REQUEST_TIMEOUT_SECONDS)
         self._max_rate_limit_wait = max_rate_limit_wait
+        self._transient_retry = transient_retry
         self.weight_limit = DEFAULT_WEIGHT_LIMIT
         self.used_weight = 0
         # trio.current_time() before which no request is sent (after a 429 or 418).
@@ -169,7 +173,7 @@ class BinanceRest:
         """The decoded JSON body of a GET, after waiting out rate limits and retrying transient failures."""
         url = self.base_url + path
         rate_limit_waited = 0.0
-        transient_failures = 0
+        transient = Backoff(self._transient_retry)
         while True:
             blocked_for = max(self._blocked_until - trio.current_time(), 0.0)
             if rate_limit_waited + blocked_for > self._max_rate_limit_wait:
@@ -184,10 +188,10 @@ class BinanceRest:
                 response = await self._client.get(url, params=params)
             except httpx.HTTPError as error:
                 self._status.rest_errors += 1
-                transient_failures += 1
-                if transient_failures > MAX_TRANSIENT_RETRIES:
+                delay = transient.next_delay()
+                if transient.exhausted:
                     raise RestUnavailable(f"GET {path} failed: {error!r}") from None
-                await trio.sleep(0.5 * 2**transient_failures)
+                await trio.sleep(delay)
                 continue
             self._note_used_weight(response.headers)
             if response.status_code == 200:
@@ -207,10 +211,10 @@ class BinanceRest:
                 continue
             if response.status_code >= 500:
                 self._status.rest_errors += 1
-                transient_failures += 1
-                if transient_failures > MAX_TRANSIENT_RETRIES:
+                delay = transient.next_delay()
+                if transient.exhausted:
                     raise RestUnavailable(f"GET {path}: HTTP {response.status_code}", response.status_code)
-                await trio.sleep(0.5 * 2**transient_failures)
+                await trio.sleep(delay)
                 continue
             self._status.rest_errors += 1
             raise _client_error(path, response)
