@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 from test_ingest_support import make_ticks, running_ingest, trades
 
-from app.ingest.gap_repair import TradeSequencer
+from app.ingest.gap_repair import GapRepair
 from app.ingest.rest import BinanceRest
 from app.ingest.status import IngestStatus
 from app.model import Tick
@@ -90,15 +90,15 @@ async def test_unsubscribing_reports_the_trades_it_could_not_fetch_in_time_as_a_
         simulator.publish(make_ticks("ETHUSDT", 1, 6))
         status = IngestStatus()
         rest = BinanceRest(simulator.rest_url, status)
-        sequencer = TradeSequencer(status, rest, max_backfill_trades=1000, close_out_timeout=0.5, last_id_settle=0.0)
         ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](100)
         # Nothing of the gap may come out: ids 3-6 were never fetched.
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                await nursery.start(sequencer.run, ticks_send)
-                sequencer.track("ETHUSDT", last_trade_id=2)
-                await sequencer.close_out("ETHUSDT")
-                sequencer.forget("ETHUSDT")
+                gap_repair = GapRepair(status, rest, ticks_send, nursery, max_backfill_trades=1000,
+                                       close_out_timeout=0.5, last_id_settle=0.0)
+                gap_repair.track("ETHUSDT", last_trade_id=2)
+                await gap_repair.close_out("ETHUSDT")
+                gap_repair.forget("ETHUSDT")
                 nursery.cancel_scope.cancel()
             await rest.aclose()
     symbol = status.symbols["ETHUSDT"]

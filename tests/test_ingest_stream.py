@@ -82,7 +82,8 @@ async def test_trades_of_a_new_symbol_lost_before_its_first_tick_are_found(simul
     with trio.fail_after(10):
         async with running_ingest(simulator, ["BTCUSDT", "ETHUSDT"]) as ingest:
             await simulator.wait_subscribed("ethusdt@trade")
-            simulator.publish(make_ticks("BTCUSDT", 1, 1))
+            # Stamped by the same exchange clock as ETHUSDT's: ingest estimates that clock from live ticks.
+            simulator.publish(make_ticks("BTCUSDT", 1, 1, t0_ms=now_ms))
             await ingest.wait_received(1)
             simulator.reset_connections()
             after_subscription = make_ticks("ETHUSDT", 21, 30, t0_ms=now_ms + 1000)

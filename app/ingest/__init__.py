@@ -8,9 +8,11 @@
     control.py         SUBSCRIBE/UNSUBSCRIBE frames, replies and their correlation by id
     pacer.py           control messages at <= 3 per sliding second (the server's pings take the 4th)
     reconnect.py       the reconnect backoff policy (app/backoff.py) and the connection-attempt budget
-    gap_repair.py      TradeSequencer: duplicates dropped, holes backfilled over REST, gaps reported;
-                       last trade ids checked when a connection comes up and before unsubscribing
-    sequence.py        TradeSequence: the pure per-symbol core of the above
+    sequencer.py       TradeSequencer (pure): per trade, what goes out, what is a duplicate or a hole, what a
+                       repair must fetch, what is given up as a gap
+    sequence.py        TradeSequence (pure): one symbol's id order, held ticks and hole
+    gap_repair.py      GapRepair: the Trio shell of the above; REST backfill tasks, last trade ids checked when
+                       a connection comes up and before unsubscribing
     emitter.py         Emitter: ordered, lossless hand-over of tick batches to the output channel
     rest.py            BinanceRest: historicalTrades/24hr ticker/exchangeInfo, 429/418/Retry-After honoured
     exchange_info.py   SymbolDirectory: exchangeInfo, cached

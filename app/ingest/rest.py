@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 HISTORICAL_TRADES_WEIGHT = 25
 EXCHANGE_INFO_WEIGHT = 20
+SERVER_TIME_WEIGHT = 1
 # /api/v3/ticker/24hr costs 2 for 1-20 symbols, 40 for 21-100, 80 for more or for all symbols: requests of 20
 # are the cheapest per symbol (0.1 each) until 800 symbols, beyond which one request for all (80) is.
 TICKER_CHEAP_SYMBOLS = 20
@@ -150,6 +151,13 @@ class BinanceRest:
                         log.warning("ticker: symbol not listed symbol=%s", symbol)
         return last_ids
 
+    async def server_time_ms(self) -> int:
+        """The exchange's clock (epoch ms)."""
+        body = await self.get_json("/api/v3/time", {}, SERVER_TIME_WEIGHT)
+        if not isinstance(body, dict) or type(body.get("serverTime")) is not int:
+            raise RestError(f"time returned {quote_frame(body)}")
+        return int(body["serverTime"])
+
     async def _ticker(self, params: Mapping[str, str], weight: int) -> Any:
         return await self.get_json("/api/v3/ticker/24hr", params, weight)
 
@@ -170,7 +178,8 @@ class BinanceRest:
         return info
 
     async def get_json(self, path: str, params: Mapping[str, str], weight: int) -> Any:
-        """The decoded JSON body of a GET, after waiting out rate limits and retrying transient failures."""
+        """The decoded JSON body of a GET, after waiting out rate limits and retrying transient failures
+        (network errors and timeouts, 5xx answers, a 200 whose body is not JSON) with ``transient_retry``."""
         url = self.base_url + path
         rate_limit_waited = 0.0
         transient = Backoff(self._transient_retry)
@@ -187,37 +196,41 @@ class BinanceRest:
             try:
                 response = await self._client.get(url, params=params)
             except httpx.HTTPError as error:
-                self._status.rest_errors += 1
-                delay = transient.next_delay()
-                if transient.exhausted:
-                    raise RestUnavailable(f"GET {path} failed: {error!r}") from None
-                await trio.sleep(delay)
-                continue
-            self._note_used_weight(response.headers)
-            if response.status_code == 200:
-                try:
-                    return orjson.loads(response.content)
-                except orjson.JSONDecodeError:
-                    raise RestError(f"GET {path} returned invalid JSON: {quote_frame(response.content)}") from None
-            if response.status_code in (418, 429):
-                self._status.rest_rate_limited += 1
-                delay = retry_after_seconds(response.headers)
-                self._blocked_until = max(self._blocked_until, trio.current_time() + delay)
-                if response.status_code == 418:
-                    self.banned_until = self._blocked_until
-                    log.warning("rest banned status=418 retry_after=%.0f path=%s", delay, path)
-                    raise RestUnavailable(f"GET {path}: this IP is banned for {delay:.0f} s (HTTP 418)", 418)
-                log.warning("rest rate limited status=429 retry_after=%.1f path=%s", delay, path)
-                continue
-            if response.status_code >= 500:
-                self._status.rest_errors += 1
-                delay = transient.next_delay()
-                if transient.exhausted:
-                    raise RestUnavailable(f"GET {path}: HTTP {response.status_code}", response.status_code)
-                await trio.sleep(delay)
-                continue
+                failure, status = f"GET {path} failed: {error!r}", None
+            else:
+                self._note_used_weight(response.headers)
+                status = response.status_code
+                if status == 200:
+                    try:
+                        return orjson.loads(response.content)
+                    except orjson.JSONDecodeError:
+                        # A body cut short, or a proxy's error page: the next answer may well be whole.
+                        failure = f"GET {path} returned invalid JSON: {quote_frame(response.content)}"
+                elif status in (418, 429):
+                    self._rate_limited(path, response)
+                    continue
+                elif status >= 500:
+                    failure = f"GET {path}: HTTP {status}: {quote_frame(response.content)}"
+                else:
+                    self._status.rest_errors += 1
+                    raise _client_error(path, response)
             self._status.rest_errors += 1
-            raise _client_error(path, response)
+            delay = transient.next_delay()
+            if transient.exhausted:
+                raise RestUnavailable(f"{failure} (after {transient.failures - 1} retries)", status)
+            log.warning("rest request failed path=%s retry_in=%.1f error=%s", path, delay, failure)
+            await trio.sleep(delay)
+
+    def _rate_limited(self, path: str, response: httpx.Response) -> None:
+        """A 429 blocks every caller for Retry-After; a 418 (banned) too, and fails this request."""
+        self._status.rest_rate_limited += 1
+        delay = retry_after_seconds(response.headers)
+        self._blocked_until = max(self._blocked_until, trio.current_time() + delay)
+        if response.status_code == 418:
+            self.banned_until = self._blocked_until
+            log.warning("rest banned status=418 retry_after=%.0f path=%s", delay, path)
+            raise RestUnavailable(f"GET {path}: this IP is banned for {delay:.0f} s (HTTP 418)", 418)
+        log.warning("rest rate limited status=429 retry_after=%.1f path=%s", delay, path)
 
     async def _respect_limits(self, weight: int) -> None:
         now = trio.current_time()

@@ -18,7 +18,7 @@ import trio
 from app.ingest.binance_stream import StreamClient
 from app.ingest.control import ControlError
 from app.ingest.exchange_info import DELISTED, TRADING, TRADING_STATUS_CHECK_SECONDS, SymbolDirectory, status_changes
-from app.ingest.gap_repair import TradeSequencer
+from app.ingest.gap_repair import GapRepair
 from app.ingest.rest import RestError
 from app.ingest.status import IngestStatus
 from app.ingest.urls import trade_stream
@@ -79,7 +79,7 @@ class SubscriptionManager:
         self._configured = frozenset(configured)
         self._memory = memory
         self._client: StreamClient | None = None
-        self._sequencer: TradeSequencer | None = None
+        self._sequencer: GapRepair | None = None
         self._directory: SymbolDirectory | None = None
         self._lock = trio.Lock()
         self._changed = trio.Event()
@@ -102,7 +102,7 @@ class SubscriptionManager:
         self._changed.set()
         self._changed = trio.Event()
 
-    def attach(self, client: StreamClient, sequencer: TradeSequencer, directory: SymbolDirectory | None) -> None:
+    def attach(self, client: StreamClient, sequencer: GapRepair, directory: SymbolDirectory | None) -> None:
         self._client, self._sequencer, self._directory = client, sequencer, directory
 
     def detach(self) -> None:
@@ -213,11 +213,11 @@ class SubscriptionManager:
             self._set_changed()
             await client.unsubscribe(trade_stream(symbol))
 
-    def _undo_add(self, symbol: str, client: StreamClient, sequencer: TradeSequencer) -> None:
+    def _undo_add(self, symbol: str, client: StreamClient, sequencer: GapRepair) -> None:
         del self._symbols[symbol]
         sequencer.forget(symbol)
 
-    def _running(self) -> tuple[StreamClient, TradeSequencer]:
+    def _running(self) -> tuple[StreamClient, GapRepair]:
         if self._client is None or self._sequencer is None:
             raise ExchangeUnavailableError("ingestion is not running")
         return self._client, self._sequencer

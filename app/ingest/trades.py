@@ -1,7 +1,7 @@
 """``stream_trades``: the ingest task the supervisor starts, wiring the client, the sequencer and REST.
 
-    connections (StreamClient shards) ──accept(ticks)──▶ TradeSequencer ──Emitter──▶ ``ticks`` (downstream)
-                                  REST backfill tasks ──pages──┘
+    connections (StreamClient shards) ──accept(ticks)──▶ GapRepair ──Emitter──▶ ``ticks`` (downstream)
+                                  REST backfill tasks ──pages──┘  (decisions: TradeSequencer, pure)
 
 The output carries batches of ticks (about one socket read each) with, per symbol, every trade exactly once and
 in trade-id order; it is closed when the task ends. Ingest waits when ``ticks`` is full; it never drops.
@@ -16,7 +16,7 @@ import trio
 
 from app.ingest.binance_stream import StreamClient
 from app.ingest.exchange_info import SymbolDirectory
-from app.ingest.gap_repair import TradeSequencer
+from app.ingest.gap_repair import GapRepair
 from app.ingest.rest import BinanceRest
 from app.ingest.subscriptions import SubscriptionManager
 from app.ingest.urls import trade_stream
@@ -45,22 +45,21 @@ async def stream_trades(
     async with ticks:
         try:
             directory = SymbolDirectory(rest)
-            sequencer = TradeSequencer(status, rest, max_backfill_trades=settings.max_backfill_trades)
-            symbols = subscriptions.symbols()
-            for symbol in symbols:
-                sequencer.track(symbol, resume.get(symbol))
-            client = StreamClient(
-                settings.binance_ws_url,
-                status,
-                sequencer.accept,
-                max_streams_per_connection=settings.max_streams_per_connection,
-                stale_after_seconds=settings.stale_after_seconds,
-                on_connected=sequencer.check_last_ids,
-            )
             async with trio.open_nursery() as nursery:
-                await nursery.start(sequencer.run, ticks)
+                gap_repair = GapRepair(status, rest, ticks, nursery, max_backfill_trades=settings.max_backfill_trades)
+                symbols = subscriptions.symbols()
+                for symbol in symbols:
+                    gap_repair.track(symbol, resume.get(symbol))
+                client = StreamClient(
+                    settings.binance_ws_url,
+                    status,
+                    gap_repair.accept,
+                    max_streams_per_connection=settings.max_streams_per_connection,
+                    stale_after_seconds=settings.stale_after_seconds,
+                    on_connected=gap_repair.check_last_ids,
+                )
                 await nursery.start(client.run, [trade_stream(symbol) for symbol in symbols])
-                subscriptions.attach(client, sequencer, directory)
+                subscriptions.attach(client, gap_repair, directory)
                 log.info("ingest started symbols=%d resume=%d", len(symbols), len(resume))
                 nursery.start_soon(subscriptions.watch_trading_status)
                 task_status.started()

@@ -1,10 +1,13 @@
-"""Faults the simulator injects: abrupt resets, malformed frames, and per-frame random decisions."""
+"""Faults the simulator injects: abrupt resets, malformed frames, per-frame random decisions, and REST answers
+that go wrong."""
 
 from __future__ import annotations
 
+import enum
 import random
 import socket
 import struct
+from collections import deque
 
 import trio
 
@@ -56,3 +59,32 @@ async def reset_tcp(stream: trio.SocketStream) -> None:
     except OSError:
         pass  # already closed by the peer: nothing left to reset
     await stream.aclose()
+
+
+class RestFault(enum.Enum):
+    """How one REST answer goes wrong."""
+
+    # HTTP 503 with Binance's "-1001 DISCONNECTED" body (an internal error: "Please try again").
+    SERVER_ERROR = "server_error"
+    # No answer at all until the client gives up (the request's own timeout).
+    TIMEOUT = "timeout"
+    # HTTP 200 whose JSON body stops halfway (a consistent Content-Length: the cut is in the content).
+    TRUNCATED_JSON = "truncated_json"
+    # HTTP 200 with a body that is not JSON (an HTML error page from a proxy).
+    INVALID_JSON = "invalid_json"
+    # HTTP 200 with ``[]``: no trades, where the ids asked for exist (REST lagging the stream).
+    EMPTY_LIST = "empty_list"
+
+
+class RestFaults:
+    """Faults queued per endpoint (``historicalTrades``, ``ticker/24hr`` ...): each request takes the next one."""
+
+    def __init__(self) -> None:
+        self._queued: dict[str, deque[RestFault]] = {}
+
+    def add(self, endpoint: str, fault: RestFault, times: int = 1) -> None:
+        self._queued.setdefault(endpoint, deque()).extend([fault] * times)
+
+    def take(self, endpoint: str) -> RestFault | None:
+        queued = self._queued.get(endpoint)
+        return queued.popleft() if queued else None

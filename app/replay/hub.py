@@ -18,6 +18,7 @@ import trio
 from app.model import Tick
 from app.replay.config import Limits
 from app.replay.events import MarketEvent, combine, trade_event, trade_payload
+from app.replay.faults import RestFaults
 from app.replay.ledger import TradeLedger
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Counters:
     rest_requests: int = 0
     rest_rejected: int = 0  # answered 429
     rest_weight_used: int = 0  # request weight charged (requests answered 429 charge none)
+    rest_faults: int = 0  # answers spoilt on purpose (``Simulator.fail_rest``)
 
 
 @attrs.define(eq=False, slots=True)
@@ -130,6 +132,7 @@ class Hub:
         self.delisted: dict[str, SymbolInfo] = {}
         self.stalled_until = float("-inf")
         self.refused_until = float("-inf")
+        self.rest_faults = RestFaults()
         self.source_done = trio.Event()
         self._attempts: deque[float] = deque()
         self._ids = itertools.count(1)

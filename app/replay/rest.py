@@ -26,6 +26,7 @@ from app.intervals import Interval, UnknownIntervalError
 from app.model import Tick
 from app.replay.agg_trades import AggTrade
 from app.replay.events import wire_decimal
+from app.replay.faults import RestFault
 from app.replay.hub import Hub
 from app.replay.klines import build_klines
 from app.replay.ticker import DAY_MS, TickerParamError, parse_ticker_request, ticker_row, ticker_weight
@@ -85,6 +86,10 @@ def create_rest_app(hub: Hub) -> QuartTrio:
                            "per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.")
                 return _json({"code": -1003, "msg": message}, 429, {**headers, "Retry-After": str(retry_after)})
             hub.counters.rest_weight_used += cost
+            fault = hub.rest_faults.take(name)
+            if fault is not None:
+                hub.counters.rest_faults += 1
+                return await _faulty_answer(fault, headers)
             try:
                 body = handler(request.args)
             except (RestError, TickerParamError) as error:
@@ -111,6 +116,21 @@ def create_rest_app(hub: Hub) -> QuartTrio:
     app.register_error_handler(404, unknown)
     app.register_error_handler(405, unknown)
     return app
+
+
+async def _faulty_answer(fault: RestFault, headers: Mapping[str, str]) -> Response:
+    if fault is RestFault.TIMEOUT:
+        await trio.sleep_forever()  # the client's timeout ends it (Hypercorn cancels us when it disconnects)
+    if fault is RestFault.SERVER_ERROR:
+        return _json({"code": -1001, "msg": "Internal error; unable to process your request. Please try again."},
+                     503, headers)
+    if fault is RestFault.TRUNCATED_JSON:
+        body = orjson.dumps([{"id": 1, "price": "100.00000000", "qty": "1.00000000"}])
+        return Response(body[: len(body) // 2], status=200, headers=dict(headers), content_type="application/json")
+    if fault is RestFault.INVALID_JSON:
+        return Response(b"<html><body>502 Bad Gateway</body></html>", status=200, headers=dict(headers),
+                        content_type="application/json")
+    return _json([], 200, headers)
 
 
 def _json(body: object, status: int, headers: Mapping[str, str]) -> Response:

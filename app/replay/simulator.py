@@ -22,7 +22,7 @@ import trio
 
 from app.model import Tick
 from app.replay.config import Faults, ManualSource, ReplaySource, SimulatorConfig, Source, SyntheticSource
-from app.replay.faults import FaultDice, malformed_frame
+from app.replay.faults import FaultDice, RestFault, malformed_frame
 from app.replay.hub import RESET, Hub, SymbolInfo, Termination, symbol_info
 from app.replay.publisher import run_source
 from app.replay.rest import serve_rest
@@ -52,6 +52,7 @@ class SimulatorStats:
     rest_requests: int
     rest_rejected: int
     rest_weight_used: int
+    rest_faults: int
     published_trades: int
 
 
@@ -203,6 +204,11 @@ class Simulator:
     def relist(self, symbol: str) -> None:
         """Listed and trading again (after ``delist`` or ``set_trading_status``)."""
         self._hub.relist(symbol)
+
+    def fail_rest(self, endpoint: str, fault: RestFault, times: int = 1) -> None:
+        """The next ``times`` requests to ``/api/v3/{endpoint}`` (e.g. ``historicalTrades``) go wrong as
+        ``fault`` says, after being charged their weight; later ones are answered normally."""
+        self._hub.rest_faults.add(endpoint, fault, times)
 
     def server_shutdown(self) -> None:
         """Sends Binance's ``serverShutdown`` event to every connection (connections stay open)."""
