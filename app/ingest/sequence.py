@@ -30,9 +30,9 @@ class TradeSequence:
     # No next id known yet, and trades since the subscription may have been missed (a connection was lost
     # before the first trade arrived): ticks are held until ``anchor`` says where the stream starts.
     anchoring: bool = False
-    # Resumed from a persisted id and no live trade seen yet: the first one shows whether storage and the
+    # Resumed from this persisted id and no live trade seen yet: the first one shows whether storage and the
     # exchange agree (a store ahead of the exchange means another venue's ids, e.g. testnet vs live).
-    resume_unverified: bool = False
+    unverified_resume_id: int | None = None
     # The exchange's last trade id as last asked over REST (24hr ticker) after a connection came back or
     # before unsubscribing: ids up to it that were not emitted are a hole even with no later tick held.
     known_last_id: int | None = None

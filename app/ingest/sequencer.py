@@ -100,7 +100,7 @@ class TradeSequencer:
         if last_trade_id is not None and status.last_trade_id is None:
             status.last_trade_id = last_trade_id
         next_id = None if last_trade_id is None else last_trade_id + 1
-        self.sequences[symbol] = TradeSequence(symbol, next_id, status, resume_unverified=next_id is not None)
+        self.sequences[symbol] = TradeSequence(symbol, next_id, status, unverified_resume_id=last_trade_id)
         if next_id is None:
             self._fresh[symbol] = (self._wall_ms(), self._status.disconnects)
 
@@ -151,7 +151,7 @@ class TradeSequencer:
                 due = []
             if sequence.next_id is None:
                 self._start_stream(sequence, tick, decisions)
-            elif sequence.resume_unverified:
+            elif sequence.unverified_resume_id is not None:
                 self._verify_resume(sequence, tick)
             self._release(sequence, sequence.offer(tick), decisions)
             if sequence.held:
@@ -166,15 +166,16 @@ class TradeSequencer:
 
     def _verify_resume(self, sequence: TradeSequence, first: Tick) -> None:
         """The first live trade after resuming: the exchange's ids must not lie behind the stored ones."""
-        sequence.resume_unverified = False
-        next_id = sequence.next_id
-        if next_id is None or first.trade_id >= next_id - 1:
+        stored_id = sequence.unverified_resume_id
+        sequence.unverified_resume_id = None
+        # Against the stored id, not the next id due: a backfill may have gone past this live trade already.
+        if stored_id is None or first.trade_id >= stored_id:
             return
         # Dropping everything as a "duplicate" until the exchange catches up would be silent data loss.
         log.error(
             "stored trades are ahead of the exchange symbol=%s stored_last_id=%d live_id=%d: another venue's "
             "database (testnet vs live?); streaming from the live id",
-            sequence.symbol, next_id - 1, first.trade_id,
+            sequence.symbol, stored_id, first.trade_id,
         )
         self._status.resume_mismatches += 1
         sequence.next_id = first.trade_id
