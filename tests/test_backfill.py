@@ -11,11 +11,19 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
-from test_ingest_support import make_ticks, running_ingest, trades
+from test_ingest_support import Ingest, make_ticks, running_ingest, trades
 
-from app.ingest.rest import BinanceRest, RestError, RestUnavailable, retry_after_seconds, seconds_to_next_minute
+from app.ingest.rest import (
+    REQUEST_TIMEOUT_SECONDS,
+    BinanceRest,
+    RestError,
+    RestUnavailable,
+    retry_after_seconds,
+    seconds_to_next_minute,
+)
 from app.ingest.status import IngestStatus
 from app.replay.config import Limits, ManualSource, SimulatorConfig
+from app.replay.faults import RestFault
 from app.replay.simulator import Simulator, open_simulator
 
 
@@ -161,3 +169,105 @@ def test_retry_after_is_read_in_seconds_with_a_safe_default() -> None:
     assert retry_after_seconds({"retry-after": "-5"}) == 30.0
     assert seconds_to_next_minute(120.0) == 60.0
     assert seconds_to_next_minute(179.5) == 0.5
+
+
+# --- REST trouble: retried with the one backoff, then reported as a gap; the live stream flows meanwhile ---
+
+TRANSIENT_FAULTS = [RestFault.SERVER_ERROR, RestFault.TIMEOUT, RestFault.TRUNCATED_JSON, RestFault.INVALID_JSON]
+
+
+@pytest.mark.parametrize("fault", TRANSIENT_FAULTS)
+async def test_a_transient_rest_failure_is_retried_after_1_then_2_seconds(
+    fault: RestFault, autojump_clock: trio.testing.MockClock, simulator: Simulator
+) -> None:
+    simulator.publish(make_ticks("BTCUSDT", 1, 5))
+    simulator.fail_rest("historicalTrades", fault, times=2)
+    status = IngestStatus()
+    rest = BinanceRest(simulator.rest_url, status)
+    start = trio.current_time()
+    with trio.fail_after(60):
+        page = await rest.historical_trades("BTCUSDT", 2, 3)
+    await rest.aclose()
+    assert [tick.trade_id for tick in page] == [2, 3, 4]
+    assert status.rest_requests == 3 and status.rest_errors == 2
+    waited_for_answers = 2 * REQUEST_TIMEOUT_SECONDS if fault is RestFault.TIMEOUT else 0
+    assert trio.current_time() - start == pytest.approx(1 + 2 + waited_for_answers, abs=0.01)
+
+
+async def test_a_rest_api_answering_503_is_given_up_after_four_retries(
+    autojump_clock: trio.testing.MockClock, simulator: Simulator
+) -> None:
+    simulator.fail_rest("historicalTrades", RestFault.SERVER_ERROR, times=10)
+    status = IngestStatus()
+    rest = BinanceRest(simulator.rest_url, status)
+    start = trio.current_time()
+    with pytest.raises(RestUnavailable, match=r"HTTP 503: .*-1001.* \(after 4 retries\)") as raised:
+        with trio.fail_after(60):
+            await rest.historical_trades("BTCUSDT", 1)
+    await rest.aclose()
+    assert raised.value.status == 503
+    assert status.rest_requests == 5 and status.rest_errors == 5
+    assert trio.current_time() - start == pytest.approx(1 + 2 + 4 + 8, abs=0.01)
+
+
+async def test_a_backfill_that_rest_keeps_failing_is_a_gap_while_other_symbols_flow(
+    autojump_clock: trio.testing.MockClock, simulator: Simulator
+) -> None:
+    simulator.publish(make_ticks("BTCUSDT", 1, 50))  # traded while we were away: REST has them
+    simulator.fail_rest("historicalTrades", RestFault.SERVER_ERROR, times=5)
+    with trio.fail_after(120):
+        async with running_ingest(
+            simulator, ["BTCUSDT", "ETHUSDT"], resume_from={"BTCUSDT": 10}, stale_after_seconds=3600
+        ) as ingest:
+            await simulator.wait_subscribed("ethusdt@trade")
+            # The 24hr ticker shows BTCUSDT behind: its repair starts, and meets the first 503.
+            await simulator.wait_until(lambda: simulator.stats.rest_faults >= 1)
+            btc = ingest.status.symbols["BTCUSDT"]
+            simulator.publish(make_ticks("ETHUSDT", 1, 3))
+            await ingest.wait_last_id("ETHUSDT", 3)
+            assert btc.backfilling and simulator.stats.rest_faults < 5  # ETHUSDT flowed during the retries
+            simulator.publish(make_ticks("BTCUSDT", 51, 2))
+            await ingest.wait_last_id("BTCUSDT", 52)
+            [gap] = btc.unrepaired_gaps
+            assert (gap.first_trade_id, gap.last_trade_id) == (11, 50)
+            assert "HTTP 503" in gap.reason and "after 4 retries" in gap.reason
+            assert [tick.trade_id for tick in ingest.of("BTCUSDT")] == [51, 52]
+            assert simulator.stats.rest_faults == 5 and not btc.backfilling
+
+
+@asynccontextmanager
+async def resumed_behind_40_trades(simulator: Simulator) -> AsyncIterator[Ingest]:
+    """Ingest resuming BTCUSDT from id 10 while the exchange traded up to 50 (REST has them), once the live
+    trade 51 has come out (so the repair of 11..50 ended, one way or the other)."""
+    simulator.publish(make_ticks("BTCUSDT", 1, 50))
+    async with running_ingest(simulator, ["BTCUSDT"], resume_from={"BTCUSDT": 10}, stale_after_seconds=3600) as ingest:
+        await simulator.wait_subscribed("btcusdt@trade")
+        simulator.publish(make_ticks("BTCUSDT", 51, 1))
+        await ingest.wait_last_id("BTCUSDT", 51)
+        yield ingest
+
+
+@pytest.mark.parametrize("fault", [*TRANSIENT_FAULTS, RestFault.EMPTY_LIST])
+async def test_a_backfill_that_rest_fails_twice_is_repaired_in_full(
+    fault: RestFault, autojump_clock: trio.testing.MockClock, simulator: Simulator
+) -> None:
+    simulator.fail_rest("historicalTrades", fault, times=2)
+    with trio.fail_after(120):
+        async with resumed_behind_40_trades(simulator) as ingest:
+            assert trades(ingest.received) == trades(simulator.published("BTCUSDT")[10:])
+            status = ingest.status.symbols["BTCUSDT"]
+            assert status.unrepaired_gaps == [] and status.gaps_repaired == 1
+            assert simulator.stats.rest_faults == 2
+
+
+async def test_an_empty_page_where_trades_exist_is_asked_again_then_a_gap(
+    autojump_clock: trio.testing.MockClock, simulator: Simulator
+) -> None:
+    # Answered [] four times: the first ask and three more (EMPTY_PAGE_RETRY), then given up.
+    simulator.fail_rest("historicalTrades", RestFault.EMPTY_LIST, times=4)
+    with trio.fail_after(120):
+        async with resumed_behind_40_trades(simulator) as ingest:
+            [gap] = ingest.status.symbols["BTCUSDT"].unrepaired_gaps
+            assert (gap.first_trade_id, gap.last_trade_id) == (11, 50)
+            assert "no trades from id 11" in gap.reason
+            assert [tick.trade_id for tick in ingest.received] == [51]

@@ -89,6 +89,7 @@ def create_rest_app(hub: Hub) -> QuartTrio:
             fault = hub.rest_faults.take(name)
             if fault is not None:
                 hub.counters.rest_faults += 1
+                hub.changed()  # tests wait for the fault to have been served
                 return await _faulty_answer(fault, headers)
             try:
                 body = handler(request.args)
