@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
+from itertools import pairwise
 
 import attrs
 
@@ -78,11 +79,14 @@ def build_klines(
     previous_close: Decimal | None = None,
     max_rows: int | None = None,
 ) -> list[KlineRow]:
-    """Klines for ``ticks`` (ascending trade time), gaps between trades filled with empty klines.
+    """Klines for ``ticks`` (in id order), gaps between trades filled with empty klines. A trade belongs to the
+    kline of its trade time even when an earlier id has a later time; open and close are by id.
 
     With ``previous_close`` (the last price before ``first_open``) the window starts with empty klines from
     ``first_open``; with ``last_open`` it ends with empty klines up to that one. At most ``max_rows``.
     """
+    if any(later.trade_time_ms < earlier.trade_time_ms for earlier, later in pairwise(ticks)):
+        ticks = sorted(ticks, key=lambda tick: (interval.open_time(tick.trade_time_ms), tick.trade_id))
     rows: list[KlineRow] = []
     limit = max_rows if max_rows is not None else 2**62
     close = previous_close

@@ -13,8 +13,9 @@ from app.replay.agg_trades import AggTrade, group, joins
 
 
 class SymbolTrades:
-    """One symbol's published trades in publication order (ids and times ascending), at most ``cap``, and
-    the aggregate trade each belongs to (numbered from 0 in publication order, so ids never change)."""
+    """One symbol's published trades in publication order (ids ascending; times too, unless a test publishes
+    times that go backwards), at most ``cap``, and the aggregate trade each belongs to (numbered from 0 in
+    publication order, so ids never change)."""
 
     def __init__(self, cap: int) -> None:
         self._cap = cap
@@ -24,12 +25,16 @@ class SymbolTrades:
         self._start = 0
         # The aggregate of the newest evicted trade: what is left of it is not served (its quantity is gone).
         self._evicted_agg = -1
+        # While times ascend, time lookups bisect; after a step back in time they scan.
+        self._times_ascending = True
 
     def append(self, tick: Tick) -> None:
         if not self._ticks:
             agg_id = self._evicted_agg + 1
         else:
             agg_id = self._agg_ids[-1] + (0 if joins(self._ticks[-1], tick) else 1)
+            if tick.trade_time_ms < self._ticks[-1].trade_time_ms:
+                self._times_ascending = False
         self._ticks.append(tick)
         self._agg_ids.append(agg_id)
         if len(self._ticks) - self._start > self._cap:
@@ -54,13 +59,17 @@ class SymbolTrades:
         return self._ticks[first : first + limit]
 
     def between(self, start_ms: int, end_ms: int) -> list[Tick]:
-        """Trades with ``start_ms <= trade time <= end_ms``."""
+        """Trades with ``start_ms <= trade time <= end_ms``, in id order."""
+        if not self._times_ascending:
+            return [tick for tick in self.all() if start_ms <= tick.trade_time_ms <= end_ms]
         first = bisect_left(self._ticks, start_ms, lo=self._start, key=_trade_time)
         last = bisect_right(self._ticks, end_ms, lo=first, key=_trade_time)
         return self._ticks[first:last]
 
     def last_before(self, time_ms: int) -> Tick | None:
-        """The last trade before ``time_ms``, if any is retained."""
+        """The last trade (by id) before ``time_ms``, if any is retained."""
+        if not self._times_ascending:
+            return next((tick for tick in reversed(self.all()) if tick.trade_time_ms < time_ms), None)
         index = bisect_left(self._ticks, time_ms, lo=self._start, key=_trade_time)
         return self._ticks[index - 1] if index > self._start else None
 
@@ -97,7 +106,12 @@ class SymbolTrades:
 
     @property
     def last_time_ms(self) -> int | None:
-        return self._ticks[-1].trade_time_ms if len(self) else None
+        """The latest trade time (the exchange's "now" for this symbol)."""
+        if not len(self):
+            return None
+        if self._times_ascending:
+            return self._ticks[-1].trade_time_ms
+        return max(tick.trade_time_ms for tick in self.all())
 
 
 def _trade_id(tick: Tick) -> int:
