@@ -151,7 +151,7 @@ async def test_server_shutdown_switches_connections_make_before_break(simulator:
 async def test_connections_are_replaced_before_their_age_limit_make_before_break(simulator: Simulator) -> None:
     status = IngestStatus()
     inbox_send, inbox_receive = trio.open_memory_channel[list[Tick]](1000)
-    client = StreamClient(simulator.ws_url, status, inbox_send.send, max_connection_age=1.0, switch_overlap=0.2)
+    client = StreamClient(simulator.ws_url, status, inbox_send, max_connection_age=1.0, switch_overlap=0.2)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run, ["btcusdt@trade"])
@@ -220,7 +220,7 @@ async def test_refused_connections_are_retried_with_backoff() -> None:
     with trio.fail_after(10):
         async with open_simulator(config) as simulator, trio.open_nursery() as nursery:
             simulator.refuse(1.5)
-            client = StreamClient(simulator.ws_url, status, inbox_send.send, connect_timeout=0.2, rng=random.Random(5))
+            client = StreamClient(simulator.ws_url, status, inbox_send, connect_timeout=0.2, rng=random.Random(5))
             await nursery.start(client.run, ["btcusdt@trade"])
             await simulator.wait_subscribed("btcusdt@trade")
             assert status.connect_failures >= 1
@@ -238,7 +238,7 @@ async def test_an_unreachable_exchange_is_retried_with_growing_delays(autojump_c
         port = probe.getsockname()[1]
     status = IngestStatus()
     inbox_send, _inbox_receive = trio.open_memory_channel[list[Tick]](100)
-    client = StreamClient(f"ws://127.0.0.1:{port}/ws", status, inbox_send.send, rng=random.Random(11))
+    client = StreamClient(f"ws://127.0.0.1:{port}/ws", status, inbox_send, rng=random.Random(11))
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run, ["btcusdt@trade"])
         await trio.sleep(30.0)

@@ -165,7 +165,7 @@ async def test_an_unanswered_request_times_out() -> None:
                 connection = StreamConnection(
                     "test", socket, ["btcusdt@trade"], ConnectionStatus("test", url), status, ack_timeout=0.3
                 )
-                nursery.start_soon(connection.receive, inbox_send.send)
+                nursery.start_soon(connection.receive, inbox_send)
                 with pytest.raises(ControlTimeout, match="no reply within"):
                     await connection.subscribe(["ethusdt@trade"])
                 assert "ethusdt@trade" not in connection.subscribed
@@ -187,7 +187,7 @@ async def test_a_request_fails_as_soon_as_its_connection_closes() -> None:
             url = f"ws://127.0.0.1:{server.port}/stream?streams=btcusdt@trade"
             async with open_stream_socket(url, connect_timeout=5) as socket:
                 connection = StreamConnection("test", socket, ["btcusdt@trade"], ConnectionStatus("test", url), status)
-                nursery.start_soon(connection.receive, inbox_send.send)
+                nursery.start_soon(connection.receive, inbox_send)
                 with pytest.raises(SocketClosed, match="code=1008 reason=Too many requests"):
                     await connection.subscribe(["ethusdt@trade"])
             assert connection.end_reason == "closed code=1008 reason=Too many requests"
@@ -203,7 +203,7 @@ async def test_an_error_reply_fails_the_request_with_binances_code(simulator: Si
             trio.open_nursery() as nursery,
         ):
             connection = StreamConnection("test", socket, ["btcusdt@trade"], ConnectionStatus("test", "url"), status)
-            nursery.start_soon(connection.receive, inbox_send.send)
+            nursery.start_soon(connection.receive, inbox_send)
             with pytest.raises(ControlError, match="invalid stream name") as raised:
                 await connection.subscribe(["BTC USDT@trade"])
             assert raised.value.code == 2

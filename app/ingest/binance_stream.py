@@ -20,12 +20,13 @@ import attrs
 import trio
 
 from app.backoff import Backoff
-from app.ingest.connection import ACK_TIMEOUT_SECONDS, StreamConnection, TickSink
+from app.ingest.connection import ACK_TIMEOUT_SECONDS, StreamConnection
 from app.ingest.control import ControlError, ControlTimeout
 from app.ingest.reconnect import HEALTHY_AFTER_SECONDS, RECONNECT_BACKOFF, AttemptBudget
 from app.ingest.status import ConnectionStatus, IngestStatus
 from app.ingest.stream_socket import CONNECT_TIMEOUT_SECONDS, HandshakeFailed, SocketClosed, open_stream_socket
 from app.ingest.urls import combined_stream_url, symbol_of_stream, uses_microseconds
+from app.model import Tick
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class StreamClient:
         self,
         ws_url: str,
         status: IngestStatus,
-        accept: TickSink,
+        live_ticks: trio.MemorySendChannel[list[Tick]],
         *,
         max_streams_per_connection: int = 1024,
         stale_after_seconds: float = 30.0,
@@ -135,7 +136,9 @@ class StreamClient:
         self._ws_url = ws_url
         self._microseconds = uses_microseconds(ws_url)
         self._status = status
-        self._accept = accept
+        # Every connection sends the trades of each socket read here (the client does not close it: the
+        # connections share it, and ``stream_trades`` owns it).
+        self._live_ticks = live_ticks
         self._max_streams = max_streams_per_connection
         self._stale_after = stale_after_seconds
         self._max_age = max_connection_age
@@ -351,7 +354,7 @@ class StreamClient:
                 self._on_connected([symbol_of_stream(stream) for stream in connection.subscribed])
 
     async def _receive(self, connection: StreamConnection, scope: trio.CancelScope) -> None:
-        await connection.receive(self._accept)
+        await connection.receive(self._live_ticks)
         scope.cancel()
 
     async def _reconcile(self, shard: Shard, connection: StreamConnection) -> None:

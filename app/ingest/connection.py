@@ -1,17 +1,17 @@
 """One open WebSocket to Binance's combined stream: frames in (parsed to ticks), paced control requests out.
 
 The receive loop is the hot path: each socket read yields a batch of messages; each gets one ``orjson.loads``
-and one hand-tuned parse, and the batch's trades go to the sequencer in one call. Anything else that arrives
-is classified explicitly: replies to our requests go to their waiter, ``serverShutdown`` asks for a
-replacement connection, other well-formed events are counted and skipped, and anything unparsable is counted
-and logged (rate-limited, frame truncated); none of it stops the stream. When the socket closes, requests
+and one hand-tuned parse, and the batch's trades go to the sequencer as one item on a memory channel. Anything
+else that arrives is classified explicitly: replies to our requests go to their waiter, ``serverShutdown`` asks
+for a replacement connection, other well-formed events are counted and skipped, and anything unparsable is
+counted and logged (rate-limited, frame truncated); none of it stops the stream. When the socket closes, requests
 still waiting for a reply fail at once (they do not wait out their timeout).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -39,9 +39,6 @@ ACK_TIMEOUT_SECONDS = 10.0
 # Streams per SUBSCRIBE/UNSUBSCRIBE request (Binance documents no limit; keep frames small).
 STREAMS_PER_REQUEST = 200
 SERVER_SHUTDOWN = "serverShutdown"
-
-# Where parsed trades go, a batch (one socket read) at a time: the sequencer's ``accept``.
-TickSink = Callable[[list[Tick]], Awaitable[None]]
 
 
 class StreamConnection:
@@ -124,9 +121,10 @@ class StreamConnection:
 
     # --- receiving ---
 
-    async def receive(self, accept: TickSink) -> None:
-        """Parses frames and hands each read's trades to ``accept`` until the connection closes (returns;
-        ``end_reason`` says why)."""
+    async def receive(self, live_ticks: trio.MemorySendChannel[list[Tick]]) -> None:
+        """Parses frames and sends each read's trades on ``live_ticks`` until the connection closes (returns;
+        ``end_reason`` says why). Waits while the channel is full: the sequencer's pace is the socket's."""
+        send = live_ticks.send
         receive_batch = self.socket.receive_batch
         loads = orjson.loads
         parse = trade_from_payload
@@ -155,7 +153,7 @@ class StreamConnection:
                         self._on_event(data, error, frame, message.get("stream"))
                 if ticks:
                     self.trades_received += len(ticks)
-                    await accept(ticks)
+                    await send(ticks)
         except SocketClosed as closed:
             self.end_reason = str(closed)
             self._pending.close(closed)

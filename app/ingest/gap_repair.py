@@ -1,10 +1,10 @@
 """Gap repair: the Trio shell around the sequencer's decisions, and the REST tasks that fetch missed trades.
 
-Connections hand the parsed ticks of each socket read to ``GapRepair.accept``; the pure ``TradeSequencer``
-decides what goes out, and the ``Emitter`` sends it in the order decided, whichever task decided. A hole starts
-one repair task for that symbol (``fetch_range``, or ``fetch_since_subscription`` for a fresh symbol), which
-fetches the missing ids over REST and hands the pages back to the sequencer; what REST does not serve is given
-up as a ``Gap`` by the sequencer.
+Connections send the parsed ticks of each socket read on one memory channel; ``GapRepair.sequence_live`` takes
+them batch by batch, the pure ``TradeSequencer`` decides what goes out, and the ``Emitter`` sends it in the order
+decided, whichever task decided. A hole starts one repair task for that symbol, which fetches the missing ids
+over REST (``fetch_page``; ``fetch_since`` for a fresh symbol's trades since its subscription) and hands the
+pages back to the sequencer; what REST does not serve is given up as a ``Gap`` by the sequencer.
 
 A hole is seen either when a later live trade arrives or, for symbols that go quiet, from the exchange's last
 trade id: whenever a connection comes up (``check_last_ids``) and before a symbol is unsubscribed
@@ -50,8 +50,8 @@ class RepairTask:
 class GapRepair:
     """Sequences live ticks and repairs holes over REST; its repair tasks run in ``nursery``.
 
-    ``accept`` is the connections' ``TickSink``; ``track``, ``forget``, ``close_out`` and ``check_last_ids`` are
-    called by the stream client and the subscription manager."""
+    ``sequence_live`` is the task that takes the connections' batches; ``track``, ``forget``, ``close_out`` and
+    ``check_last_ids`` are called by the stream client and the subscription manager."""
 
     def __init__(
         self,
@@ -94,9 +94,15 @@ class GapRepair:
         """Stop sequencing ``symbol`` (unsubscribed): its in-flight ticks are dropped, its repair cancelled."""
         self._start_and_cancel(self.sequencer.forget(symbol))
 
-    async def accept(self, ticks: list[Tick]) -> None:
-        """Live ticks from a connection (one socket read); the ones due go out in order."""
-        await self._carry_out(self.sequencer.accept(ticks, trio.current_time()))
+    async def sequence_live(self, live_ticks: trio.MemoryReceiveChannel[list[Tick]]) -> None:
+        """The task for live ticks (one batch per socket read, from every connection) until the channel ends:
+        each batch's ticks due go out in order, waiting while the output is full."""
+        sequencer = self.sequencer
+        carry_out = self._carry_out
+        current_time = trio.current_time
+        async with live_ticks:
+            async for ticks in live_ticks:
+                await carry_out(sequencer.accept(ticks, current_time()))
 
     def check_last_ids(self, symbols: list[str]) -> None:
         """A connection carrying ``symbols`` is up: look for trades missed before it now (one cheap 24hr-ticker

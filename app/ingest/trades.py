@@ -1,7 +1,7 @@
 """``stream_trades``: the ingest task the supervisor starts, wiring the client, the sequencer and REST.
 
-    connections (StreamClient shards) ──accept(ticks)──▶ GapRepair ──Emitter──▶ ``ticks`` (downstream)
-                                  REST backfill tasks ──pages──┘  (decisions: TradeSequencer, pure)
+    connections (StreamClient shards) ──live ticks──▶ GapRepair.sequence_live ──Emitter──▶ ``ticks`` (downstream)
+                                      REST backfill tasks ──pages──┘  (decisions: TradeSequencer, pure)
 
 The output carries batches of ticks (about one socket read each) with, per symbol, every trade exactly once and
 in trade-id order; it is closed when the task ends. Ingest waits when ``ticks`` is full; it never drops.
@@ -25,6 +25,9 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Socket reads parsed ahead of the sequencer (one batch each, from all connections together).
+LIVE_BATCHES = 16
+
 
 async def stream_trades(
     settings: Settings,
@@ -45,15 +48,17 @@ async def stream_trades(
     async with ticks:
         try:
             directory = SymbolDirectory(rest)
-            async with trio.open_nursery() as nursery:
+            live_send, live_receive = trio.open_memory_channel[list[Tick]](LIVE_BATCHES)
+            async with trio.open_nursery() as nursery, live_send:
                 gap_repair = GapRepair(status, rest, ticks, nursery, max_backfill_trades=settings.max_backfill_trades)
+                nursery.start_soon(gap_repair.sequence_live, live_receive)
                 symbols = subscriptions.symbols()
                 for symbol in symbols:
                     gap_repair.track(symbol, resume.get(symbol))
                 client = StreamClient(
                     settings.binance_ws_url,
                     status,
-                    gap_repair.accept,
+                    live_send,
                     max_streams_per_connection=settings.max_streams_per_connection,
                     stale_after_seconds=settings.stale_after_seconds,
                     on_connected=gap_repair.check_last_ids,
