@@ -82,10 +82,6 @@ class GapRepair:
         )
         self._tasks: dict[Repair, RepairTask] = {}
 
-    @property
-    def sequences(self) -> dict[str, TradeSequence]:
-        return self.sequencer.sequences
-
     def track(self, symbol: str, last_trade_id: int | None = None) -> None:
         """Accept ticks of ``symbol`` from now on; ``last_trade_id`` (persisted) makes the next id due known."""
         self.sequencer.track(symbol, last_trade_id)
@@ -134,15 +130,16 @@ class GapRepair:
     # --- carrying out decisions ---
 
     def _start_and_cancel(self, decisions: Decisions) -> None:
-        for repair in decisions.cancel:
-            task = self._tasks.get(repair)
-            if task is not None:
-                task.scope.cancel()
         rest = self._rest
         for repair in decisions.start:
             assert rest is not None  # the sequencer starts repairs only when it can repair
             task = self._tasks[repair] = RepairTask()
             self._nursery.start_soon(self._run_repair, repair, task, rest)
+        # After starting: decisions merged from several steps may start a repair and then cancel it.
+        for repair in decisions.cancel:
+            cancelled = self._tasks.get(repair)
+            if cancelled is not None:
+                cancelled.scope.cancel()
 
     async def _carry_out(self, decisions: Decisions) -> None:
         self._start_and_cancel(decisions)
@@ -183,10 +180,7 @@ class GapRepair:
         await trio.sleep(self._last_id_settle)
         decisions = Decisions()
         for symbol, sequence in behind.items():
-            applied = self.sequencer.apply_last_id(sequence, last_ids[symbol])
-            decisions.ready.extend(applied.ready)
-            decisions.start.extend(applied.start)
-            decisions.cancel.extend(applied.cancel)
+            decisions.extend(self.sequencer.apply_last_id(sequence, last_ids[symbol]))
         await self._carry_out(decisions)
 
     # --- the repair tasks ---

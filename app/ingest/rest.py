@@ -218,7 +218,8 @@ class BinanceRest:
             delay = transient.next_delay()
             if transient.exhausted:
                 raise RestUnavailable(f"{failure} (after {transient.failures - 1} retries)", status)
-            log.warning("rest request failed path=%s retry_in=%.1f error=%s", path, delay, failure)
+            # INFO: the caller reports the request at WARNING if the retries do not save it.
+            log.info("rest request failed path=%s retry_in=%.1f error=%s", path, delay, failure)
             await trio.sleep(delay)
 
     def _rate_limited(self, path: str, response: httpx.Response) -> None:

@@ -58,11 +58,17 @@ class Repair:
 
 @attrs.define
 class Decisions:
-    """What the shell does next, in this order: cancel, start, then emit ``ready`` batch by batch."""
+    """What the shell does next: start repairs, cancel repairs, then emit ``ready`` batch by batch, in order."""
 
     ready: list[list[Tick]] = attrs.Factory(list)
     start: list[Repair] = attrs.Factory(list)
     cancel: list[Repair] = attrs.Factory(list)
+
+    def extend(self, later: Decisions) -> None:
+        """Adds decisions taken after these (their batches go out after these batches)."""
+        self.ready.extend(later.ready)
+        self.start.extend(later.start)
+        self.cancel.extend(later.cancel)
 
 
 class TradeSequencer:
