@@ -4,6 +4,7 @@ explicit gaps, retained-history limits, and the REST client's own rules."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -271,3 +272,14 @@ async def test_an_empty_page_where_trades_exist_is_asked_again_then_a_gap(
             assert (gap.first_trade_id, gap.last_trade_id) == (11, 50)
             assert "no trades from id 11" in gap.reason
             assert [tick.trade_id for tick in ingest.received] == [51]
+
+
+async def test_the_exchanges_clock_is_read_from_its_time_endpoint(simulator: Simulator) -> None:
+    # Used to anchor a fresh symbol when no live trade has shown the exchange's clock yet.
+    rest = BinanceRest(simulator.rest_url, IngestStatus())
+    with trio.fail_after(10):
+        before = time.time_ns() // 1_000_000
+        server_ms = await rest.server_time_ms()
+        after = time.time_ns() // 1_000_000
+    await rest.aclose()
+    assert before <= server_ms <= after  # the simulator's clock is this machine's
