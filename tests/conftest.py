@@ -7,11 +7,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from app.bus.connection import BUS_UNAVAILABLE, redis_client
 from app.bus.keys import BusKeys
 from app.replay.config import ManualSource, SimulatorConfig
 from app.replay.simulator import Simulator, open_simulator
+
+# The one Hypothesis profile, loaded whatever the environment says (Hypothesis would pick its "ci" profile when
+# it sees CI set, so CI and a newcomer would run different tests). No deadline: on two shared cores an
+# example's duration says more about the neighbours than about the code. Health checks stay on: too_slow is
+# how an avoidable cost in a strategy (a default text alphabet's codec scan) shows up. A failure prints its
+# reproduction blob, since the example database (.hypothesis/) stays on the machine that found it.
+settings.register_profile("marketdata", deadline=None, print_blob=True)
+settings.load_profile("marketdata")
 
 
 @pytest.fixture

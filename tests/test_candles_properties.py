@@ -85,7 +85,7 @@ def without_revision(candles: list[Candle]) -> list[Candle]:
     return [attrs.evolve(candle, revision=0) for candle in candles]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(trade_sequences())
 def test_builder_equals_reference_for_in_order_trades(case: tuple[Interval, list[Tick]]) -> None:
     interval, ticks = case
@@ -98,7 +98,7 @@ def test_builder_equals_reference_for_in_order_trades(case: tuple[Interval, list
     assert builder.counters.late_trades == 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(trade_sequences(), st.data())
 def test_late_trades_revise_closed_candles_to_the_reference(
     case: tuple[Interval, list[Tick]], data: st.DataObject
@@ -127,7 +127,7 @@ def test_late_trades_revise_closed_candles_to_the_reference(
         seen[key] = candle.revision
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(trade_sequences(), st.data())
 def test_clock_closes_due_candles_and_empty_intervals(case: tuple[Interval, list[Tick]], data: st.DataObject) -> None:
     """The clock (never ahead of the trades it has seen) closes candles; the result is still the reference."""
@@ -151,7 +151,7 @@ def test_clock_closes_due_candles_and_empty_intervals(case: tuple[Interval, list
         assert view[-1].close_time_ms >= final_ms
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(trade_sequences(names=("1s", "1m")))  # a 1s series over months would be millions of candles
 def test_every_interval_at_once_equals_each_alone(case: tuple[Interval, list[Tick]]) -> None:
     _, ticks = case

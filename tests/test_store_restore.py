@@ -37,7 +37,7 @@ def state(builder: CandleBuilder, closed: list[Candle]) -> tuple[list[Candle], l
     return sorted(merge_closed(closed), key=lambda c: (c.symbol, c.interval, c.open_time_ms)), opens
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(seed=st.integers(0, 1000), ticks_stored=st.integers(0, 400), candles_lag=st.integers(-50, 400))
 async def test_restart_after_any_crash_point_ends_like_an_uninterrupted_run(
     seed: int, ticks_stored: int, candles_lag: int
