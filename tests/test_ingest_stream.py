@@ -109,7 +109,9 @@ async def test_a_normal_close_as_at_24_hours_reconnects_and_repairs(simulator: S
             assert trades(ingest.received) == trades(simulator.published("BTCUSDT"))
 
 
-async def test_a_stalled_connection_is_replaced_by_the_watchdog(simulator: Simulator) -> None:
+async def test_a_stalled_connection_is_replaced_by_the_watchdog(
+    simulator: Simulator, autojump_clock: trio.testing.MockClock
+) -> None:
     with trio.fail_after(10):
         async with running_ingest(simulator, ["BTCUSDT"], stale_after_seconds=0.3) as ingest:
             await simulator.wait_subscribed("btcusdt@trade")
@@ -148,7 +150,10 @@ async def test_server_shutdown_switches_connections_make_before_break(simulator:
             assert simulator.stats.connections_accepted == 2
 
 
-async def test_connections_are_replaced_before_their_age_limit_make_before_break(simulator: Simulator) -> None:
+async def test_connections_are_replaced_before_their_age_limit_make_before_break(
+    simulator: Simulator, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The age limit and the overlap run on the mock clock: the overlap cannot end before trade 1 is published.
     status = IngestStatus()
     inbox_send, inbox_receive = trio.open_memory_channel[list[Tick]](1000)
     client = StreamClient(simulator.ws_url, status, inbox_send, max_connection_age=1.0, switch_overlap=0.2)
@@ -169,7 +174,9 @@ async def test_connections_are_replaced_before_their_age_limit_make_before_break
     assert simulator.stats.connections_reset == 0
 
 
-async def test_an_idle_connection_without_streams_is_not_replaced(simulator: Simulator) -> None:
+async def test_an_idle_connection_without_streams_is_not_replaced(
+    simulator: Simulator, autojump_clock: trio.testing.MockClock
+) -> None:
     with trio.fail_after(10):
         async with running_ingest(simulator, ["BTCUSDT"], stale_after_seconds=0.2) as ingest:
             await simulator.wait_subscribed("btcusdt@trade")
@@ -213,7 +220,7 @@ async def test_malformed_frames_are_counted_and_skipped(simulator: Simulator) ->
             assert simulator.stats.connections_accepted == 1
 
 
-async def test_refused_connections_are_retried_with_backoff() -> None:
+async def test_refused_connections_are_retried_with_backoff(autojump_clock: trio.testing.MockClock) -> None:
     config = SimulatorConfig(source=ManualSource(symbols=("BTCUSDT",)))
     status = IngestStatus()
     inbox_send, inbox_receive = trio.open_memory_channel[list[Tick]](100)
