@@ -232,8 +232,12 @@ def test_memory_keeps_about_two_hours_of_closed_candles_per_series_within_bounds
 def test_a_very_long_silence_produces_a_bounded_number_of_empty_candles() -> None:
     builder = CandleBuilder([Interval("1s")])
     builder.update(tick(T0, 1, "10"))
-    closed = builder.update(tick(T0 + 7 * 86_400_000, 2, "11"))  # a week later: 604,799 empty seconds
+    week_later = T0 + 7 * 86_400_000
+    closed = builder.update(tick(week_later, 2, "11"))  # 604,799 empty seconds
     assert len(closed) == 1 + MAX_EMPTY_FILL
     assert builder.counters.empty_candles_skipped == 604_799 - MAX_EMPTY_FILL
-    assert closed[-1].open_time_ms == T0 + 7 * 86_400_000 - 1000 and closed[-1].close == 10
-    assert [c.open_time_ms for c in closed[1:3]] == [closed[1].open_time_ms, closed[1].open_time_ms + 1000]
+    assert closed[0].open_time_ms == T0 and closed[0].trade_count == 1
+    # The empty candles produced are the last seconds before the trade, one per second, none skipped among them.
+    empty = closed[1:]
+    assert [c.open_time_ms for c in empty] == list(range(week_later - MAX_EMPTY_FILL * 1000, week_later, 1000))
+    assert all(c.trade_count == 0 and c.volume == 0 and c.open == c.close == 10 for c in empty)
