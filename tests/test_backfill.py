@@ -146,7 +146,7 @@ async def test_an_unreachable_rest_api_is_retried_then_given_up(autojump_clock: 
 async def test_a_refused_request_is_not_retried(simulator: Simulator) -> None:
     status = IngestStatus()
     rest = BinanceRest(simulator.rest_url, status)
-    with pytest.raises(RestError, match="Invalid symbol") as raised:
+    with trio.fail_after(10), pytest.raises(RestError, match="Invalid symbol") as raised:
         await rest.historical_trades("NOPEUSDT", 1)
     await rest.aclose()
     assert raised.value.code == -1121 and raised.value.status == 400
@@ -156,7 +156,8 @@ async def test_a_refused_request_is_not_retried(simulator: Simulator) -> None:
 
 async def test_the_weight_limit_is_read_from_exchange_info_and_used_weight_from_headers(simulator: Simulator) -> None:
     rest = BinanceRest(simulator.rest_url, IngestStatus())
-    info = await rest.exchange_info()
+    with trio.fail_after(10):
+        info = await rest.exchange_info()
     assert {entry["symbol"] for entry in info["symbols"]} == {"BTCUSDT", "ETHUSDT"}
     assert rest.weight_limit == 6000
     assert rest.used_weight >= 20

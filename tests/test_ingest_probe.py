@@ -4,6 +4,7 @@ for a later live trade: quiet symbols on large shards, and symbols unsubscribed 
 from __future__ import annotations
 
 import trio
+import trio.testing
 from test_ingest_support import make_ticks, running_ingest, trades
 
 from app.ingest.gap_repair import GapRepair
@@ -111,7 +112,7 @@ async def test_unsubscribing_reports_the_trades_it_could_not_fetch_in_time_as_a_
 
 
 async def test_a_stalled_connection_of_a_quiet_symbol_is_repaired_after_the_watchdog_reconnects(
-    simulator: Simulator,
+    simulator: Simulator, autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(10):
         async with running_ingest(simulator, ["BTCUSDT", "ETHUSDT"], stale_after_seconds=0.3) as ingest:

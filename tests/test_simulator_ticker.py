@@ -7,6 +7,7 @@ from decimal import Decimal
 import httpx
 import orjson
 import trio
+import trio.testing
 
 from app.model import Tick
 from app.replay.config import Limits, ManualSource, SimulatorConfig
@@ -93,8 +94,8 @@ async def test_without_symbol_every_listed_symbol_is_reported(simulator: Simulat
 
 async def test_weight_follows_the_number_of_symbols_asked_for() -> None:
     names = [f"S{index:03d}USDT" for index in range(120)]
-    async with open_simulator(SimulatorConfig(source=ManualSource(symbols=tuple(names)))) as simulator:
-        with trio.fail_after(10):
+    with trio.fail_after(10):
+        async with open_simulator(SimulatorConfig(source=ManualSource(symbols=tuple(names)))) as simulator:
             charged = []
             for count in (1, 20, 21, 100, 101, 120):
                 before = simulator.stats.rest_weight_used
@@ -125,11 +126,12 @@ async def test_bad_requests_get_binance_errors(simulator: Simulator) -> None:
             assert isinstance(response.json()["msg"], str)
 
 
-async def test_requests_beyond_the_weight_budget_get_429() -> None:
+async def test_requests_beyond_the_weight_budget_get_429(autojump_clock: trio.testing.MockClock) -> None:
+    # The budget resets each minute of Trio's clock: on the mock clock both requests fall in the same minute.
     config = SimulatorConfig(source=ManualSource(symbols=("BTCUSDT", "ETHUSDT")),
                              limits=Limits(rest_weight_per_minute=100))
-    async with open_simulator(config) as simulator:
-        with trio.fail_after(5):
+    with trio.fail_after(5):
+        async with open_simulator(config) as simulator:
             first = await get(simulator, type="MINI")  # 80
             second = await get(simulator, type="MINI")  # 160 > 100
     assert first.status_code == 200

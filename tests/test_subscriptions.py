@@ -9,6 +9,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 from test_ingest_support import make_ticks, running_ingest, trades
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
