@@ -32,7 +32,7 @@ DECIMAL = st.builds(
     st.text("0123456789", min_size=1, max_size=9).map(lambda digits: digits.lstrip("0") or "0"),
     st.text("0123456789", max_size=8),
 ).filter(lambda value: value > 0)
-EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+EXAMPLES = settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -263,7 +263,7 @@ def byte_streams(draw: st.DrawFn) -> tuple[list[bytes], bool]:
     return [chunk for chunk in chunks if chunk], draw(st.booleans())
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 @given(byte_streams())
 def test_the_reader_agrees_with_websockets_on_any_byte_stream(stream: tuple[list[bytes], bool]) -> None:
     chunks, eof = stream
@@ -307,7 +307,7 @@ def valid_streams(draw: st.DrawFn) -> tuple[bytes, list[bytes], list[bytes], lis
     return bytes(wire) + close_frame(1000), messages, pings, reads
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_streams())
 def test_any_cut_of_a_valid_stream_gives_its_messages_and_pongs(
     stream: tuple[bytes, list[bytes], list[bytes], list[int]],

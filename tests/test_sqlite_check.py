@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from app.store.sqlite import connect
@@ -123,14 +123,11 @@ def frame_size(wal: bytes) -> int:
     return 24 + int.from_bytes(wal[8:12], "big")
 
 
-# No deadline: each example checksums the whole WAL in Python (milliseconds, more on a busy machine).
-@settings(deadline=None)
 @given(length=st.integers(min_value=0, max_value=200_000))
 def test_a_wal_cut_anywhere_is_what_a_crash_leaves_and_not_damage(length: int) -> None:
     assert check_wal(small_wal()[:length]) is None
 
 
-@settings(deadline=None)
 @given(data=st.data())
 def test_any_changed_byte_before_the_last_frame_is_reported(data: st.DataObject) -> None:
     wal = bytearray(small_wal())
