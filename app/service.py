@@ -27,7 +27,7 @@ import trio
 
 from app.backoff import Backoff, BackoffPolicy
 from app.ingest.status import IngestStatus
-from app.ingest.subscriptions import SubscriptionManager
+from app.ingest.subscriptions import ATTACH_WAIT_SECONDS, SubscriptionManager
 from app.ingest.trades import stream_trades
 from app.model import Candle, Tick
 from app.settings import Settings
@@ -154,7 +154,8 @@ async def _supervise(
     _, aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
     persistence, persistence_input = hub.subscribe("persistence", PERSISTENCE_BUFFER, OverflowPolicy.BACKPRESSURE)
     ingest_status = IngestStatus()
-    subscriptions = SubscriptionManager(symbols, ingest_status, configured=settings.symbols, memory=storage)
+    subscriptions = SubscriptionManager(symbols, ingest_status, configured=settings.symbols, memory=storage,
+                                        attach_wait=ATTACH_WAIT_SECONDS)
     state = ServiceState(
         settings=settings, hub=hub, candles=candle_feed, storage=storage, ingest=ingest_status,
         subscriptions=subscriptions, persist=persist_status, persistence=persistence,

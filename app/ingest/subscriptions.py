@@ -26,6 +26,10 @@ from app.model import SYMBOL_PATTERN
 
 log = logging.getLogger(__name__)
 
+# How long the service lets a subscription change wait for ingestion to be running (it starts after the API
+# listens, so a change asked for at start-up would otherwise be refused).
+ATTACH_WAIT_SECONDS = 3.0
+
 
 
 class SubscriptionError(Exception):
@@ -73,6 +77,7 @@ class SubscriptionManager:
         *,
         configured: Iterable[str] = (),
         memory: SymbolMemory | None = None,
+        attach_wait: float = 0.0,
     ) -> None:
         self.status = status
         self._symbols: dict[str, None] = dict.fromkeys(symbols)
@@ -82,6 +87,8 @@ class SubscriptionManager:
         self._sequencer: GapRepair | None = None
         self._directory: SymbolDirectory | None = None
         self._lock = trio.Lock()
+        self._attached = trio.Event()
+        self._attach_wait = attach_wait
         self._changed = trio.Event()
 
     def symbols(self) -> tuple[str, ...]:
@@ -104,9 +111,11 @@ class SubscriptionManager:
 
     def attach(self, client: StreamClient, sequencer: GapRepair, directory: SymbolDirectory | None) -> None:
         self._client, self._sequencer, self._directory = client, sequencer, directory
+        self._attached.set()
 
     def detach(self) -> None:
         self._client = self._sequencer = self._directory = None
+        self._attached = trio.Event()
 
     async def add(self, symbol: str) -> None:
         """Subscribes ``symbol`` (case-insensitive) on an open connection, without reconnecting."""
@@ -114,7 +123,7 @@ class SubscriptionManager:
         async with self._lock:
             if symbol in self._symbols:
                 raise AlreadySubscribedError(symbol)
-            client, sequencer = self._running()
+            client, sequencer = await self._running()
             await self._validate(symbol)
             self._symbols[symbol] = None
             sequencer.track(symbol)
@@ -143,7 +152,7 @@ class SubscriptionManager:
         async with self._lock:
             if symbol not in self._symbols:
                 raise NotSubscribedError(symbol)
-            client, sequencer = self._running()
+            client, sequencer = await self._running()
             del self._symbols[symbol]
             try:
                 await sequencer.close_out(symbol)
@@ -207,7 +216,7 @@ class SubscriptionManager:
         async with self._lock:
             if symbol not in self._symbols:
                 return
-            client, sequencer = self._running()
+            client, sequencer = await self._running()
             del self._symbols[symbol]
             sequencer.forget(symbol)
             self._set_changed()
@@ -217,7 +226,9 @@ class SubscriptionManager:
         del self._symbols[symbol]
         sequencer.forget(symbol)
 
-    def _running(self) -> tuple[StreamClient, GapRepair]:
+    async def _running(self) -> tuple[StreamClient, GapRepair]:
+        with trio.move_on_after(self._attach_wait):
+            await self._attached.wait()
         if self._client is None or self._sequencer is None:
             raise ExchangeUnavailableError("ingestion is not running")
         return self._client, self._sequencer
