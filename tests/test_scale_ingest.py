@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -69,9 +69,14 @@ def ingest_process(simulator: Simulator, keys: BusKeys) -> Any:
     return role_process("ingest", simulator, keys)
 
 
-async def wait_until_published(redis: Any, keys: BusKeys, last_id: int, *processes: IngestProcess) -> None:
+async def wait_until_published(
+    redis: Any, keys: BusKeys, last_id: int, *processes: IngestProcess, symbols: Sequence[str] = SYMBOLS
+) -> None:
     with trio.move_on_after(60) as waiting:
-        while (await last_trade_ids(redis, keys)) != dict.fromkeys(SYMBOLS, last_id):  # noqa: ASYNC110
+        while True:
+            published = await last_trade_ids(redis, keys)
+            if all(published.get(symbol) == last_id for symbol in symbols):
+                break
             await trio.sleep(0.05)
     if waiting.cancelled_caught:
         logs = "\n".join("".join(process.output) for process in processes)

@@ -1,66 +1,170 @@
-"""The roles together as real processes: ingest leader and standby, a persister and an API replica.
-
-A /ws subscriber of the replica sees every trade the exchange made, once and in order, across a kill -9 of the
-leader; the database holds each trade once; the replica's REST answers with the same trades and candles.
+"""The roles together as real processes, as the scale-out issue prescribes: two shards, each with a leader and a
+hot standby, two persisters into PostgreSQL, two API replicas; the exchange resets connections and sends a
+malformed frame; one leader is killed (-9), the other frozen past its lease (SIGSTOP, then SIGCONT), a persister
+and a replica are killed and the replica restarted. Afterwards a /ws subscriber of the surviving replica has every
+trade the exchange made from its first one, exactly once per symbol and in id order; the restarted replica serves
+the latest trades; PostgreSQL holds each trade once.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
+import psycopg
+import pytest
 import trio
-from test_ingest_support import make_ticks, trades
-from test_scale_ingest import SYMBOLS, market, role_process, wait_for_holder, wait_until_published
-from trio_websocket import open_websocket_url
+from postgres_server import fresh_database
+from test_ingest_support import T0_MS, make_tick
+from test_scale_ingest import IngestProcess, role_process, wait_until_published
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from app.bus.keys import BusKeys
-from app.replay.simulator import Simulator
-from app.store.sqlite import SQLiteStorage
+from app.model import Tick
+from app.replay.config import ManualSource, SimulatorConfig
+from app.replay.simulator import Simulator, open_simulator
+from app.roles.sharding import shard_of
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
+MINUTE = 60_000
 
 
-async def test_a_replica_subscriber_and_the_database_see_every_trade_once_across_a_failover(
-    simulator: Simulator, redis: Any, keys: BusKeys, tmp_path: Path
+def trade(symbol: str, trade_id: int) -> Tick:
+    # One trade every 2.5 s of trade time: 400 trades span ~17 minutes, so many 1m candles close.
+    at = T0_MS - T0_MS % MINUTE + trade_id * 2_500
+    return attrs.evolve(make_tick(symbol, trade_id), trade_time_ms=at, event_time_ms=at + 1)
+
+
+def market(first: int, count: int) -> list[Tick]:
+    return [trade(symbol, trade_id) for trade_id in range(first, first + count) for symbol in SYMBOLS]
+
+
+async def collect(ws: WebSocketConnection, into: list[dict[str, Any]]) -> None:
+    await ws.send_message(json.dumps({"op": "subscribe", "channel": "ticks", "symbols": "*"}))
+    assert json.loads(await ws.get_message())["op"] == "subscribed"
+    while True:
+        message = json.loads(await ws.get_message(), parse_float=Decimal)
+        into.extend(message["data"])
+
+
+async def holder(redis: Any, keys: BusKeys, shard: str) -> bytes | None:
+    value: bytes | None = await redis.get(keys.lease(shard))
+    return value
+
+
+async def wait_for_leader(redis: Any, keys: BusKeys, shard: str, candidates: list[IngestProcess]) -> IngestProcess:
+    while True:
+        token = await holder(redis, keys, shard)
+        for process in candidates:
+            if token == process.token.encode():
+                return process
+        await trio.sleep(0.05)
+
+
+def stored(database: str) -> tuple[dict[str, list[tuple[int, Decimal]]], list[tuple[Any, ...]]]:
+    with psycopg.connect(database) as connection:
+        ticks = connection.execute("SELECT symbol, trade_id, price FROM ticks ORDER BY symbol, trade_id").fetchall()
+        candles = connection.execute(
+            "SELECT symbol, open_time_ms, open, high, low, close, volume, trade_count, first_trade_id, last_trade_id"
+            " FROM candles WHERE interval = '1m' ORDER BY symbol, open_time_ms").fetchall()
+    per_symbol: dict[str, list[tuple[int, Decimal]]] = {}
+    for symbol, trade_id, price in ticks:
+        per_symbol.setdefault(symbol, []).append((trade_id, price))
+    return per_symbol, candles
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[Simulator]:
+    """A manual market listing the four symbols (the shared fixture lists two)."""
+    async with open_simulator(SimulatorConfig(source=ManualSource(symbols=SYMBOLS))) as sim:
+        yield sim
+
+
+async def test_two_shards_with_standbys_replicas_and_persisters_lose_and_repeat_nothing(
+    simulator: Simulator, redis: Any, keys: BusKeys
 ) -> None:
-    database = f"sqlite:///{tmp_path / 'history.sqlite3'}"
+    assert {shard_of(symbol, 2) for symbol in SYMBOLS} == {0, 1}
     received: list[dict[str, Any]] = []
-    with trio.fail_after(300):  # five Python processes starting on a busy 2-core machine
-        async with (
-            role_process("ingest", simulator, keys) as leader,
-            role_process("ingest", simulator, keys) as standby,
-            role_process("persist", simulator, keys, "--database-url", database),
-            role_process("api", simulator, keys, "--database-url", database) as api,
-        ):
-            await wait_for_holder(redis, keys, leader.token)
-            await simulator.wait_until(lambda: simulator.open_connections == 2)
-            async with open_websocket_url(api.token.replace("http://", "ws://") + "/ws") as ws:
-                await ws.send_message(json.dumps({"op": "subscribe", "channel": "ticks", "symbols": "*"}))
-                assert json.loads(await ws.get_message())["op"] == "subscribed"
-                simulator.publish(market(1, 100))
-                await wait_until_published(redis, keys, 100, leader, standby)
-                leader.process.kill()
-                simulator.publish(market(101, 100))
-                await wait_for_holder(redis, keys, standby.token)
-                await wait_until_published(redis, keys, 200, standby)
-                while len(received) < 400:
-                    message = json.loads(await ws.get_message(), parse_float=Decimal)
-                    received.extend(message["data"])
-            async with httpx.AsyncClient(base_url=api.token) as client:
+    phases: list[str] = []
+    processes: list[IngestProcess] = []
+    with fresh_database() as database, trio.move_on_after(360) as deadline:  # nine processes on 2 busy cores
+        async with AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+
+            async def role(name: str, *flags: str) -> IngestProcess:
+                phases.append(f"starting {name} {' '.join(flags)}")
+                process = await stack.enter_async_context(role_process(
+                    name, simulator, keys, "--symbols", ",".join(SYMBOLS), "--database-url", database, *flags))
+                processes.append(process)
+                return process
+
+            shards = {shard: [await role("ingest", "--shard", shard), await role("ingest", "--shard", shard)]
+                      for shard in ("0/2", "1/2")}
+            persisters = [await role("persist"), await role("persist")]
+            replicas = [await role("api"), await role("api")]
+            leaders = {shard: await wait_for_leader(redis, keys, shard, processes)
+                       for shard, processes in shards.items()}
+            phases.append("leaders elected")
+            await simulator.wait_until(lambda: simulator.open_connections == 4)
+            ws = await stack.enter_async_context(open_websocket_url(replicas[0].token.replace("http", "ws") + "/ws"))
+            nursery.start_soon(collect, ws, received)
+            phases.append("subscriber connected")
+            simulator.publish(market(1, 100))
+            await wait_until_published(redis, keys, 100, *shards["0/2"], *shards["1/2"], symbols=SYMBOLS)
+
+            # Shard 0's leader is killed; the exchange resets everyone and sends garbage meanwhile.
+            phases.append("published 100")
+            leaders["0/2"].process.kill()
+            simulator.publish(market(101, 50))
+            simulator.reset_connections()
+            simulator.send_malformed()
+            simulator.publish(market(151, 50))
+            await wait_until_published(redis, keys, 200, *shards["0/2"], *shards["1/2"], symbols=SYMBOLS)
+
+            # Shard 1's leader freezes past its lease, then wakes up believing it leads.
+            phases.append("published 200 after the kill")
+            frozen = leaders["1/2"]
+            os.kill(frozen.process.pid, signal.SIGSTOP)
+            await wait_for_leader(redis, keys, "1/2", [p for p in shards["1/2"] if p is not frozen])
+            simulator.publish(market(201, 100))
+            await wait_until_published(redis, keys, 300, *shards["1/2"], symbols=SYMBOLS)
+            os.kill(frozen.process.pid, signal.SIGCONT)
+
+            # A persister and a replica die; the replica is started again.
+            phases.append("published 300 after the freeze")
+            persisters[0].process.kill()
+            replicas[1].process.kill()
+            restarted = await role("api")
+            simulator.publish(market(301, 100))
+            await wait_until_published(redis, keys, 400, *shards["0/2"], *shards["1/2"], symbols=SYMBOLS)
+            phases.append("published 400")
+            while len(received) < 400 * len(SYMBOLS):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            phases.append("subscriber has every trade")
+            async with httpx.AsyncClient(base_url=restarted.token) as client:
+                while (await client.get("/api/ticks")).json().get("SOLUSDT", {}).get("trade_id") != 400:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
                 latest = (await client.get("/api/ticks")).json()
-            storage = await SQLiteStorage.open(database.removeprefix("sqlite:///"))
-            try:
-                while len(await storage.ticks("ETHUSDT", 0, 0, 1000)) < 200:  # noqa: ASYNC110
-                    await trio.sleep(0.1)
-                stored = {symbol: await storage.ticks(symbol, 0, 0, 1000) for symbol in SYMBOLS}
-            finally:
-                await storage.close()
+            phases.append("restarted replica is current")
+            # The dead persister's entries are claimed after 15 s idle.
+            while sum(map(len, (await trio.to_thread.run_sync(stored, database))[0].values())) < 1600:  # noqa: ASYNC110
+                await trio.sleep(0.5)
+            phases.append("database has every trade")
+            nursery.cancel_scope.cancel()
+        ticks_stored, _ = await trio.to_thread.run_sync(stored, database)
+    if deadline.cancelled_caught:
+        logs = "\n".join("".join(process.output[-20:]) for process in processes)
+        raise AssertionError(f"stuck after {phases[-1]!r} (received {len(received)}):\n{logs}")
     for symbol in SYMBOLS:
-        exchange = make_ticks(symbol, 1, 200)
-        seen = [t for t in received if t["symbol"] == symbol]
-        assert [t["trade_id"] for t in seen] == list(range(1, 201))
-        assert [t["price"] for t in seen] == [t.price for t in exchange]
-        assert trades(stored[symbol]) == trades(exchange)
-        assert latest[symbol]["trade_id"] == 200
+        made = [trade(symbol, trade_id) for trade_id in range(1, 401)]
+        seen = [(t["trade_id"], t["price"]) for t in received if t["symbol"] == symbol]
+        assert seen == [(t.trade_id, t.price) for t in made], symbol
+        assert ticks_stored[symbol] == [(t.trade_id, t.price) for t in made], symbol
+        assert latest[symbol]["trade_id"] == 400
