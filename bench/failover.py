@@ -49,12 +49,12 @@ async def one_try(workdir: Path, rate: int, lead_seconds: float, ttl: float) -> 
             lease_key = f"{prefix}:lease:0/1"
             first = await start_child("ingest-a", [*args, "--port", str(free_port())], workdir)
             children.append(first)
-            while await _holder(redis, lease_key) is None:
+            while await _holder(redis, lease_key) is None:  # noqa: ASYNC110  (polling another process)
                 await asyncio.sleep(0.05)
             second = await start_child("ingest-b", [*args, "--port", str(free_port())], workdir)
             children.append(second)
             # The standby must be up (connected and receiving) before the leader dies.
-            while "role=ingest" not in second.log_path.read_text(errors="replace"):
+            while "role=ingest" not in second.log_path.read_text(errors="replace"):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
             await asyncio.sleep(lead_seconds)
             newest = await redis.xrevrange(f"{prefix}:ticks", count=1)
