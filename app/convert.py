@@ -181,6 +181,45 @@ def trade_from_rest(symbol: str, row: Mapping[str, Any]) -> Tick:
         raise FrameError(f"REST trade lacks field {error.args[0]!r}", dict(row)) from None
 
 
+def candle_from_kline(symbol: str, interval: str, row: object, first_trade_id: int) -> Candle:
+    """An open ``Candle`` from a REST ``/api/v3/klines`` row ``[open time, o, h, l, c, volume, close time,
+    quote volume, trades, taker buy volume, taker buy quote volume, ignore]``.
+
+    Klines carry no trade ids: ``first_trade_id`` is the interval's first trade (from aggTrades' ``f``), and
+    Binance's ids are consecutive, so the last is ``first_trade_id + trades - 1``.
+    """
+    if not isinstance(row, list) or len(row) < 11:
+        raise FrameError("kline must be an array of at least 11 fields", row)
+    count = _require_int(row[8], "trades")
+    if count == 0:
+        raise FrameError("kline has no trade", row)
+    return Candle(
+        symbol=_require_symbol(symbol),
+        interval=interval,
+        open_time_ms=_require_int(row[0], "open time"),
+        close_time_ms=_require_int(row[6], "close time"),
+        open=parse_decimal(row[1], "open"),
+        high=parse_decimal(row[2], "high"),
+        low=parse_decimal(row[3], "low"),
+        close=parse_decimal(row[4], "close"),
+        volume=parse_decimal(row[5], "volume"),
+        quote_volume=parse_decimal(row[7], "quote volume"),
+        trade_count=count,
+        taker_buy_volume=_parse_volume(row[9], "taker buy volume"),
+        taker_buy_quote_volume=_parse_volume(row[10], "taker buy quote volume"),
+        first_trade_id=first_trade_id,
+        last_trade_id=first_trade_id + count - 1,
+        closed=False,
+    )
+
+
+def _parse_volume(text: object, field: str) -> Decimal:
+    """As ``parse_decimal``, but zero is allowed (an interval without taker buys)."""
+    if text == "0" or (type(text) is str and text.strip("0") == "."):
+        return Decimal(text)
+    return parse_decimal(text, field)
+
+
 def _structure_decimal(value: object, _type: type) -> Decimal:
     return parse_decimal(value, "value")
 

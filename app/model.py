@@ -77,6 +77,9 @@ class Candle:
     closed: bool
     # 0 for the first closed version; a late trade (after a repaired gap) emits revision 1, 2, ...
     revision: int = 0
+    # False when trades of the interval from before the service saw it (start-up, a symbol added, a resume after
+    # a gap) could not be fetched from the exchange: the candle holds only the trades seen (see candle_seed.py).
+    complete: bool = True
 
     @property
     def open_time(self) -> datetime:
@@ -85,6 +88,28 @@ class Candle:
     @property
     def close_time(self) -> datetime:
         return utc_from_ms(self.close_time_ms)
+
+
+@attrs.frozen(slots=True)
+class SeedRequest:
+    """Binance's kline of (symbol, interval, open time) is wanted to complete a candle."""
+
+    symbol: str
+    interval: str
+    open_time_ms: int
+
+
+@attrs.frozen(slots=True)
+class CandleSeed:
+    """The answer to a ``SeedRequest``: the kline as a candle whose ``first_trade_id`` is the interval's first
+    trade (from aggTrades) and ``last_trade_id`` = first + count - 1; None when it could not be fetched
+    (``reason`` says why)."""
+
+    symbol: str
+    interval: str
+    open_time_ms: int
+    kline: Candle | None
+    reason: str = ""
 
 
 @attrs.frozen(slots=True)

@@ -4,6 +4,7 @@ Data flow (each arrow is a bounded Trio memory channel, closed by its sender)::
 
     stream_trades ──ticks──▶ fan_out (TickHub: latest tick per symbol)
                                 ├──tick batches──▶ aggregate (CandleFeed) ──closed candles──▶ persist_candles
+                                │              seed requests ⇅ seeds: seed_candles (REST klines + aggTrades)
                                 │                        └──candle updates──▶ WebSocket feed subscribers
                                 ├──tick batches──▶ persist_ticks
                                 └──tick batches──▶ WebSocket feed subscribers (cut off when slow)
@@ -26,14 +27,15 @@ import attrs
 import trio
 
 from app.backoff import Backoff, BackoffPolicy
+from app.ingest.candle_seed import seed_candles
 from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import ATTACH_WAIT_SECONDS, SubscriptionManager
 from app.ingest.trades import stream_trades
-from app.model import Candle, Tick
+from app.model import Candle, CandleSeed, SeedRequest, Tick
 from app.settings import Settings
 from app.startup import StartupError, listening, redact_url
 from app.state import ServiceState
-from app.store.aggregator import CandleFeed, aggregate
+from app.store.aggregator import CandleFeed, Seeding, aggregate
 from app.store.broadcast import ChannelDepth
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import (
@@ -64,6 +66,8 @@ AGGREGATOR_BUFFER = 256
 PERSISTENCE_BUFFER = 256
 # Batches of closed candles (one batch per aggregator round) waiting for the database writer.
 CLOSED_CANDLE_BUFFER = 1024
+# Candles waiting for their seed (one per symbol and interval at start-up); beyond it a candle stays incomplete.
+SEED_REQUEST_BUFFER = 4096
 
 
 async def open_storage(settings: Settings) -> Storage:
@@ -143,7 +147,7 @@ async def _supervise(
     started: Callable[[RunningService], object],
 ) -> None:
     hub = TickHub()
-    candle_feed = CandleFeed(settings.candle_intervals)
+    candle_feed = CandleFeed(settings.candle_intervals, seed_edges=True)
     symbols = await _symbols_to_serve(settings, storage)
     # Before any tick: reload candles and rebuild open ones from stored ticks; store candles lost in a crash.
     restored = await restore(storage, candle_feed.builder, symbols)
@@ -162,6 +166,8 @@ async def _supervise(
         ingest_backlog=partial(channel_depth, "ingest", ticks_receive),
     )
     ingest_scope = trio.CancelScope()
+    seed_requests_send, seed_requests_receive = trio.open_memory_channel[SeedRequest](SEED_REQUEST_BUFFER)
+    seeds_send, seeds_receive = trio.open_memory_channel[CandleSeed](SEED_REQUEST_BUFFER)
 
     async with trio.open_nursery() as service:
         urls: Sequence[str] = ()
@@ -184,8 +190,11 @@ async def _supervise(
             pipeline.start_soon(fan_out, ticks_receive, hub)
             pipeline.start_soon(
                 partial(aggregate, aggregator_input, closed_send, candle_feed, is_live=ingest_status.is_live,
-                        is_stopped=ingest_status.is_stopped)
+                        is_stopped=ingest_status.is_stopped,
+                        seeding=Seeding(seed_requests_send, seeds_receive))
             )
+            pipeline.start_soon(seed_candles, seed_requests_receive, seeds_send,
+                                settings.binance_rest_url, ingest_status)
             pipeline.start_soon(partial(persist_ticks, persistence_input, storage, persist_status, _storage_retry(),
                                         backlog_limit=settings.storage_backlog_ticks))
             pipeline.start_soon(persist_candles, closed_receive, storage, persist_status, _storage_retry())

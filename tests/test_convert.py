@@ -259,7 +259,7 @@ def test_candle_json_uses_the_api_field_names() -> None:
     assert list(served) == [
         "symbol", "interval", "open_time", "close_time", "open", "high", "low", "close", "volume",
         "quote_volume", "trade_count", "taker_buy_volume", "taker_buy_quote_volume", "first_trade_id",
-        "last_trade_id", "closed", "revision",
+        "last_trade_id", "closed", "revision", "complete",
     ]
     assert served["open_time"] == "2021-10-12T00:28:00.000+00:00"
     assert served["close_time"] == "2021-10-12T00:28:59.999+00:00"

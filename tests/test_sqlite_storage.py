@@ -17,7 +17,7 @@ async def test_a_new_database_is_created_in_wal_mode_at_the_latest_schema(tmp_pa
     storage = await SQLiteStorage.open(str(tmp_path / "new.sqlite3"))
     await storage.close()
     with sqlite3.connect(tmp_path / "new.sqlite3") as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

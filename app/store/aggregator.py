@@ -4,6 +4,10 @@
 feed is live, sends every closed candle and revision to the database writer (``closed_candles``, waiting when it
 is full: candles are never dropped), and publishes candle updates to subscribers: closed candles, revisions, and
 the open candle of each series a batch touched (coalesced: one update per series per batch).
+
+With ``seeding`` (a pair of channels to the ``seed_candles`` task) the candles that began before the service saw
+their trades are completed from the exchange's kline (``CandleBuilder.apply_seed``); they are served
+``complete: false`` until then, and for good when the seed fails.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import time
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 
+import attrs
 import trio
 import trio.lowlevel
 
 from app.intervals import Interval
-from app.model import Candle, Tick
+from app.model import Candle, CandleSeed, SeedRequest, Tick
 from app.store.broadcast import ChannelDepth, Fanout, OverflowPolicy, Subscriber
 from app.store.candles import CandleBuilder, CandleCounters
 
@@ -30,6 +35,17 @@ CLOSE_GRACE_MS = 2_000
 NOT_LIVE_RECHECK_MS = 1_000
 # Tick batches processed before candle updates are published (bounds the latency of updates under load).
 MAX_BATCHES_PER_ROUND = 64
+# While seeds are outstanding the aggregator looks for answers at least this often (a quiet symbol sends no
+# tick to wake it).
+SEED_POLL_SECONDS = 0.1
+
+
+@attrs.frozen
+class Seeding:
+    """The aggregator's ends of the channels to and from ``seed_candles``."""
+
+    requests: trio.MemorySendChannel[SeedRequest]
+    seeds: trio.MemoryReceiveChannel[CandleSeed]
 
 
 def wall_clock_ms() -> int:
@@ -46,8 +62,10 @@ class CandleFeed:
     Mutated only by the ``aggregate`` task.
     """
 
-    def __init__(self, intervals: Sequence[Interval], *, recent_limit: int | None = None) -> None:
-        self.builder = CandleBuilder(intervals, recent_limit=recent_limit)
+    def __init__(
+        self, intervals: Sequence[Interval], *, recent_limit: int | None = None, seed_edges: bool = False
+    ) -> None:
+        self.builder = CandleBuilder(intervals, recent_limit=recent_limit, seed_edges=seed_edges)
         self._feeds = {interval.name: Fanout[Candle](attrgetter("symbol"), f"candles:{interval.name}")
                        for interval in intervals}
         self.candles_published = 0
@@ -140,6 +158,7 @@ async def aggregate(
     is_stopped: Callable[[str], bool] = _never_stopped,
     clock_ms: Callable[[], int] = wall_clock_ms,
     close_grace_ms: int = CLOSE_GRACE_MS,
+    seeding: Seeding | None = None,
 ) -> None:
     """Runs until ``tick_batches`` ends; then closes ``closed_candles`` and the candle subscribers.
 
@@ -158,6 +177,7 @@ async def aggregate(
     # must not hold the clock back. None until the first trade: nothing closes by the clock before one.
     exchange_offset_ms: int | None = None
     scanned_symbols = 0
+    seeds_outstanding = 0
     try:
         async with tick_batches, closed_candles:
             while True:
@@ -166,6 +186,8 @@ async def aggregate(
                 delay = math.inf
                 if next_wake_ms is not None and exchange_offset_ms is not None:
                     delay = max(0.0, (next_wake_ms - exchange_offset_ms - clock_ms()) / 1000)
+                if seeds_outstanding:
+                    delay = min(delay, SEED_POLL_SECONDS)
                 batch: Sequence[Tick] | None = None
                 # Under load a batch is already waiting: take it without the cost of a cancel scope (and
                 # checkpoint at the end of the round instead).
@@ -202,13 +224,39 @@ async def aggregate(
                         scanned_symbols = symbol_count
                         next_wake_ms = close_by_clock(builder, exchange_now_ms, close_grace_ms, is_live, is_stopped,
                                                        changed, touched)
+                if seeding is not None:
+                    seeds_outstanding += exchange_seeds(builder, seeding, changed, touched)
                 if changed:
                     await closed_candles.send(changed)
                 await candles.publish(changed, touched)
                 if busy:
                     await trio.lowlevel.checkpoint()
     finally:
+        if seeding is not None:
+            seeding.requests.close()
+            seeding.seeds.close()
         candles.close()
+
+
+def exchange_seeds(builder: CandleBuilder, seeding: Seeding, changed: list[Candle], touched: set[str]) -> int:
+    """Sends the builder's new seed requests and applies the seeds that arrived; returns the change in the number
+    of seeds outstanding."""
+    delta = 0
+    for request in builder.take_seed_requests():
+        try:
+            seeding.requests.send_nowait(request)
+            delta += 1
+        except (trio.WouldBlock, trio.BrokenResourceError):
+            changed.extend(builder.apply_seed(CandleSeed(request.symbol, request.interval, request.open_time_ms,
+                                                         None, "too many seeds waiting")))
+    while True:
+        try:
+            seed = seeding.seeds.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return delta
+        delta -= 1
+        changed.extend(builder.apply_seed(seed))
+        touched.add(seed.symbol)
 
 
 def _feed(builder: CandleBuilder, batch: Sequence[Tick], changed: list[Candle], touched: set[str]) -> int:

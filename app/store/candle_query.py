@@ -24,17 +24,11 @@ async def query_candles(
 ) -> list[Candle]:
     """Candles of ``symbol`` at ``interval``, oldest first, the open candle last (``closed`` false).
 
-    As Binance's klines: ``start_ms <= open_time <= end_ms``; with a start the first ``limit`` from it,
-    without one the last ``limit``. Where memory and the database both hold a candle, the higher revision wins.
+    As Binance's klines: ``start_ms <= open_time <= end_ms``; with a start, the first ``limit`` candles that
+    exist at or after it (spans without candles, such as the service being down, are skipped, so a page is
+    short only at the end of the history); without one, the last ``limit``. Where memory and the database both
+    hold a candle, the higher revision wins.
     """
-    if start_ms is not None:
-        # The first ``limit`` candles from start open no later than this: bounding ``end`` makes "the last
-        # ``limit`` in range" and "the first ``limit`` from start" the same set, whichever the storage returns.
-        first_open = interval.open_time(start_ms)
-        if first_open < start_ms:
-            first_open = interval.next_open_time(first_open)
-        last_open = _open_time_after(interval, first_open, limit - 1)
-        end_ms = last_open if end_ms is None else min(end_ms, last_open)
     name = interval.name
     by_open_time: dict[int, Candle] = {}
     oldest_in_memory = feed.oldest_recent_open_ms(symbol, name)
@@ -57,11 +51,3 @@ async def query_candles(
         by_open_time[current.open_time_ms] = current
     ordered = [by_open_time[open_time] for open_time in sorted(by_open_time)]
     return ordered[:limit] if start_ms is not None else ordered[-limit:]
-
-
-def _open_time_after(interval: Interval, open_time_ms: int, steps: int) -> int:
-    if interval.name != "1M":
-        return open_time_ms + steps * interval.nominal_ms
-    for _ in range(steps):
-        open_time_ms = interval.next_open_time(open_time_ms)
-    return open_time_ms

@@ -14,12 +14,18 @@ Rules (Binance's, see BINANCE.md):
   candle is returned with ``revision`` incremented, and empty candles after it whose prices derive from its close
   are revised too. Only candles still in the bounded in-memory ring can be revised; older ones are counted in
   ``late_trades_unrevisable``.
+* Seeding (``seed_edges``): a candle whose interval began before the service saw its trades (the first trade of a
+  series, or the first of an interval after a jump in trade ids: start-up, a symbol added, a resume) is marked
+  ``complete=False`` and asked for (``take_seed_requests``); ``apply_seed`` then replaces it with Binance's kline
+  plus the streamed trades after the kline's last trade id (trade ids are consecutive, so that is exact). A seed
+  that could not be fetched leaves the candle ``complete=False`` for good.
 """
 
 from __future__ import annotations
 
 import bisect
 import decimal
+import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
@@ -27,7 +33,9 @@ from decimal import Decimal
 import attrs
 
 from app.intervals import DAY_MS, Interval
-from app.model import Candle, Tick
+from app.model import Candle, CandleSeed, SeedRequest, Tick
+
+log = logging.getLogger(__name__)
 
 # Exact arithmetic: 60 digits never round for Binance's 8-decimal prices and quantities, and if anything ever
 # would, Inexact raises instead of silently corrupting a volume (the default context keeps only 28 digits).
@@ -38,6 +46,10 @@ NO_TRADE_ID = -1
 # The most empty candles produced at once for one series (about 2.8 hours of 1s candles, a week of 1m ones);
 # older empty intervals of a longer silence are skipped and counted.
 MAX_EMPTY_FILL = 10_000
+
+# Trades kept per series while its seed is fetched (about a minute of the busiest market); beyond that the
+# candle stays incomplete (the "too many trades" case).
+MAX_SEED_PENDING_TICKS = 200_000
 
 # Closed candles kept in memory per (symbol, interval), for the API and for revisions by late trades: enough to
 # cover RECENT_SPAN_MS, within these bounds (1s: 1000 = 16 min; 1m: 120; 5m and longer: 60). Older candles are
@@ -57,6 +69,7 @@ class _Bar:
     __slots__ = (
         "close",
         "close_time_ms",
+        "complete",
         "first_trade_id",
         "high",
         "last_trade_id",
@@ -77,6 +90,7 @@ class _Bar:
         self.volume = self.quote_volume = self.taker_buy_volume = self.taker_buy_quote_volume = _ZERO
         self.trade_count = 0
         self.first_trade_id = self.last_trade_id = NO_TRADE_ID
+        self.complete = True
 
     @classmethod
     def from_candle(cls, candle: Candle) -> _Bar:
@@ -86,6 +100,7 @@ class _Bar:
         bar.taker_buy_volume, bar.taker_buy_quote_volume = candle.taker_buy_volume, candle.taker_buy_quote_volume
         bar.trade_count = candle.trade_count
         bar.first_trade_id, bar.last_trade_id = candle.first_trade_id, candle.last_trade_id
+        bar.complete = candle.complete
         return bar
 
     def add(self, tick: Tick, quote: Decimal) -> None:
@@ -150,13 +165,36 @@ class _Bar:
             last_trade_id=self.last_trade_id,
             closed=closed,
             revision=revision,
+            complete=self.complete,
         )
+
+
+class _AwaitingSeed:
+    """The trades a series added to the candle at ``open_time_ms`` while its seed is being fetched."""
+
+    __slots__ = ("open_time_ms", "ticks")
+
+    def __init__(self, open_time_ms: int) -> None:
+        self.open_time_ms = open_time_ms
+        # None once more than MAX_SEED_PENDING_TICKS arrived: the seed can no longer be applied.
+        self.ticks: list[Tick] | None = []
+
+    def note(self, tick: Tick) -> bool:
+        """Keeps ``tick``; False when there are too many to keep."""
+        ticks = self.ticks
+        if ticks is None:
+            return False
+        if len(ticks) >= MAX_SEED_PENDING_TICKS:
+            self.ticks = None
+            return False
+        ticks.append(tick)
+        return True
 
 
 class _Series:
     """One (symbol, interval): the open bar and a ring of recent closed candles, oldest first."""
 
-    __slots__ = ("closed", "current", "interval", "replay_floor_ms", "symbol")
+    __slots__ = ("awaiting", "closed", "current", "interval", "last_trade_id", "replay_floor_ms", "symbol")
 
     def __init__(self, symbol: str, interval: Interval, recent_limit: int) -> None:
         self.symbol = symbol
@@ -165,24 +203,34 @@ class _Series:
         self.closed: deque[Candle] = deque(maxlen=recent_limit)
         # While restoring: trades before this time are already in stored candles and are skipped.
         self.replay_floor_ms: int | None = None
+        # The highest trade id of the closed candles (None: none yet): a bar whose first trade does not follow
+        # it may lack trades from before and needs a seed.
+        self.last_trade_id: int | None = None
+        self.awaiting: _AwaitingSeed | None = None
 
     def close_current(self, out: list[Candle]) -> _Bar:
         """Closes the open bar (there must be one) and returns it."""
         bar = self.current
         assert bar is not None
+        if bar.last_trade_id != NO_TRADE_ID and (self.last_trade_id is None or bar.last_trade_id > self.last_trade_id):
+            self.last_trade_id = bar.last_trade_id
         candle = bar.candle(self.symbol, self.interval.name, closed=True)
         self.closed.append(candle)
         out.append(candle)
         return bar
 
-    def roll_to(self, open_time_ms: int, out: list[Candle]) -> int:
+    def roll_to(self, open_time_ms: int, out: list[Candle], *, fill_empty: bool = True) -> int:
         """Closes the open bar and every empty interval before ``open_time_ms``; opens the bar there.
 
         Returns how many empty intervals were skipped: after a very long silence (the service down for days
-        with 1s candles) only the last ``MAX_EMPTY_FILL`` are produced, so memory stays bounded.
+        with 1s candles) only the last ``MAX_EMPTY_FILL`` are produced, so memory stays bounded. Without
+        ``fill_empty`` no empty candle is made: the service did not see those intervals (a jump in trade ids).
         """
         previous = self.close_current(out)
         interval = self.interval
+        if not fill_empty:
+            self.current = _Bar(open_time_ms, interval.close_time(open_time_ms), previous.close)
+            return 0
         next_open = interval.next_open_time(previous.open_time_ms)
         skipped = 0
         if interval.name != "1M":
@@ -212,6 +260,10 @@ class CandleCounters:
     duplicate_trades: int = 0
     # Empty intervals not produced after a silence longer than MAX_EMPTY_FILL intervals.
     empty_candles_skipped: int = 0
+    # Candles marked complete=False and asked to be seeded; completed by a seed; left incomplete.
+    seeds_requested: int = 0
+    seeds_applied: int = 0
+    candles_incomplete: int = 0
 
 
 class CandleBuilder:
@@ -221,14 +273,19 @@ class CandleBuilder:
     readable at any time with ``open_candle``.
     """
 
-    def __init__(self, intervals: Sequence[Interval], *, recent_limit: int | None = None) -> None:
-        """``recent_limit``: closed candles kept in memory per series (None: ``default_ring_size``)."""
+    def __init__(
+        self, intervals: Sequence[Interval], *, recent_limit: int | None = None, seed_edges: bool = False
+    ) -> None:
+        """``recent_limit``: closed candles kept in memory per series (None: ``default_ring_size``);
+        ``seed_edges``: mark and request seeds for candles that began before their trades were seen."""
         if not intervals:
             raise ValueError("no candle interval configured")
         self.intervals = tuple(intervals)
         self._ring_sizes = {interval.name: recent_limit or default_ring_size(interval) for interval in intervals}
         self.counters = CandleCounters()
         self._series: dict[str, tuple[_Series, ...]] = {}
+        self.seed_edges = seed_edges
+        self._seed_requests: list[SeedRequest] = []
 
     def _series_of(self, symbol: str) -> tuple[_Series, ...]:
         series = self._series.get(symbol)
@@ -284,7 +341,11 @@ class CandleBuilder:
                 bar = series.current = _Bar(open_time, series.interval.close_time(open_time), tick.price)
             elif trade_time > bar.close_time_ms:
                 before = len(out)
-                self.counters.empty_candles_skipped += series.roll_to(series.interval.open_time(trade_time), out)
+                # Only consecutive trade ids prove the intervals in between had no trade.
+                fill_empty = not self.seed_edges or tick.trade_id == max(
+                    bar.last_trade_id, NO_TRADE_ID if series.last_trade_id is None else series.last_trade_id) + 1
+                self.counters.empty_candles_skipped += series.roll_to(series.interval.open_time(trade_time), out,
+                                                                      fill_empty=fill_empty)
                 self._count_closed(out, before)
                 bar = series.current
                 assert bar is not None
@@ -294,10 +355,84 @@ class CandleBuilder:
             elif tick.trade_id <= bar.last_trade_id and _complete(
                 bar.trade_count, bar.first_trade_id, bar.last_trade_id, tick.trade_id
             ):
-                # Already in the open candle: after a restart that rebuilt it from stored candles.
+                # Already in the open candle: after a restart that rebuilt it, or from its seed.
                 self.counters.duplicate_trades += 1
                 continue
+            if bar.trade_count == 0 and self.seed_edges:
+                self._check_edge(series, bar, tick)
+            awaiting = series.awaiting
+            if awaiting is not None and awaiting.open_time_ms == bar.open_time_ms and not awaiting.note(tick):
+                self._give_up(series, "too many trades while the seed was fetched")
             bar.add(tick, quote)
+
+    def _check_edge(self, series: _Series, bar: _Bar, tick: Tick) -> None:
+        """At a bar's first trade: when it does not follow the series' last one, earlier trades of the interval
+        may exist that the service did not see; the bar is marked incomplete and its seed requested."""
+        last = series.last_trade_id
+        if last is not None and tick.trade_id == last + 1:
+            return
+        if series.awaiting is not None:  # one seed at a time per series; the older candle stays incomplete
+            self._give_up(series, "a newer candle needs a seed")
+        bar.complete = False
+        series.awaiting = _AwaitingSeed(bar.open_time_ms)
+        self._seed_requests.append(SeedRequest(series.symbol, series.interval.name, bar.open_time_ms))
+        self.counters.seeds_requested += 1
+
+    def _give_up(self, series: _Series, reason: str) -> None:
+        awaiting = series.awaiting
+        if awaiting is None:
+            return
+        series.awaiting = None
+        self.counters.candles_incomplete += 1
+        log.warning("candle left incomplete symbol=%s interval=%s open_time_ms=%d reason=%r", series.symbol,
+                    series.interval.name, awaiting.open_time_ms, reason)
+
+    def take_seed_requests(self) -> list[SeedRequest]:
+        """The seeds asked for since the last call."""
+        requests, self._seed_requests = self._seed_requests, []
+        return requests
+
+    def apply_seed(self, seed: CandleSeed) -> list[Candle]:
+        """Completes the candle ``seed`` was asked for: Binance's kline plus the streamed trades after its last
+        trade id. Returns the revised candle (and empty ones after it) when it had closed already."""
+        series = self._one_series(seed.symbol, seed.interval)
+        if series is None or series.awaiting is None or series.awaiting.open_time_ms != seed.open_time_ms:
+            return []
+        ticks = series.awaiting.ticks
+        if seed.kline is None or ticks is None:
+            self._give_up(series, seed.reason or "too many trades while the seed was fetched")
+            return []
+        series.awaiting = None
+        bar = _Bar.from_candle(seed.kline)
+        with decimal.localcontext(EXACT):
+            for tick in ticks:
+                if tick.trade_id > seed.kline.last_trade_id:
+                    bar.add(tick, tick.price * tick.quantity)
+        # Consecutive ids or nothing: a kline that ends before the first streamed trade leaves a hole.
+        bar.complete = _complete(bar.trade_count, bar.first_trade_id, bar.last_trade_id, bar.first_trade_id)
+        if bar.complete:
+            self.counters.seeds_applied += 1
+        else:
+            self.counters.candles_incomplete += 1
+            log.warning("candle left incomplete symbol=%s interval=%s open_time_ms=%d reason=%r", series.symbol,
+                        series.interval.name, seed.open_time_ms, "the kline does not reach the streamed trades")
+        current = series.current
+        if current is not None and current.open_time_ms == seed.open_time_ms:
+            series.current = bar
+            return []
+        index = _find(series.closed, seed.open_time_ms)
+        if index is None:
+            self.counters.candles_incomplete += 1
+            return []
+        old = series.closed[index]
+        revised = bar.candle(series.symbol, series.interval.name, closed=True, revision=old.revision + 1)
+        if series.last_trade_id is None or revised.last_trade_id > series.last_trade_id:
+            series.last_trade_id = revised.last_trade_id
+        series.closed[index] = revised
+        out = [revised]
+        self.counters.revisions += 1
+        self._follow_close(series, index, out)
+        return out
 
     def close_due(self, symbol: str, before_ms: int, *, stopped: bool = False) -> list[Candle]:
         """Closes every candle of ``symbol`` whose close time is before ``before_ms``.
@@ -344,14 +479,21 @@ class CandleBuilder:
         if index is None or old is None:
             self.counters.late_trades_unrevisable += 1
             return
+        awaiting = series.awaiting
+        if awaiting is not None and awaiting.open_time_ms == open_time and not awaiting.note(tick):
+            self._give_up(series, "too many trades while the seed was fetched")
         bar = _Bar.from_candle(old)
         bar.add(tick, quote)
         revised = bar.candle(series.symbol, series.interval.name, closed=True, revision=old.revision + 1)
         ring[index] = revised
         out.append(revised)
         self.counters.revisions += 1
-        # Empty candles after it carry the previous close: follow a changed close forward.
-        close = revised.close
+        self._follow_close(series, index, out)
+
+    def _follow_close(self, series: _Series, index: int, out: list[Candle]) -> None:
+        """Empty candles after a revised one carry the previous close: follow a changed close forward."""
+        ring = series.closed
+        close = ring[index].close
         for later_index in range(index + 1, len(ring)):
             later = ring[later_index]
             if later.trade_count:
@@ -441,6 +583,8 @@ class CandleBuilder:
             return
         series.closed.clear()
         series.closed.extend(recent)
+        series.last_trade_id = max((candle.last_trade_id for candle in recent
+                                    if candle.last_trade_id != NO_TRADE_ID), default=None)
         last = recent[-1]
         next_open = series.interval.next_open_time(last.open_time_ms)
         series.current = _Bar(next_open, series.interval.close_time(next_open), last.close)

@@ -66,6 +66,10 @@ MIGRATIONS: dict[int, str] = {
     3: """
     CREATE TABLE added_symbols (symbol TEXT PRIMARY KEY, added_at_ms INTEGER NOT NULL) WITHOUT ROWID;
     """,
+    # Candles whose trades from before the service saw the interval could not be fetched (issue 17).
+    4: """
+    ALTER TABLE candles ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -88,17 +92,17 @@ def _insert_ticks_sql(count: int) -> str:
 _INSERT_TICKS = _insert_ticks_sql(_TICKS_PER_STATEMENT)
 _CANDLE_COLUMNS = (
     "symbol, interval, open_time_ms, close_time_ms, open, high, low, close, volume, quote_volume, trade_count,"
-    " taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision"
+    " taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision, complete"
 )
 _INSERT_CANDLE = (
-    f"INSERT INTO candles ({_CANDLE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO candles ({_CANDLE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT (symbol, interval, open_time_ms) DO UPDATE SET"
     " close_time_ms=excluded.close_time_ms, open=excluded.open, high=excluded.high, low=excluded.low,"
     " close=excluded.close, volume=excluded.volume, quote_volume=excluded.quote_volume,"
     " trade_count=excluded.trade_count, taker_buy_volume=excluded.taker_buy_volume,"
     " taker_buy_quote_volume=excluded.taker_buy_quote_volume, first_trade_id=excluded.first_trade_id,"
-    " last_trade_id=excluded.last_trade_id, revision=excluded.revision"
-    " WHERE excluded.revision >= candles.revision"
+    " last_trade_id=excluded.last_trade_id, revision=excluded.revision,"
+    " complete=excluded.complete WHERE excluded.revision >= candles.revision"
 )
 
 
@@ -157,13 +161,13 @@ def _candle_row(candle: Candle) -> tuple[object, ...]:
         str(candle.open), str(candle.high), str(candle.low), str(candle.close),
         str(candle.volume), str(candle.quote_volume), candle.trade_count,
         str(candle.taker_buy_volume), str(candle.taker_buy_quote_volume),
-        candle.first_trade_id, candle.last_trade_id, candle.revision,
+        candle.first_trade_id, candle.last_trade_id, candle.revision, int(candle.complete),
     )
 
 
 def _candle_from_row(row: Sequence[object]) -> Candle:
     (symbol, interval, open_time, close_time, open_, high, low, close, volume, quote_volume, trade_count,
-     taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision) = row
+     taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision, complete) = row
     return Candle(
         symbol=str(symbol), interval=str(interval), open_time_ms=_int(open_time), close_time_ms=_int(close_time),
         open=Decimal(str(open_)), high=Decimal(str(high)), low=Decimal(str(low)), close=Decimal(str(close)),
@@ -171,7 +175,7 @@ def _candle_from_row(row: Sequence[object]) -> Candle:
         taker_buy_volume=Decimal(str(taker_buy_volume)),
         taker_buy_quote_volume=Decimal(str(taker_buy_quote_volume)),
         first_trade_id=_int(first_trade_id), last_trade_id=_int(last_trade_id),
-        closed=True, revision=_int(revision),
+        closed=True, revision=_int(revision), complete=bool(complete),
     )
 
 

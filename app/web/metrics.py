@@ -151,6 +151,11 @@ class ServiceCollector(Collector):
             ("late_trades", "Trades for already-closed candles.", counters.late_trades),
             ("late_trades_unrevisable", "Late trades for candles no longer in memory (not corrected).",
              counters.late_trades_unrevisable),
+            ("candle_seeds_requested", "Candles that began before their trades were seen, marked complete=false "
+             "and asked for from the exchange (start-up, symbol added, resume).", counters.seeds_requested),
+            ("candle_seeds_applied", "Such candles completed from the exchange's kline.", counters.seeds_applied),
+            ("candles_incomplete", "Such candles left complete=false (REST refused or silent, too many trades).",
+             counters.candles_incomplete),
             ("candle_updates_published", "Candle updates handed to candle subscribers.",
              self._state.candles.candles_published),
         ):

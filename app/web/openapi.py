@@ -42,6 +42,8 @@ _CANDLE_FIELDS: dict[str, dict[str, Any]] = {
     "last_trade_id": {"type": "integer", "description": "-1 when the interval had no trade"},
     "closed": {"type": "boolean", "description": "false for the candle of the running interval"},
     "revision": {"type": "integer", "description": "0, or 1, 2, ... when a late trade corrected the candle"},
+    "complete": {"type": "boolean", "description": "false when trades of the interval from before the service saw "
+                 "it could not be fetched (start-up, symbol added, resume): the candle holds only the trades seen"},
 }
 _GAP_FIELDS: dict[str, dict[str, Any]] = {
     "symbol": {"type": "string"},
