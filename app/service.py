@@ -37,6 +37,7 @@ from app.startup import StartupError, listening, redact_url
 from app.state import ServiceState
 from app.store.aggregator import CandleFeed, Seeding, aggregate
 from app.store.broadcast import ChannelDepth
+from app.store.candles import LateTrade
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import (
     RETRY_CAP_SECONDS as STORAGE_RETRY_CAP_SECONDS,
@@ -47,6 +48,7 @@ from app.store.persist import (
 from app.store.persist import (
     PersistStatus,
     persist_candles,
+    persist_late_trades,
     persist_ticks,
     prune_ticks,
 )
@@ -68,6 +70,8 @@ PERSISTENCE_BUFFER = 256
 CLOSED_CANDLE_BUFFER = 1024
 # Candles waiting for their seed (one per symbol and interval at start-up); beyond it a candle stays incomplete.
 SEED_REQUEST_BUFFER = 4096
+# Batches of late trades for candles no longer in memory, waiting to revise the stored candles.
+LATE_TRADE_BUFFER = 64
 
 
 async def open_storage(settings: Settings) -> Storage:
@@ -168,6 +172,7 @@ async def _supervise(
     ingest_scope = trio.CancelScope()
     seed_requests_send, seed_requests_receive = trio.open_memory_channel[SeedRequest](SEED_REQUEST_BUFFER)
     seeds_send, seeds_receive = trio.open_memory_channel[CandleSeed](SEED_REQUEST_BUFFER)
+    late_send, late_receive = trio.open_memory_channel[Sequence[LateTrade]](LATE_TRADE_BUFFER)
 
     async with trio.open_nursery() as service:
         urls: Sequence[str] = ()
@@ -191,13 +196,14 @@ async def _supervise(
             pipeline.start_soon(
                 partial(aggregate, aggregator_input, closed_send, candle_feed, is_live=ingest_status.is_live,
                         is_stopped=ingest_status.is_stopped,
-                        seeding=Seeding(seed_requests_send, seeds_receive))
+                        seeding=Seeding(seed_requests_send, seeds_receive), late_trades=late_send)
             )
             pipeline.start_soon(seed_candles, seed_requests_receive, seeds_send,
                                 settings.binance_rest_url, ingest_status)
             pipeline.start_soon(partial(persist_ticks, persistence_input, storage, persist_status, _storage_retry(),
                                         backlog_limit=settings.storage_backlog_ticks))
             pipeline.start_soon(persist_candles, closed_receive, storage, persist_status, _storage_retry())
+            pipeline.start_soon(persist_late_trades, late_receive, storage, persist_status, _storage_retry())
             started(RunningService(state, urls, ingest_scope, service.cancel_scope))
         log.info("pipeline drained; stopping the HTTP server")
         service.cancel_scope.cancel()

@@ -25,7 +25,7 @@ import trio.lowlevel
 from app.intervals import Interval
 from app.model import Candle, CandleSeed, SeedRequest, Tick
 from app.store.broadcast import ChannelDepth, Fanout, OverflowPolicy, Subscriber
-from app.store.candles import CandleBuilder, CandleCounters
+from app.store.candles import CandleBuilder, CandleCounters, LateTrade
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ async def aggregate(
     clock_ms: Callable[[], int] = wall_clock_ms,
     close_grace_ms: int = CLOSE_GRACE_MS,
     seeding: Seeding | None = None,
+    late_trades: trio.MemorySendChannel[Sequence[LateTrade]] | None = None,
 ) -> None:
     """Runs until ``tick_batches`` ends; then closes ``closed_candles`` and the candle subscribers.
 
@@ -226,12 +227,17 @@ async def aggregate(
                                                        changed, touched)
                 if seeding is not None:
                     seeds_outstanding += exchange_seeds(builder, seeding, changed, touched)
+                late = builder.take_late_trades()
+                if late and late_trades is not None:
+                    await late_trades.send(late)
                 if changed:
                     await closed_candles.send(changed)
                 await candles.publish(changed, touched)
                 if busy:
                     await trio.lowlevel.checkpoint()
     finally:
+        if late_trades is not None:
+            late_trades.close()
         if seeding is not None:
             seeding.requests.close()
             seeding.seeds.close()

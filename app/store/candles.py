@@ -12,8 +12,9 @@ Rules (Binance's, see BINANCE.md):
   starts with its first trade; nothing is invented before it.
 * A trade for an interval that is already closed (only after a repaired gap) revises that candle: the corrected
   candle is returned with ``revision`` incremented, and empty candles after it whose prices derive from its close
-  are revised too. Only candles still in the bounded in-memory ring can be revised; older ones are counted in
-  ``late_trades_unrevisable``.
+  are revised too. Candles still in the bounded in-memory ring are revised here; a late trade for an older one
+  is counted in ``late_trades_unrevisable`` and handed out (``take_late_trades``) to be applied to the stored
+  candle (``revise_candle``, by ``persist.persist_late_trades``).
 * Seeding (``seed_edges``): a candle whose interval began before the service saw its trades (the first trade of a
   series, or the first of an interval after a jump in trade ids: start-up, a symbol added, a resume) is marked
   ``complete=False`` and asked for (``take_seed_requests``); ``apply_seed`` then replaces it with Binance's kline
@@ -169,6 +170,15 @@ class _Bar:
         )
 
 
+@attrs.frozen
+class LateTrade:
+    """A trade for a closed candle no longer in memory: it is applied to the stored candle."""
+
+    interval: str
+    open_time_ms: int
+    tick: Tick
+
+
 class _AwaitingSeed:
     """The trades a series added to the candle at ``open_time_ms`` while its seed is being fetched."""
 
@@ -286,6 +296,7 @@ class CandleBuilder:
         self._series: dict[str, tuple[_Series, ...]] = {}
         self.seed_edges = seed_edges
         self._seed_requests: list[SeedRequest] = []
+        self._late_trades: list[LateTrade] = []
 
     def _series_of(self, symbol: str) -> tuple[_Series, ...]:
         series = self._series.get(symbol)
@@ -387,6 +398,11 @@ class CandleBuilder:
         log.warning("candle left incomplete symbol=%s interval=%s open_time_ms=%d reason=%r", series.symbol,
                     series.interval.name, awaiting.open_time_ms, reason)
 
+    def take_late_trades(self) -> list[LateTrade]:
+        """The late trades for candles no longer in memory since the last call (for the stored candles)."""
+        late, self._late_trades = self._late_trades, []
+        return late
+
     def take_seed_requests(self) -> list[SeedRequest]:
         """The seeds asked for since the last call."""
         requests, self._seed_requests = self._seed_requests, []
@@ -478,6 +494,7 @@ class CandleBuilder:
         self.counters.late_trades += 1
         if index is None or old is None:
             self.counters.late_trades_unrevisable += 1
+            self._late_trades.append(LateTrade(series.interval.name, open_time, tick))
             return
         awaiting = series.awaiting
         if awaiting is not None and awaiting.open_time_ms == open_time and not awaiting.note(tick):
@@ -646,6 +663,22 @@ def tiles(finer: Interval, coarser: Interval) -> bool:
     if coarser.name in ("1w", "1M"):  # Mondays and month starts are day boundaries
         return DAY_MS % finer.nominal_ms == 0
     return coarser.nominal_ms % finer.nominal_ms == 0
+
+
+def revise_candle(candle: Candle, ticks: Sequence[Tick]) -> Candle | None:
+    """``candle`` with the trades of ``ticks`` it does not hold yet, as its next revision (None: it held them
+    all). For a stored candle that a late trade reaches after it left memory."""
+    bar = _Bar.from_candle(candle)
+    added = 0
+    with decimal.localcontext(EXACT):
+        for tick in ticks:
+            if _complete(bar.trade_count, bar.first_trade_id, bar.last_trade_id, tick.trade_id):
+                continue  # held already (trade ids are consecutive: a candle without holes holds its range)
+            bar.add(tick, tick.price * tick.quantity)
+            added += 1
+    if not added:
+        return None
+    return bar.candle(candle.symbol, candle.interval, closed=True, revision=candle.revision + 1)
 
 
 def _holds(candle: Candle, trade_id: int) -> bool:

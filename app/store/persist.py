@@ -23,6 +23,7 @@ import trio
 import trio.lowlevel
 
 from app.model import Candle, Tick
+from app.store.candles import LateTrade, revise_candle
 from app.store.storage import Storage, StorageWriteError
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,10 @@ class PersistStatus:
     # The highest trade id per symbol known to be committed.
     last_persisted_trade_id: dict[str, int] = attrs.Factory(dict)
     ticks_pruned: int = 0
+    # Stored candles corrected by late trades that arrived after the candle left memory; late trades whose
+    # candle is not stored (nothing to correct).
+    stored_candle_revisions: int = 0
+    late_trades_not_stored: int = 0
 
     def note_unwritten_ticks(self, ticks: Sequence[Tick]) -> None:
         self.ticks_unwritten += len(ticks)
@@ -263,6 +268,47 @@ async def persist_candles(
                              unwritten, waiting)
     async with closed_candles:
         await _persist(closed_candles, writer, status, retry)
+
+
+async def persist_late_trades(
+    late_trades: trio.MemoryReceiveChannel[Sequence[LateTrade]], storage: Storage, status: PersistStatus,
+    retry: RetryPolicy,
+) -> None:
+    """Applies late trades for candles no longer in memory to the stored candles, as their next revision (the
+    API reads those from storage), until ``late_trades`` ends. Rare: only a gap repaired long after. A failing
+    database is retried with ``retry`` (the channel then fills and the aggregator waits: nothing is dropped)."""
+    async with late_trades:
+        async for batch in late_trades:
+            by_candle: dict[tuple[str, str, int], list[Tick]] = {}
+            for late in _gather(batch, late_trades, None):
+                by_candle.setdefault((late.tick.symbol, late.interval, late.open_time_ms), []).append(late.tick)
+            for (symbol, interval, open_time_ms), ticks in by_candle.items():
+                while True:
+                    try:
+                        await _revise_stored(storage, status, symbol, interval, open_time_ms, ticks)
+                    except StorageWriteError as error:
+                        _note_failure(status, "candle revisions", error, len(ticks))
+                        await trio.sleep(retry.next_delay())
+                        continue
+                    if "candle revisions" in status.failing_writers:
+                        _note_recovery(status, "candle revisions")
+                    retry.reset()
+                    break
+
+
+async def _revise_stored(
+    storage: Storage, status: PersistStatus, symbol: str, interval: str, open_time_ms: int, ticks: list[Tick]
+) -> None:
+    stored = await storage.candles(symbol, interval, open_time_ms, open_time_ms, 1)
+    if not stored or stored[0].open_time_ms != open_time_ms:
+        status.late_trades_not_stored += len(ticks)
+        log.warning("late trades for a candle not stored symbol=%s interval=%s open_time_ms=%d count=%d",
+                    symbol, interval, open_time_ms, len(ticks))
+        return
+    revised = revise_candle(stored[0], ticks)
+    if revised is not None:
+        await storage.write_candles([revised])
+        status.stored_candle_revisions += 1
 
 
 def prune_cutoff_ms(now_ms: int, retention_days: float, keep_from_ms: int | None) -> int:

@@ -172,6 +172,10 @@ class ServiceCollector(Collector):
              persist.ticks_unwritten),
             ("candles_unwritten", "Closed candles that could not be held for a failing database: missing from it.",
              persist.candles_unwritten),
+            ("stored_candle_revisions", "Stored candles corrected by a late trade after they left memory.",
+             persist.stored_candle_revisions),
+            ("late_trades_not_stored", "Late trades whose candle is neither in memory nor stored.",
+             persist.late_trades_not_stored),
         ))
         yield from _unlabelled(_gauge, (
             ("storage_failing", "1 while database writes fail (retried with backoff), else 0.",
