@@ -190,7 +190,9 @@ async def test_kill_9_mid_minute_then_restart_loses_no_trade_and_no_candle(tmp_p
                             "interval": interval, "limit": 1000}))
                         expected = [binance_kline(row) for row in klines]
                         assert [as_kline(candle) for candle in mine] == expected, interval
-                        assert all(candle["revision"] == 0 for candle in mine)
+                        # The first candle of each interval may be a revision: completed from the exchange's
+                        # kline after it had closed (issue 17).
+                        assert all(candle["revision"] == 0 for candle in mine[1:])
                 # No candle lost: M0 and M1 (closed by a trade) are on disk, exact.
                 await wait_stored(database, "SELECT open_time_ms, trade_count, first_trade_id, last_trade_id"
                                   " FROM candles WHERE interval='1m' ORDER BY open_time_ms",
