@@ -166,12 +166,6 @@ async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
     await opened.close()
 
 
-async def test_an_incomplete_candle_is_stored_and_read_back_as_incomplete(storage: SQLiteStorage) -> None:
-    candle = attrs.evolve(kline_of([trade(BASE_MS, 1)], BASE_MS), closed=True, complete=False)
-    await storage.write_candles([candle])
-    assert await storage.candles("BTCUSDT", "1m", None, None, 10) == [candle]
-
-
 async def test_a_late_trade_older_than_the_ring_revises_the_stored_candle(storage: SQLiteStorage) -> None:
     # The real clock: SQLite runs in threads, which a MockClock's autojump does not wait for (nothing here
     # sleeps, and no candle closes by the clock: the feed is never live).

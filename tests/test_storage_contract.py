@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
+import attrs
 import pytest
 from postgres_server import fresh_database
 
@@ -126,3 +127,12 @@ async def test_symbols_added_at_run_time_are_kept_until_removed(storage: Storage
     await storage.set_symbol_added("ADAUSDT", False)
     await storage.set_symbol_added("XRPUSDT", False)  # never added: nothing to remove
     assert await storage.added_symbols() == ["SOLUSDT"]
+
+
+async def test_an_incomplete_candle_is_stored_as_incomplete_until_its_seeded_revision(storage: Storage) -> None:
+    incomplete = attrs.evolve(candle(T0), complete=False)
+    await storage.write_candles([incomplete])
+    assert await storage.candles("BTCUSDT", "1m", None, None, 10) == [incomplete]
+    seeded = attrs.evolve(incomplete, revision=1, complete=True, trade_count=7)
+    await storage.write_candles([seeded])
+    assert await storage.candles("BTCUSDT", "1m", None, None, 10) == [seeded]

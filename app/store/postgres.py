@@ -64,13 +64,17 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE TABLE added_symbols (symbol text PRIMARY KEY, added_at_ms bigint NOT NULL);
     """,
+    # Candles whose trades from before the service saw the interval could not be fetched (issue 17).
+    2: """
+    ALTER TABLE candles ADD COLUMN complete boolean NOT NULL DEFAULT true;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _TICK_COLUMNS = "symbol, trade_id, price, quantity, trade_time_ms, event_time_ms, is_buyer_maker"
 _CANDLE_COLUMNS = (
     "symbol, interval, open_time_ms, close_time_ms, open, high, low, close, volume, quote_volume, trade_count,"
-    " taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision"
+    " taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision, complete"
 )
 _CANDLE_UPDATES = ", ".join(
     f"{column}=excluded.{column}" for column in _CANDLE_COLUMNS.replace(" ", "").split(",")[3:]
@@ -144,18 +148,19 @@ def _candle_row(candle: Candle) -> tuple[object, ...]:
         candle.symbol, candle.interval, candle.open_time_ms, candle.close_time_ms,
         candle.open, candle.high, candle.low, candle.close, candle.volume, candle.quote_volume, candle.trade_count,
         candle.taker_buy_volume, candle.taker_buy_quote_volume, candle.first_trade_id, candle.last_trade_id,
-        candle.revision,
+        candle.revision, candle.complete,
     )
 
 
 def _candle_from_row(row: Sequence[Any]) -> Candle:
     (symbol, interval, open_time, close_time, open_, high, low, close, volume, quote_volume, trade_count,
-     taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision) = row
+     taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, revision, complete) = row
     return Candle(
         symbol=symbol, interval=interval, open_time_ms=open_time, close_time_ms=close_time,
         open=open_, high=high, low=low, close=close, volume=volume, quote_volume=quote_volume,
         trade_count=trade_count, taker_buy_volume=taker_buy_volume, taker_buy_quote_volume=taker_buy_quote_volume,
         first_trade_id=first_trade_id, last_trade_id=last_trade_id, closed=True, revision=revision,
+        complete=complete,
     )
 
 
