@@ -151,6 +151,20 @@ def test_no_empty_candle_is_made_up_across_a_jump_in_trade_ids() -> None:
     assert request.open_time_ms == BASE_MS + 63 * MINUTE
 
 
+def test_after_a_restart_a_stored_incomplete_candle_is_asked_for_again_and_completed() -> None:
+    history = [trade(BASE_MS + 1_000, 48, "9"), trade(BASE_MS + 2_000, 49, "12"), trade(BASE_MS + 30_000, 50)]
+    stored = attrs.evolve(kline_of(history[2:], BASE_MS), closed=True, complete=False)
+    builder = CandleBuilder([ONE_MINUTE], seed_edges=True)
+    builder.seed("BTCUSDT", "1m", [stored])
+    (request,) = builder.take_seed_requests()
+    assert request.open_time_ms == BASE_MS
+    builder.end_replay()
+    assert builder.update(trade(BASE_MS + MINUTE + 5, 51)) == []  # follows the stored candle: no new seed
+    assert builder.take_seed_requests() == []
+    (revised,) = builder.apply_seed(CandleSeed("BTCUSDT", "1m", BASE_MS, kline_of(history, BASE_MS)))
+    assert revised.complete and revised.revision == 1 and revised.trade_count == 3 and revised.open == 9
+
+
 def test_an_incomplete_candle_crosses_the_bus_as_it_is() -> None:
     candle = attrs.evolve(kline_of([trade(BASE_MS, 1)], BASE_MS), complete=False, revision=2)
     assert candles_from_bus(candles_to_bus([candle])) == [candle]

@@ -129,6 +129,8 @@ class _Bar:
 
     def merge(self, part: Candle) -> None:
         """Adds a finer closed candle lying inside this bar (restart: rebuilding a long open candle)."""
+        if not part.complete:
+            self.complete = False
         if part.trade_count == 0:
             return
         if self.trade_count == 0:
@@ -382,11 +384,14 @@ class CandleBuilder:
         last = series.last_trade_id
         if last is not None and tick.trade_id == last + 1:
             return
+        bar.complete = False
+        self._await_seed(series, bar.open_time_ms)
+
+    def _await_seed(self, series: _Series, open_time_ms: int) -> None:
         if series.awaiting is not None:  # one seed at a time per series; the older candle stays incomplete
             self._give_up(series, "a newer candle needs a seed")
-        bar.complete = False
-        series.awaiting = _AwaitingSeed(bar.open_time_ms)
-        self._seed_requests.append(SeedRequest(series.symbol, series.interval.name, bar.open_time_ms))
+        series.awaiting = _AwaitingSeed(open_time_ms)
+        self._seed_requests.append(SeedRequest(series.symbol, series.interval.name, open_time_ms))
         self.counters.seeds_requested += 1
 
     def _give_up(self, series: _Series, reason: str) -> None:
@@ -606,6 +611,11 @@ class CandleBuilder:
         next_open = series.interval.next_open_time(last.open_time_ms)
         series.current = _Bar(next_open, series.interval.close_time(next_open), last.close)
         series.replay_floor_ms = next_open
+        incomplete = [candle for candle in recent if not candle.complete]
+        if self.seed_edges and incomplete:
+            # Its seed was not stored before the last stop (or it failed then): ask again; the kline now holds
+            # every trade of that closed interval.
+            self._await_seed(series, incomplete[-1].open_time_ms)
 
     def continue_candle(self, candle: Candle) -> None:
         """Continues a series from the newest published version of its current candle (a new leader taking
@@ -648,6 +658,11 @@ class CandleBuilder:
                     assert bar is not None
                 bar.merge(part)
         series.replay_floor_ms = floor_ms
+        current = series.current
+        if self.seed_edges and current is not None and not current.complete:
+            # Rebuilt from a finer candle that was incomplete: the kline, asked for after the replay, holds
+            # every trade so far (the streamed ones after it are kept while it is fetched).
+            self._await_seed(series, current.open_time_ms)
         return out
 
     def end_replay(self) -> None:
