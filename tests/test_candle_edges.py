@@ -56,11 +56,12 @@ def whole_recording_klines(trades: list[Tick], interval: Interval, start_ms: int
 
 
 async def run_from_cut(
-    tmp_path: Path, trades: list[Tick], cut: int, refused: str | None = None
+    tmp_path: Path, trades: list[Tick], cut: int, refused: str | None = None, added: tuple[str, ...] = ()
 ) -> tuple[Simulator, dict[tuple[str, str], list[dict[str, Any]]], dict[tuple[str, str], list[tuple[object, ...]]],
            str]:
     """Runs the service from ``trades[cut]`` on; returns, per (symbol, interval), the candles it serves from the
-    cut's interval on once it has every trade and its seeds are settled, and the exchange's klines for them."""
+    cut's interval on once it has every trade and its seeds are settled, and the exchange's klines for them.
+    The ``added`` symbols are not configured: they are added with ``POST /api/symbols`` before the cut."""
     symbols = tuple(dict.fromkeys(tick.symbol for tick in trades))
     history, live = trades[:cut], trades[cut:]
     config = SimulatorConfig(source=ManualSource(symbols=symbols, initial=tuple(history)))
@@ -71,7 +72,7 @@ async def run_from_cut(
             if refused is not None:  # every answer of that endpoint is an HTML error page
                 simulator.fail_rest(refused, RestFault.INVALID_JSON, times=10_000)
             settings = Settings(
-                symbols=symbols,
+                symbols=tuple(symbol for symbol in symbols if symbol not in added),
                 binance_ws_url=simulator.ws_url,
                 binance_rest_url=simulator.rest_url,
                 candle_intervals=tuple(Interval(name) for name in INTERVAL_NAMES),
@@ -79,6 +80,10 @@ async def run_from_cut(
                 database_url=f"sqlite:///{tmp_path / 'marketdata.sqlite3'}",
             )
             urls = await nursery.start(service.run, settings)
+            for symbol in added:
+                async with httpx.AsyncClient(base_url=urls[0]) as api:
+                    response = await api.post("/api/symbols", json={"symbol": symbol})
+                    assert response.status_code == 201, response.text
             for symbol in symbols:
                 await simulator.wait_subscribed(f"{symbol.lower()}@trade")
             for start in range(0, len(live), PUBLISH_CHUNK):
@@ -150,3 +155,16 @@ async def test_a_first_candle_that_rest_refuses_to_complete_says_complete_false(
         assert [kline_row(candle) for candle in rest] == expected[key][1:], key
     assert incomplete == len(served)
     assert _metric(metrics, "candles_incomplete") == len(served)
+
+
+@pytest.mark.slow
+async def test_a_symbol_added_at_run_time_gets_its_first_candles_whole(tmp_path: Path) -> None:
+    trades = await trio.to_thread.run_sync(recorded_trades, REAL_RECORDINGS[0])
+    cut = random.Random("added").randrange(len(trades) // 4, len(trades) // 2)
+    _, served, expected, metrics = await run_from_cut(tmp_path, trades, cut, added=("ETHUSDT",))
+    added = {key: candles for key, candles in served.items() if key[0] == "ETHUSDT"}
+    assert len(added) == len(INTERVAL_NAMES)
+    for key, candles in added.items():
+        assert [kline_row(candle) for candle in candles] == expected[key], (key, cut)
+        assert all(candle["complete"] for candle in candles), key
+    assert _metric(metrics, "candles_incomplete") == 0
