@@ -80,11 +80,12 @@ async def run_from_cut(
                 database_url=f"sqlite:///{tmp_path / 'marketdata.sqlite3'}",
             )
             urls = await nursery.start(service.run, settings)
+            for symbol in settings.symbols:  # the ingest runs: symbols can be added
+                await simulator.wait_subscribed(f"{symbol.lower()}@trade")
             for symbol in added:
                 async with httpx.AsyncClient(base_url=urls[0]) as api:
                     response = await api.post("/api/symbols", json={"symbol": symbol})
                     assert response.status_code == 201, response.text
-            for symbol in symbols:
                 await simulator.wait_subscribed(f"{symbol.lower()}@trade")
             for start in range(0, len(live), PUBLISH_CHUNK):
                 simulator.publish(live[start:start + PUBLISH_CHUNK])
