@@ -13,8 +13,8 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.convert import candles_from_bus, candles_to_bus
 from app.backoff import Backoff, BackoffPolicy
+from app.convert import candles_from_bus, candles_to_bus
 from app.intervals import Interval
 from app.model import Candle, CandleSeed, Tick
 from app.store.aggregator import CandleFeed, aggregate
