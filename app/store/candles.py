@@ -27,7 +27,6 @@ from __future__ import annotations
 import bisect
 import decimal
 import logging
-from collections import deque
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
@@ -35,6 +34,7 @@ import attrs
 
 from app.intervals import DAY_MS, Interval
 from app.model import Candle, CandleSeed, SeedRequest, Tick
+from app.store.candle_ring import ClosedRing
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class _AwaitingSeed:
 
 
 class _Series:
-    """One (symbol, interval): the open bar and a ring of recent closed candles, oldest first."""
+    """One (symbol, interval): the open bar and a ring of recent closed candles (packed), oldest first."""
 
     __slots__ = ("awaiting", "closed", "current", "interval", "last_trade_id", "replay_floor_ms", "symbol")
 
@@ -212,7 +212,7 @@ class _Series:
         self.symbol = symbol
         self.interval = interval
         self.current: _Bar | None = None
-        self.closed: deque[Candle] = deque(maxlen=recent_limit)
+        self.closed = ClosedRing(symbol, interval.name, recent_limit)
         # While restoring: trades before this time are already in stored candles and are skipped.
         self.replay_floor_ms: int | None = None
         # The highest trade id of the closed candles (None: none yet): a bar whose first trade does not follow
@@ -550,19 +550,19 @@ class CandleBuilder:
         series = self._one_series(symbol, interval)
         if series is None or limit <= 0:
             return []
-        ring = list(series.closed)
-        keys = [candle.open_time_ms for candle in ring]
+        ring = series.closed
+        keys = ring.open_times()
         low = 0 if start_ms is None else bisect.bisect_left(keys, start_ms)
         high = len(ring) if end_ms is None else bisect.bisect_right(keys, end_ms)
         if start_ms is not None:
-            return ring[low:min(high, low + limit)]
-        return ring[max(low, high - limit):high]
+            return ring.slice(low, min(high, low + limit))
+        return ring.slice(max(low, high - limit), high)
 
     def oldest_recent_open_ms(self, symbol: str, interval: str) -> int | None:
         series = self._one_series(symbol, interval)
         if series is None or not series.closed:
             return None
-        return series.closed[0].open_time_ms
+        return series.closed.open_time_at(0)
 
     def ring_size(self, interval: Interval) -> int:
         return self._ring_sizes[interval.name]
@@ -603,8 +603,7 @@ class CandleBuilder:
             raise ValueError(f"interval {interval!r} is not configured")
         if not recent:
             return
-        series.closed.clear()
-        series.closed.extend(recent)
+        series.closed.replace_all(recent)
         series.last_trade_id = max((candle.last_trade_id for candle in recent
                                     if candle.last_trade_id != NO_TRADE_ID), default=None)
         last = recent[-1]
@@ -624,8 +623,7 @@ class CandleBuilder:
         if series is None:
             raise ValueError(f"interval {candle.interval!r} is not configured")
         if candle.closed:
-            series.closed.clear()
-            series.closed.append(candle)
+            series.closed.replace_all((candle,))
             next_open = series.interval.next_open_time(candle.open_time_ms)
             series.current = _Bar(next_open, series.interval.close_time(next_open), candle.close)
         else:
@@ -706,10 +704,10 @@ def _complete(trade_count: int, first: int, last: int, trade_id: int) -> bool:
     return trade_count > 0 and first <= trade_id <= last and trade_count == last - first + 1
 
 
-def _find(ring: deque[Candle], open_time_ms: int) -> int | None:
+def _find(ring: ClosedRing, open_time_ms: int) -> int | None:
     """Index of the candle opening at ``open_time_ms``, searching from the newest (late trades are recent)."""
     for index in range(len(ring) - 1, -1, -1):
-        candle_open = ring[index].open_time_ms
+        candle_open = ring.open_time_at(index)
         if candle_open == open_time_ms:
             return index
         if candle_open < open_time_ms:
