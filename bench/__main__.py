@@ -9,7 +9,8 @@ Rows (medians over ``--repeat`` runs; progress on stderr, the table on stdout):
    on the simulator and both systems' subscribers in this process; the ratio column compares them);
 4. scale: 1,500 symbols over 2 exchange connections, 1 million trades, resident memory sampled from /proc;
 5. candles: the aggregator's trades/s with 6 intervals (pure, in-process), SQLite and PostgreSQL persistence
-   rows/s, the memory of a tick held for a failing database, the start-up check of an SQLite file.
+   rows/s, the memory of a tick held for a failing database, the start-up check of an SQLite file, and the
+   memory a closed candle costs in the ring (tracemalloc; packed records against ``Candle`` objects);
 
 Rows 1-2 are fed by ``bench.feeder`` (the simulator's market pre-rendered and written at socket speed),
 because the simulator generates trades live and tops out below the service's capacity; rows 3-4 run the
@@ -373,6 +374,7 @@ async def candle_rows(plan: Plan, workdir: Path) -> list[Result]:
     figures = [await asyncio.to_thread(candles_bench.measure, ticks, plan.candle_ticks, plan.persist_rows, workdir)
                for _ in range(plan.repeat)]
     log.info("candles %s", figures)
+    count, packed, as_objects = await asyncio.to_thread(candles_bench.closed_candle_memory, plan.candle_ticks * 5)
     return [
         Result("5", "candle aggregator, 6 intervals (in-process)", "trades/s",
                project=[f.aggregator_per_s for f in figures], baseline=[f.baseline_aggregator_per_s for f in figures],
@@ -381,6 +383,10 @@ async def candle_rows(plan: Plan, workdir: Path) -> list[Result]:
         Result("5", "persistence: candles to SQLite (file, WAL)", "rows/s",
                project=[f.candle_rows_per_s for f in figures]),
         *await _storage_rows(plan, ticks[:plan.persist_rows], workdir),
+        Result("5", "memory per closed candle in the ring", "bytes", project=[packed], baseline=[as_objects],
+               higher_is_better=False, target="<= 200 (project)",
+               note=f"tracemalloc, {count:,} closed candles of 20 symbols; baseline: the same candles as Candle "
+               "objects (the ring before it packed them)"),
     ]
 
 

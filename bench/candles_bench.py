@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import tracemalloc
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 
@@ -14,6 +18,7 @@ import trio
 from app.intervals import Interval
 from app.model import Candle, Tick
 from app.replay.sources import SyntheticMarket
+from app.store.candle_ring import ClosedRing
 from app.store.candles import CandleBuilder
 from app.store.sqlite import SQLiteStorage
 from app.store.storage import Storage
@@ -31,9 +36,9 @@ class CandleFigures:
     candle_rows_per_s: float
 
 
-def synthetic_ticks(count: int, symbols: int = 8) -> list[Tick]:
-    # 1,000 arrivals/s of market time: the trades span minutes, so candles open and close.
-    market = SyntheticMarket(symbols=symbols, rate=1_000.0, seed=5, start_ms=1_723_161_255_000)
+def synthetic_ticks(count: int, symbols: int = 8, rate: float = 1_000.0) -> list[Tick]:
+    # 1,000 arrivals/s of market time by default: the trades span minutes, so candles open and close.
+    market = SyntheticMarket(symbols=symbols, rate=rate, seed=5, start_ms=1_723_161_255_000)
     ticks: list[Tick] = []
     for scheduled in market:
         assert scheduled.event.tick is not None
@@ -64,6 +69,51 @@ def time_baseline_aggregator(ticks: list[Tick]) -> float:
     for tick in seed_ticks:
         aggregator.on_tick(tick)
     return len(seed_ticks) / (time.perf_counter() - started)
+
+
+_DECIMAL_FIELDS = tuple(field.name for field in attrs.fields(Candle) if field.type in (Decimal, "Decimal"))
+
+
+def closed_candles(ticks: list[Tick]) -> list[Candle]:
+    """The closed candles the builder makes of ``ticks``."""
+    return [candle for candle in CandleBuilder(tuple(Interval(name) for name in INTERVALS)).update_many(ticks)
+            if candle.closed]
+
+
+def _own_decimals(candle: Candle) -> Candle:
+    # A running service's candles hold Decimals of their own: the ticks they came from are gone.
+    return attrs.evolve(candle, **{name: Decimal(str(getattr(candle, name))) for name in _DECIMAL_FIELDS})
+
+
+def _traced_bytes(fill: Callable[[], object]) -> int:
+    """Bytes allocated by ``fill`` and still held once it returns (tracemalloc); what it returns is kept alive
+    until then."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = fill()
+        gc.collect()  # garbage waiting for the cyclic collector is not kept
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del kept
+    return after - before
+
+
+def closed_candle_bytes(candles: list[Candle]) -> tuple[float, float]:
+    """Bytes per closed candle held in memory, on the same candles: (packed records in a ``ClosedRing``, as the
+    project keeps them; ``Candle`` objects in a deque, as it kept them before)."""
+    def packed() -> ClosedRing:
+        ring = ClosedRing("BTCUSDT", "1m", len(candles))
+        for candle in candles:
+            ring.append(candle)
+        return ring
+
+    def as_objects() -> deque[Candle]:
+        return deque((_own_decimals(candle) for candle in candles), maxlen=len(candles))
+
+    count = max(1, len(candles))
+    return _traced_bytes(packed) / count, _traced_bytes(as_objects) / count
 
 
 def _candles(ticks: list[Tick]) -> list[Candle]:
@@ -103,3 +153,10 @@ def measure(ticks: list[Tick], candle_ticks: int, persist_rows: int, workdir: Pa
     path = workdir / f"persist-{time.monotonic_ns()}.sqlite3"
     tick_rows, candle_rows = trio.run(time_writes, ticks[:persist_rows], partial(SQLiteStorage.open, str(path)))
     return CandleFigures(aggregator, baseline, tick_rows, candle_rows)
+
+
+def closed_candle_memory(tick_count: int) -> tuple[int, float, float]:
+    """(candles, packed bytes each, object bytes each) for the closed candles of a market slow enough that they
+    hold hundreds of trades each (long exact volumes)."""
+    candles = closed_candles(synthetic_ticks(tick_count, symbols=20, rate=100.0))
+    return (len(candles), *closed_candle_bytes(candles))
