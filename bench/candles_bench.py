@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -82,7 +83,8 @@ def closed_candles(ticks: list[Tick]) -> list[Candle]:
 
 def _own_decimals(candle: Candle) -> Candle:
     # A running service's candles hold Decimals of their own: the ticks they came from are gone.
-    return attrs.evolve(candle, **{name: Decimal(str(getattr(candle, name))) for name in _DECIMAL_FIELDS})
+    fresh: dict[str, Any] = {name: Decimal(str(getattr(candle, name))) for name in _DECIMAL_FIELDS}
+    return attrs.evolve(candle, **fresh)
 
 
 def _traced_bytes(fill: Callable[[], object]) -> int:
