@@ -11,6 +11,10 @@ Rows (medians over ``--repeat`` runs; progress on stderr, the table on stdout):
 5. candles: the aggregator's trades/s with 6 intervals (pure, in-process), SQLite and PostgreSQL persistence
    rows/s, the memory of a tick held for a failing database, the start-up check of an SQLite file, and the
    memory a closed candle costs in the ring (tracemalloc; packed records against ``Candle`` objects);
+6. subscribers: 1,000 ``/ws`` clients (4 processes) on 1-3 of 50 symbols at 5,000 trades/s: every trade delivered,
+   latency, CPU, RSS per connection; and 10,000 idle connections (``bench.subscribers_bench``).
+
+``--soak`` runs only the soak instead: 5,000 trades/s over 500 symbols for ``--soak-minutes`` (60), RSS growth.
 
 Rows 1-2 are fed by ``bench.feeder`` (the simulator's market pre-rendered and written at socket speed),
 because the simulator generates trades live and tops out below the service's capacity; rows 3-4 run the
@@ -35,7 +39,7 @@ import httpx
 
 from app.ingest.urls import combined_stream_url, trade_stream
 from app.model import Tick
-from bench import candles_bench, storage_bench
+from bench import candles_bench, storage_bench, subscribers_bench
 from bench.clients import FeedSubscribers, measure_latency, percentile
 from bench.feeder import DEMO_RECORDING
 from bench.procs import (
@@ -57,7 +61,7 @@ log = logging.getLogger("bench")
 # The synthetic market's arrivals carry 1-8 fills each (geometric, p=0.3): 1.4285 trades per arrival on average.
 FILLS_PER_ARRIVAL = sum(0.3**k for k in range(8))
 SYSTEMS = ("project", "baseline")
-ROWS = {"1": "ingest", "2": "e2e", "3": "latency", "4": "scale", "5": "candles"}
+ROWS = {"1": "ingest", "2": "e2e", "3": "latency", "4": "scale", "5": "candles", "6": "subscribers"}
 
 System = Service | Baseline
 
@@ -414,6 +418,52 @@ async def _storage_rows(plan: Plan, ticks: list[Tick], workdir: Path) -> list[Re
     ]
 
 
+# --- row 6: many subscribers; the soak ------------------------------------------------------------------------------
+
+# Sizes of row 6, chosen in main like the Plan.
+SUBSCRIBERS = {"plan": subscribers_bench.SubscribersPlan.full()}
+SOAK = {"minutes": 60.0}
+
+
+async def subscriber_rows(workdir: Path) -> list[Result]:
+    plan = SUBSCRIBERS["plan"]
+    live = await subscribers_bench.live_subscribers(plan, workdir, DATABASE["kind"])
+    log.info("subscribers %s", live)
+    idle = await subscribers_bench.idle_connections(plan, workdir, DATABASE["kind"])
+    log.info("idle %s", idle)
+    kb = 1024
+    return [
+        Result("6", f"{live.clients:,} subscribers: trades missing (all clients)", "trades", [live.trades_missing],
+               higher_is_better=False, target="0",
+               note=f"{plan.processes} client processes, 1-3 of {plan.symbols} symbols each, simulator at "
+               f"{live.exchange_per_s:,.0f} trades/s; per client {live.delivered_median_per_s:,.0f} trades/s median, "
+               f"{live.delivered_min_per_s:,.0f} slowest; {live.clients_missing} clients missed trades, "
+               f"{live.cut_off} cut off, {live.repeats} repeated; {live.warnings} warnings in the service's log"),
+        Result("6", f"{live.clients:,} subscribers: latency p50", "ms", [live.p50_ms], higher_is_better=False),
+        Result("6", f"{live.clients:,} subscribers: latency p99", "ms", [live.p99_ms], higher_is_better=False,
+               target="<= 20 ms", note=f"p99.9 {live.p999_ms:.1f} ms over {live.samples:,} deliveries"),
+        Result("6", f"{live.clients:,} subscribers: service CPU", "% core", [live.cpu * 100], higher_is_better=False),
+        Result("6", f"{live.clients:,} subscribers: RSS per connection", "KB", [live.rss_per_connection / kb],
+               higher_is_better=False, note=f"service RSS {live.rss_before / 2**20:.1f} -> "
+               f"{live.rss_after / 2**20:.1f} MB with them connected, under load"),
+        Result("6", f"{idle.connections:,} idle connections: RSS per connection", "KB",
+               [idle.rss_per_connection / kb], higher_is_better=False, target="<= 50 KB",
+               note=f"service RSS {idle.rss_before / 2**20:.1f} -> {idle.rss_after / 2**20:.1f} MB; "
+               f"{idle.still_open:,} of {idle.connections:,} still open at the end"),
+    ]
+
+
+async def soak_rows(minutes: float, workdir: Path) -> list[Result]:
+    soaked = await subscribers_bench.soak(minutes, workdir, DATABASE["kind"])
+    return [Result("soak", f"soak: RSS growth after warm-up ({soaked.minutes:.0f} min)", "MB",
+                   [soaked.growth / 2**20], higher_is_better=False, target="<= 5 MB over 1 hour",
+                   note=f"{soaked.rate:,.0f} trades/s over {soaked.symbols} symbols; RSS {soaked.warm_rss / 2**20:.1f} "
+                   f"MB at {soaked.warmup_minutes:.1f} min -> {soaked.final_rss / 2**20:.1f} MB at the end (peak "
+                   f"{soaked.peak_rss / 2**20:.1f}), {soaked.growth_per_hour / 2**20:+.1f} MB/hour; "
+                   f"{soaked.delivered:,} trades delivered to 1 subscriber ({soaked.delivered_per_s:,.0f}/s), "
+                   f"{soaked.cut_off} cut off; {soaked.warnings} warnings; {soaked.integrity}")]
+
+
 # --- the table -----------------------------------------------------------------------------------------------------
 
 
@@ -477,6 +527,10 @@ async def run_bench(plan: Plan, rows: set[str], workdir: Path, source: str) -> l
         steps.append(("scale", lambda: scale_row(plan, workdir)))
     if "candles" in rows:
         steps.append(("candles", lambda: candle_rows(plan, workdir)))
+    if "subscribers" in rows:
+        steps.append(("subscribers", lambda: subscriber_rows(workdir)))
+    if "soak" in rows:
+        steps.append(("soak", lambda: soak_rows(SOAK["minutes"], workdir)))
     results: list[Result] = []
     for name, step in steps:
         started = time.perf_counter()
@@ -507,6 +561,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the baseline column: the seed's design (default), or the project with websockets' "
                         "sans-I/O frame parser in place of its own (rows 1-3)")
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs and databases")
+    parser.add_argument("--soak", action="store_true", help="run only the soak: 5,000 trades/s over 500 symbols, "
+                        "RSS growth after warm-up")
+    parser.add_argument("--soak-minutes", type=float, default=60.0, metavar="N", help="the soak's length (default 60)")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -523,7 +580,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.scale_trades is not None:
         plan = attrs.evolve(plan, scale_trades=args.scale_trades)
     source = args.source or ("recording" if DEMO_RECORDING.is_file() else "synthetic")
-    rows = parse_rows(args.only)
+    rows = {"soak"} if args.soak else parse_rows(args.only)
+    SOAK["minutes"] = args.soak_minutes
+    SUBSCRIBERS["plan"] = (subscribers_bench.SubscribersPlan.tiny() if args.tiny else
+                           subscribers_bench.SubscribersPlan.quick() if args.quick else
+                           subscribers_bench.SubscribersPlan.full())
     DATABASE["kind"] = args.database
     BASELINE["kind"] = args.baseline
     started = time.perf_counter()

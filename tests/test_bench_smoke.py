@@ -22,7 +22,7 @@ def test_bench_runs_every_row_end_to_end_with_tiny_sizes(tmp_path: Path) -> None
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     results = json.loads(figures.read_text())["results"]
-    assert sorted({result["row"] for result in results}) == ["1", "2", "3", "4", "5"]
+    assert sorted({result["row"] for result in results}) == ["1", "2", "3", "4", "5", "6"]
     for result in results:
         # Tiny windows on a busy machine may count nothing, so figures are only required to exist.
         assert result["project"], f"no project figure for {result['measure']}"
@@ -59,3 +59,29 @@ def test_both_frame_parsers_turn_the_same_reads_into_every_trade() -> None:
     # The command asserts each parser yields all 3,000 trades; figures are not asserted.
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "websockets / hand-written" in completed.stdout
+
+
+@pytest.mark.slow
+def test_the_subscriber_row_checks_every_client_got_every_trade_and_the_soak_runs(tmp_path: Path) -> None:
+    figures = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--only", "6", "--json", str(figures)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = {result["measure"]: result for result in json.loads(figures.read_text())["results"]}
+    missing = next(result for measure, result in results.items() if "trades missing" in measure)
+    # Correctness, not speed: at 200 trades/s every subscriber gets every trade of its symbols.
+    assert missing["project"] == [0], missing["note"]
+    assert "0 cut off" in missing["note"]
+    idle = next(result for measure, result in results.items() if "idle connections" in measure)
+    assert "20 of 20 still open" in idle["note"]
+
+    soaked = subprocess.run(
+        [sys.executable, "-m", "bench", "--soak", "--soak-minutes", "0.2", "--json", str(figures)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert soaked.returncode == 0, soaked.stderr[-4000:]
+    (result,) = json.loads(figures.read_text())["results"]
+    assert result["row"] == "soak" and result["project"], result
+    assert "0 cut off" in result["note"], result["note"]
