@@ -54,7 +54,8 @@ MAX_SEED_PENDING_TICKS = 200_000
 
 # Closed candles kept in memory per (symbol, interval), for the API and for revisions by late trades: enough to
 # cover RECENT_SPAN_MS, within these bounds (1s: 1000 = 16 min; 1m: 120; 5m and longer: 60). Older candles are
-# read from storage; a late trade older than the ring is counted, not applied.
+# read from storage; a late trade older than the ring is counted, not applied. The ring holds packed records
+# (``app.store.candle_ring``), decoded when read.
 RECENT_SPAN_MS = 2 * 3_600_000
 RECENT_MIN = 60
 RECENT_MAX = 1000
