@@ -27,9 +27,10 @@ from pathlib import Path
 import attrs
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-CONNECT_GROUP = 50
+CONNECT_GROUP = 20
+CONNECT_ATTEMPTS = 5
 
 
 def raise_open_file_limit(needed: int) -> int:
@@ -83,8 +84,17 @@ async def _tap(url: str, window: Window) -> None:
                     window.tap_times[(symbol, trade_id)] = now
 
 
-async def _subscribe(feed_url: str, symbols: Sequence[str] | None) -> ClientConnection:
-    websocket = await connect(feed_url, max_size=None, ping_interval=None, compression=None, open_timeout=60)
+async def _subscribe(feed_url: str, symbols: Sequence[str] | None, retries: list[str]) -> ClientConnection:
+    for attempt in range(CONNECT_ATTEMPTS):
+        try:
+            websocket = await connect(feed_url, max_size=None, ping_interval=None, compression=None, open_timeout=60)
+            break
+        except (OSError, TimeoutError, InvalidHandshake) as error:
+            # A server starved of CPU may drop a handshake: counted and reported, not data lost.
+            retries.append(repr(error))
+            if attempt == CONNECT_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
     if symbols is not None:
         await websocket.send(orjson.dumps({"op": "subscribe", "channel": "ticks", "symbols": list(symbols)}).decode())
         reply = orjson.loads(await asyncio.wait_for(websocket.recv(decode=False), 60))
@@ -164,6 +174,7 @@ async def run(args: argparse.Namespace) -> None:
     clients = [Client(tuple(chooser.sample(symbols, chooser.randint(1, min(3, len(symbols))))))
                if args.mode == "live" else Client(()) for _ in range(args.clients)]
     tasks: list[asyncio.Task[None]] = []
+    retries: list[str] = []
     connections: list[ClientConnection] = []
     if args.mode == "live":
         tasks.append(asyncio.create_task(_tap(args.tap_url, window)))
@@ -171,11 +182,11 @@ async def run(args: argparse.Namespace) -> None:
     for start in range(0, len(clients), CONNECT_GROUP):
         group = clients[start:start + CONNECT_GROUP]
         opened = await asyncio.gather(*(
-            _subscribe(args.feed_url, client.symbols if args.mode == "live" else None) for client in group))
+            _subscribe(args.feed_url, client.symbols if args.mode == "live" else None, retries) for client in group))
         for websocket, client in zip(opened, group, strict=True):
             connections.append(websocket)
             tasks.append(asyncio.create_task(_read(websocket, client, window)))
-    _emit({"connected": len(connections)})
+    _emit({"connected": len(connections), "connect_retries": len(retries), "first_retry": retries[:1]})
     commands = await _commands()
     started = stopped = time.perf_counter()
     while line := (await commands.readline()).strip():

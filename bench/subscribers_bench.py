@@ -114,7 +114,10 @@ async def _start_clients(workdir: Path, mode: str, feed_url: str, count: int, pr
         children.append((await start_child(f"clients-{mode}-{number}", args, workdir), latency_file))
     # Sequentially: each process connects its share while the others wait, so handshakes do not pile up.
     for child, _ in children:
-        await child.next_message("connected", within=max(60.0, count / 20))
+        connected = await child.next_message("connected", within=max(60.0, count / 20))
+        if connected["connect_retries"]:
+            log.warning("%s: %s handshakes retried, e.g. %s", child.name, connected["connect_retries"],
+                        connected["first_retry"])
     return children
 
 
