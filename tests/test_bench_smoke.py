@@ -70,7 +70,7 @@ def test_the_subscriber_row_checks_every_client_got_every_trade_and_the_soak_run
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     results = {result["measure"]: result for result in json.loads(figures.read_text())["results"]}
-    missing = next(result for measure, result in results.items() if "trades missing" in measure)
+    missing = next(result for measure, result in results.items() if "trades not delivered" in measure)
     # Correctness, not speed: at 200 trades/s every subscriber gets every trade of its symbols.
     assert missing["project"] == [0], missing["note"]
     assert "0 cut off" in missing["note"]
