@@ -139,14 +139,19 @@ async def _broadcast(children: Sequence[tuple[Child, Path]], line: str) -> None:
         await child.send_line(line)
 
 
+def _client_limit(connections: int) -> dict[str, str]:
+    # The service refuses WebSocket clients beyond MAX_WS_CLIENTS (1,000 by default); the row needs more.
+    return {"MAX_WS_CLIENTS": str(max(1_000, connections + 100))}
+
+
 async def live_subscribers(plan: SubscribersPlan, workdir: Path, database: str) -> LiveFigures:
     simulator, info = await start_simulator(workdir, ["--synthetic", "--symbols", str(plan.symbols), "--rate",
                                                       f"{plan.rate / FILLS_PER_ARRIVAL:.3f}"])
     symbols = list(info["symbols"])  # type: ignore[call-overload]
     tap_url = combined_stream_url(str(info["ws_base_url"]), [trade_stream(symbol) for symbol in symbols])
     try:
-        service = await start_service(workdir, str(info["ws_url"]), symbols, rest_url=str(info["rest_url"]),
-                                      database=database)
+        service = await start_service(workdir, str(info["ws_url"]), symbols, _client_limit(plan.clients),
+                                      rest_url=str(info["rest_url"]), database=database)
         try:
             await asyncio.sleep(plan.warmup)
             rss_before = rss_bytes(service.pid)
@@ -200,7 +205,7 @@ async def idle_connections(plan: SubscribersPlan, workdir: Path, database: str) 
     simulator, info = await start_simulator(workdir, ["--synthetic", "--symbols", "2", "--rate", "10"])
     try:
         service = await start_service(workdir, str(info["ws_url"]), list(info["symbols"]),  # type: ignore[call-overload]
-                                      rest_url=str(info["rest_url"]), database=database)
+                                      _client_limit(plan.idle), rest_url=str(info["rest_url"]), database=database)
         try:
             await asyncio.sleep(plan.warmup)
             rss_before = rss_bytes(service.pid)
