@@ -172,3 +172,17 @@ async def test_a_snapshot_and_the_stream_after_it_hold_every_trade(redis: Any, k
     assert [t.trade_id for entry in after for t in ticks_from_bus(entry.field_values[b"t"])] == [3]
     empty = await take_snapshot(redis, BusKeys(prefix=keys.prefix + "-empty"))
     assert (empty.position, empty.latest, empty.candles) == (StreamPosition(), {}, [])
+
+
+async def test_a_revision_of_an_older_candle_never_moves_the_current_candle_back(redis: Any, keys: BusKeys) -> None:
+    # A late trade revises minute 0 after minute 1 was published: a new leader must continue minute 1.
+    lease = Lease(redis, keys.lease("0/1"), new_token("leader"), LeaseTimings())
+    assert await lease.try_acquire()
+    publisher = BusPublisher(redis, keys, lease.key, lease.token, max_entries=1000)
+    current = candle(60_000)
+    await publisher.publish([tick(1)], [candle(0, closed=True), current])
+    await publisher.publish([tick(2)], [candle(0, revision=1, closed=True)])
+    assert candles_from_bus(await redis.hget(keys.candle_state, "BTCUSDT|1m")) == [current]
+    newer = candle(60_000, revision=1, closed=True)
+    await publisher.publish([tick(3)], [newer])
+    assert candles_from_bus(await redis.hget(keys.candle_state, "BTCUSDT|1m")) == [newer]

@@ -46,9 +46,13 @@ for _ = 1, symbols do
   redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 3])
   i = i + 4
 end
+-- A series' state only moves forward: a revision of an older candle never replaces a newer current one.
 while i < #ARGV do
-  redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1])
-  i = i + 2
+  local old = redis.call('HGET', KEYS[6], ARGV[i])
+  if not old or tonumber(cjson.decode(old)[1][3]) <= tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 2])
+  end
+  i = i + 3
 end
 return entry
 """
@@ -98,7 +102,7 @@ class BusPublisher:
             if current is None or candle.open_time_ms >= current.open_time_ms:
                 newest[candle_field(candle)] = candle
         for field, candle in newest.items():
-            args += [field, candles_to_bus([candle])]
+            args += [field, candle.open_time_ms, candles_to_bus([candle])]
         keys = self._keys
         try:
             await self._script(
