@@ -124,3 +124,17 @@ async def test_failovers_publish_every_trade_once_in_order(simulator: Simulator,
     for symbol in SYMBOLS:
         got = [tick for tick in await published(redis, keys) if tick.symbol == symbol]
         assert trades(got) == trades(make_ticks(symbol, 1, 400))
+
+
+async def test_sigterm_stops_a_leader_cleanly_and_releases_its_lease_at_once(
+    simulator: Simulator, redis: Any, keys: BusKeys
+) -> None:
+    with trio.fail_after(120):
+        async with ingest_process(simulator, keys) as leader:
+            await wait_for_holder(redis, keys, leader.token)
+            leader.process.send_signal(signal.SIGTERM)
+            assert await leader.process.wait() == 0
+            # Released, not left to expire: a standby can take over without waiting out the TTL.
+            assert await redis.get(keys.lease("0/1")) is None
+            while not leader.said("received SIGTERM: stopping"):  # noqa: ASYNC110
+                await trio.sleep(0.05)

@@ -13,7 +13,6 @@ restarted Redis, become a gap of each symbol concerned, shown in /api/symbols an
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
@@ -28,6 +27,7 @@ from app.convert import ticks_from_bus
 from app.ingest.status import ConnectionStatus, IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
 from app.model import Candle, Gap, Tick
+from app.roles.signals import stop_on_signal
 from app.settings import Settings
 from app.state import ServiceState
 from app.store.aggregator import CandleFeed, aggregate, wall_clock_ms
@@ -82,7 +82,7 @@ async def run_api(
                 log.warning("role=api bus=%s database=%s position=%s symbols=%d urls=%s", settings.bus_url,
                             settings.database_url, snapshot.position.entry_id.decode(), len(snapshot.latest),
                             ",".join(urls))
-                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(stop_on_signal, nursery.cancel_scope, "api")
                 nursery.start_soon(bus_ticks, redis, keys, snapshot, status, subscriptions, ticks_send)
                 nursery.start_soon(fan_out, ticks_receive, hub)
                 nursery.start_soon(partial(aggregate, aggregator_input, closed_send, candles, is_live=status.is_live))
@@ -148,11 +148,3 @@ def _record_gap(status: IngestStatus, symbol: str, first: int, last: int) -> Non
 async def _discard(closed: trio.MemoryReceiveChannel[Sequence[Candle]]) -> None:
     async for _ in closed:
         pass
-
-
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.warning("received %s: stopping", signal.Signals(signum).name)
-            scope.cancel()
-            return

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, cast
@@ -30,6 +29,7 @@ from app.ingest.trades import stream_trades
 from app.model import Tick
 from app.roles.shard_publisher import ShardBus, ShardStatus, publish_shard
 from app.roles.sharding import owned_symbols
+from app.roles.signals import stop_on_signal
 from app.settings import Settings
 from app.web.role_app import create_role_app
 from app.web.server import serve_http
@@ -71,7 +71,7 @@ async def run_ingest(
                 urls = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
                 log.warning("role=ingest shard=%s symbols=%s token=%s urls=%s", shard, ",".join(symbols),
                             lease.token, ",".join(urls))
-                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(stop_on_signal, nursery.cancel_scope, "ingest")
                 async with events_send:
                     nursery.start_soon(campaign, lease, events_send.clone())
                     # The ingest output is the events channel (ticks), merged with leadership changes.
@@ -106,11 +106,3 @@ async def fetch_trades(rest: BinanceRest, symbol: str, first_id: int, last_id: i
 async def _last_trade_ids(rest: BinanceRest, subscriptions: SubscriptionManager) -> dict[str, int]:
     return {symbol: last_id for symbol, last_id in (await rest.last_trade_ids(subscriptions.symbols())).items()
             if last_id >= 0}
-
-
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.warning("received %s: releasing the lease and stopping", signal.Signals(signum).name)
-            scope.cancel()
-            return

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -26,6 +25,7 @@ from app.bus.consume import acknowledge, claim_stale, ensure_group, read_new
 from app.bus.follow import BusEntry
 from app.bus.keys import BusKeys
 from app.convert import candles_from_bus, ticks_from_bus
+from app.roles.signals import stop_on_signal
 from app.settings import Settings
 from app.store.storage import Storage, StorageWriteError
 from app.web.role_app import create_role_app
@@ -75,7 +75,7 @@ async def run_persist(
                 urls = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
                 log.warning("role=persist consumer=%s database=%s urls=%s", consumer, settings.database_url,
                             ",".join(urls))
-                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(stop_on_signal, nursery.cancel_scope, "persist")
                 nursery.start_soon(persist_from_bus, redis, keys, consumer, storage, status)
                 task_status.started(urls)
     finally:
@@ -143,11 +143,3 @@ async def _until_written(write: Callable[[T], Awaitable[None]], rows: T, status:
             log.warning("write failed retry_in=%.1fs error=%s (entries stay pending)", delay, error)
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_CAP_SECONDS)
-
-
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.warning("received %s: stopping", signal.Signals(signum).name)
-            scope.cancel()
-            return
