@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from app.backoff import Backoff, BackoffPolicy
 from app.bus.connection import BUS_UNAVAILABLE, check_server, redis_client
 from app.bus.consume import acknowledge, claim_stale, ensure_group, read_new
 from app.bus.follow import BusEntry
@@ -133,13 +134,14 @@ async def _write_and_ack(redis: Any, stream: str, entries: Sequence[BusEntry], s
 
 
 async def _until_written(write: Callable[[T], Awaitable[None]], rows: T, status: PersisterStatus) -> None:
-    delay = RETRY_START_SECONDS
+    """Writes ``rows``, retrying with the storage backoff; the entries stay pending in the group meanwhile."""
+    backoff = Backoff(BackoffPolicy(start=RETRY_START_SECONDS, cap=RETRY_CAP_SECONDS))
     while True:
         try:
             await write(rows)
             return
         except StorageWriteError as error:
             status.write_failures += 1
+            delay = backoff.next_delay()
             log.warning("write failed retry_in=%.1fs error=%s (entries stay pending)", delay, error)
             await trio.sleep(delay)
-            delay = min(delay * 2, RETRY_CAP_SECONDS)
