@@ -69,6 +69,15 @@ REQUESTS: list[tuple[str, str, bytes | None]] = [
     ("GET", "/openapi.json", None),
     ("GET", "/", None),
     ("GET", "/api/config", None),
+    # A query parameter the operation does not take: 400 on every one.
+    ("GET", "/api/ticks?symbol=BTCUSDT", None),
+    ("GET", "/api/symbols?symbol=BTCUSDT", None),
+    ("POST", "/api/symbols?symbol=SOLUSDT", b'{"symbol": "SOLUSDT"}'),
+    ("GET", "/health?verbose=1", None),
+    ("GET", "/metrics?name=x", None),
+    ("GET", "/openapi.json?format=yaml", None),
+    ("GET", "/?symbol=BTCUSDT&symbol=ETHUSDT", None),
+    ("GET", "/api/config?x=1", None),
 ]
 
 

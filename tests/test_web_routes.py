@@ -260,8 +260,10 @@ async def test_unknown_routes_methods_and_huge_bodies_get_the_error_shape() -> N
         ("/api/candles/BTCUSDT?start=1e3", 400, "invalid_time"),
         ("/api/candles/BTCUSDT?start=2024-13-45T99:00:00Z", 400, "invalid_time"),
         ("/api/ticks/..%2F..%2Fetc", 404, "not_found"),
-        # The one odd input that is served: a repeated parameter counts by its first value (limit=2000 is 400).
-        ("/api/candles/BTCUSDT?limit=1&limit=2000", 200, None),
+        ("/api/candles/BTCUSDT?limit=1&limit=2000", 400, "repeated_parameter"),
+        ("/api/candles/BTCUSDT?limit%00=1", 400, "unknown_parameter"),
+        # The one odd input that is served: a valid ISO-8601 time with an unencoded '+' (it arrives as a space).
+        ("/api/candles/BTCUSDT?start=2024-08-08T23:55:00+00:00", 200, None),
     ],
 )
 async def test_odd_input_never_gets_a_500(path: str, status: int, code: str | None) -> None:

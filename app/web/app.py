@@ -14,6 +14,8 @@ from app.web.dashboard import STATIC_DIR, STATIC_URL_PATH, register_dashboard
 from app.web.errors import FEED_PATH, error_response, register_error_handlers
 from app.web.feed import FeedLimits, FeedStats, RenderCache, serve_feed
 from app.web.metrics import metrics_registry
+from app.web.openapi import openapi_document
+from app.web.query import accepted_parameters, register_query_check
 from app.web.routes import register_routes
 
 # Request bodies are one small JSON object; anything larger is refused with 413.
@@ -37,6 +39,7 @@ def create_app(
     admin.warn_if_disabled()
     clients = ws_clients or ClientLimit(settings.max_ws_clients)
     register_error_handlers(app)
+    register_query_check(app, accepted_parameters(openapi_document(settings)))
     register_routes(app, state, metrics_registry(state, feed_stats, clients), admin)
     register_dashboard(app, state.settings)
 

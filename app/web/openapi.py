@@ -103,6 +103,18 @@ _ADMIN_ERRORS = {
 }
 
 
+_QUERY_ERRORS = "unknown_parameter (a query parameter the operation does not take), repeated_parameter"
+
+
+def _add_query_errors(paths: dict[str, Any]) -> None:
+    """Every operation refuses query parameters it does not declare, and repeated ones (app/web/query.py)."""
+    for item in paths.values():
+        for operation in item.values():
+            responses = operation["responses"]
+            given = responses.get("400")
+            responses["400"] = _error(_QUERY_ERRORS if given is None else f"{given['description']}, {_QUERY_ERRORS}")
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     intervals = [interval.name for interval in settings.candle_intervals]
     default_interval = "1m" if "1m" in intervals else intervals[0]
@@ -258,6 +270,14 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "/": {"get": {
             "operationId": "dashboard",
             "summary": "The live dashboard (an HTML page; its files are under /static/)",
+            "description": "The view lives in the URL: the page reads symbol and interval itself and shows the "
+                           "first symbol and interval instead of ones it does not serve.",
+            "parameters": [
+                {"name": "symbol", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "the symbol shown, e.g. ETHUSDT"},
+                {"name": "interval", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "the candle interval shown, e.g. 5m"},
+            ],
             "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}},
         }},
         "/api/config": {"get": {
@@ -276,6 +296,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
         }},
     }
+    _add_query_errors(paths)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {

@@ -13,7 +13,9 @@ from prometheus_client.registry import Collector
 from quart import Response
 from quart_trio import QuartTrio
 
+from app.web.errors import register_error_handlers
 from app.web.metrics import CONTENT_TYPE, render_metrics
+from app.web.query import register_query_check
 
 # What a role reports: (healthy, the body of /health).
 HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
@@ -38,6 +40,9 @@ def create_role_app(role: str, health: HealthCheck, statuses: Mapping[str, objec
     app = QuartTrio(f"marketdata-{role}")
     registry = CollectorRegistry()
     registry.register(_StatusCollector(role, statuses))
+    register_error_handlers(app)
+    # Neither route takes a query parameter.
+    register_query_check(app, {})
 
     @app.get("/health")
     async def health_route() -> Response:
