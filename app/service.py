@@ -152,10 +152,13 @@ async def _supervise(
 ) -> None:
     hub = TickHub()
     candle_feed = CandleFeed(settings.candle_intervals, seed_edges=True)
-    symbols = await _symbols_to_serve(settings, storage)
-    # Before any tick: reload candles and rebuild open ones from stored ticks; store candles lost in a crash.
-    restored = await restore(storage, candle_feed.builder, symbols)
-    await storage.write_candles(restored.recovered)
+    try:
+        symbols = await _symbols_to_serve(settings, storage)
+        # Before any tick: reload candles and rebuild open ones from stored ticks; store candles lost in a crash.
+        restored = await restore(storage, candle_feed.builder, symbols)
+        await storage.write_candles(restored.recovered)
+    except StorageError as error:
+        raise StartupError(f"cannot restore from DATABASE_URL={redact_url(settings.database_url)}: {error}") from None
     persist_status = PersistStatus()
     ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](settings.tick_buffer)
     closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](CLOSED_CANDLE_BUFFER)

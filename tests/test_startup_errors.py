@@ -4,12 +4,21 @@ and exit code 1. Every case runs the command as users do, in a subprocess."""
 from __future__ import annotations
 
 import socket
+import sqlite3
 import sys
+import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
+from postgres_server import admin_connection, fresh_database
+
+from app.model import Tick
+from app.store.postgres import PostgresStorage
+from app.store.sqlite import SQLiteStorage
 
 UNREACHABLE_EXCHANGE = ("--ws-url", "ws://127.0.0.1:9/ws", "--rest-url", "http://127.0.0.1:9")
 
@@ -98,3 +107,65 @@ async def test_an_unreachable_postgresql_stops_start_up_with_one_line_without_th
     assert_one_line(exit_code, output, f"marketdata: cannot use DATABASE_URL=postgresql://postgres:***@127.0.0.1:{port}/md",
                     "cannot connect to PostgreSQL")
     assert "s3cret" not in output
+
+
+# One stored trade: restore then reads its candles and replays its ticks.
+STORED_TICK = Tick("BTCUSDT", Decimal("61829.76"), Decimal("0.0012"), 1_723_161_300_000, 1_723_161_300_001, 7, False)
+
+
+async def test_a_sqlite_query_failing_during_restore_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    storage = await SQLiteStorage.open(str(path))
+    await storage.write_ticks([STORED_TICK])
+    await storage.close()
+    # A file that passes the start-up check (a sound file, the current schema version) whose candles table was
+    # changed by hand: the first query of it fails, in the middle of the restore.
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE candles DROP COLUMN complete")
+    connection.close()
+    exit_code, output = await run_marketdata(
+        tmp_path, "serve", "--port", "0", "--database-url", f"sqlite:///{path}", *UNREACHABLE_EXCHANGE)
+    assert_one_line(exit_code, output, f"marketdata: cannot restore from DATABASE_URL=sqlite:///{path}: ",
+                    "SQLite query failed: no such column: complete")
+
+
+@pytest.fixture
+def reader_role() -> Iterator[str]:
+    """A PostgreSQL role of its own, dropped afterwards (roles are the server's, not a database's)."""
+    role = f"marketdata_reader_{uuid.uuid4().hex[:12]}"
+    with admin_connection() as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        yield role
+    finally:
+        with admin_connection() as admin:
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        # The service's role may read the tables the connection needs, not the symbols added at run time: the
+        # server refuses the restore's first query.
+        ('GRANT USAGE, CREATE ON SCHEMA public TO "{role}"; GRANT SELECT ON schema_version, ticks, candles TO "{role}"',
+         "permission denied for table added_symbols"),
+        # A table changed by hand: the restore fails at its first candle query, after the symbols and trade ids.
+        ('GRANT ALL ON SCHEMA public TO "{role}"; GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"; '
+         "ALTER TABLE candles DROP COLUMN complete", 'column "complete" does not exist'),
+    ],
+)
+async def test_postgresql_refusing_a_query_during_restore_stops_start_up_with_one_line(
+    tmp_path: Path, reader_role: str, change: str, problem: str
+) -> None:
+    with fresh_database() as url:
+        storage = await PostgresStorage.open(url)
+        await storage.write_ticks([STORED_TICK])
+        await storage.close()
+        with psycopg.connect(url, autocommit=True) as owner:
+            for statement in change.format(role=reader_role).split(";"):
+                owner.execute(statement)
+        role_url = url.replace("postgresql://postgres@", f"postgresql://{reader_role}@")
+        exit_code, output = await run_marketdata(
+            tmp_path, "serve", "--port", "0", "--database-url", role_url, *UNREACHABLE_EXCHANGE)
+    assert_one_line(exit_code, output, f"marketdata: cannot restore from DATABASE_URL={role_url}: ",
+                    f"PostgreSQL query failed: {problem}")

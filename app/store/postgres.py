@@ -200,6 +200,9 @@ class PostgresStorage:
             raise StorageWriteError(str(error)) from error
         except psycopg.OperationalError as error:
             raise StorageWriteError(f"PostgreSQL write failed: {_one_line(error)}") from error
+        except psycopg.Error as error:
+            # Refused for good (a permission, a table changed by hand): not worth a retry.
+            raise StorageError(f"PostgreSQL query failed: {_one_line(error)}") from error
 
     async def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         return await trio.to_thread.run_sync(self._call, work, limiter=self._limiter)

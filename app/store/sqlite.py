@@ -200,7 +200,12 @@ class SQLiteStorage:
         return cls(await trio.to_thread.run_sync(connect, path))
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
+        try:
+            return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
+        except sqlite3.Error as error:
+            # A query failing on a file that opened fine (a damaged page the start-up check did not read, a
+            # table changed by hand): the storage's error, so that callers need not know SQLite.
+            raise StorageError(f"SQLite query failed: {error}") from error
 
     def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
         def insert(connection: sqlite3.Connection) -> None:
