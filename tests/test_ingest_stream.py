@@ -77,11 +77,12 @@ async def test_trades_missed_while_disconnected_are_found_without_waiting_for_th
 async def test_trades_of_a_new_symbol_lost_before_its_first_tick_are_found(simulator: Simulator) -> None:
     # Trades older than the subscription are not wanted; those after it are, even if the connection drops
     # before the first one arrives (nothing says where the symbol's stream starts until then).
-    now_ms = time.time_ns() // 1_000_000
-    simulator.publish(make_ticks("ETHUSDT", 1, 20, t0_ms=now_ms - 3_600_000))
+    simulator.publish(make_ticks("ETHUSDT", 1, 20, t0_ms=time.time_ns() // 1_000_000 - 3_600_000))
     with trio.fail_after(10):
         async with running_ingest(simulator, ["BTCUSDT", "ETHUSDT"]) as ingest:
             await simulator.wait_subscribed("ethusdt@trade")
+            # Read after the subscription, however long start-up took: the trades below are newer than it.
+            now_ms = time.time_ns() // 1_000_000
             # Stamped by the same exchange clock as ETHUSDT's: ingest estimates that clock from live ticks.
             simulator.publish(make_ticks("BTCUSDT", 1, 1, t0_ms=now_ms))
             await ingest.wait_received(1)

@@ -7,7 +7,9 @@ from decimal import Decimal
 from functools import partial
 from pathlib import Path
 
+import attrs
 import trio
+from web_harness import wait_until
 
 from app.backoff import Backoff, BackoffPolicy
 from app.model import Candle, Tick
@@ -42,10 +44,7 @@ async def test_a_failed_write_is_retried_and_nothing_is_lost_or_reported_early(t
             nursery.start_soon(persist_ticks, batches_receive, storage, status, retry)
             for first in range(0, 6000, 1000):
                 await batches_send.send([tick(trade_id) for trade_id in range(first, first + 1000)])
-            for _ in range(1000):
-                if status.write_failures >= 2:
-                    break
-                await trio.sleep(0.01)
+            await wait_until(lambda: status.write_failures >= 2)
             assert status.ticks_persisted == 0 and status.last_write_error is not None
             assert "full" in status.last_write_error
             connection.execute("PRAGMA max_page_count=1073741823")  # space again
@@ -91,22 +90,38 @@ async def test_pruning_deletes_only_ticks_before_the_cutoff(tmp_path: Path) -> N
     await storage.close()
 
 
+@attrs.define
+class PruneRounds:
+    """The prune task's ``newest_trade_ms``: the newest trade the test sets, and how many rounds asked for it."""
+
+    newest_ms: int | None = None
+    asked: int = 0
+
+    def newest_trade_ms(self) -> int | None:
+        self.asked += 1
+        return self.newest_ms
+
+    async def wait_rounds(self, count: int) -> None:
+        """Returns once ``count`` more rounds have begun, so the round before them has ended."""
+        target = self.asked + count
+        await wait_until(lambda: self.asked >= target)
+
+
 async def test_the_prune_task_counts_back_from_the_newest_trade_and_runs_periodically(tmp_path: Path) -> None:
     storage = await SQLiteStorage.open(str(tmp_path / "db.sqlite3"))
     await storage.write_ticks([tick(day, T0 + day * DAY_MS) for day in range(10)])
     status = PersistStatus()
-    newest: list[int | None] = [None]
+    rounds = PruneRounds()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(prune_ticks, storage, status, 7, newest_trade_ms=lambda: newest[0],
-                                       keep_from_ms=lambda: None, every_seconds=0.05))
-            await trio.sleep(0.2)
+            nursery.start_soon(partial(prune_ticks, storage, status, 7, newest_trade_ms=rounds.newest_trade_ms,
+                                       keep_from_ms=lambda: None, every_seconds=0.01))
+            await rounds.wait_rounds(2)
             assert status.ticks_pruned == 0  # no trade seen yet: nothing to count back from
-            newest[0] = T0 + 9 * DAY_MS
-            for _ in range(1000):  # the next round, within 0.05 s
-                if status.ticks_pruned:
-                    break
-                await trio.sleep(0.01)
+            rounds.newest_ms = T0 + 9 * DAY_MS
+            await rounds.wait_rounds(2)  # a whole round with the trade: it pruned
+            assert status.ticks_pruned == 2
+            await rounds.wait_rounds(2)  # and the next rounds find nothing more
             nursery.cancel_scope.cancel()
     assert status.ticks_pruned == 2
     assert [t.trade_id for t in await storage.ticks("BTCUSDT", 0, -1, 100)] == list(range(2, 10))

@@ -65,6 +65,10 @@ async def poll_health(client: httpx.AsyncClient, status: int) -> dict[str, Any]:
         await trio.sleep(0.05)
 
 
+# Longer than any test: the test itself ends the stall.
+STALL_UNTIL_ENDED = 24 * 3600.0
+
+
 @pytest.mark.slow
 async def test_health_turns_503_when_the_exchange_stalls_and_200_when_data_flows_again(
     demo_recording: LoadedRecording,
@@ -77,7 +81,9 @@ async def test_health_turns_503_when_the_exchange_stalls_and_200_when_data_flows
                 healthy = await poll_health(client, 200)
                 assert healthy["status"] == "ok" and healthy["reasons"] == []
                 assert healthy["connections"][0]["connected"] is True
-                simulator.stall(4.0)
+                # Stalled until the test has seen the 503, however long that takes on a busy machine: a stall of a
+                # fixed length could end before the first poll after it, and the 503 would never be seen.
+                simulator.stall(STALL_UNTIL_ENDED)
                 unhealthy = await poll_health(client, 503)
                 assert unhealthy["status"] == "unavailable"
                 codes = {reason["code"] for reason in unhealthy["reasons"]}
@@ -86,6 +92,7 @@ async def test_health_turns_503_when_the_exchange_stalls_and_200_when_data_flows
                 metrics = (await client.get("/metrics")).text
                 assert "marketdata_healthy 0.0" in metrics
                 assert 'marketdata_channel_depth{channel="ingest"}' in metrics
+                simulator.stall(0.0)
                 recovered = await poll_health(client, 200)
                 assert recovered["reasons"] == []
                 assert recovered["ticks_published"] > healthy["ticks_published"]
