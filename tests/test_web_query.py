@@ -47,6 +47,9 @@ QUERIES: list[tuple[str, str, object, int, str | None]] = [
     ("GET", "/api/config?x=1", None, 400, "unknown_parameter"),
     ("GET", "/static/dashboard.js", None, 200, None),
     ("GET", "/static/dashboard.js?v=2", None, 400, "unknown_parameter"),
+    ("OPTIONS", "/api/candles/BTCUSDT?interval=1m&limit=5", None, 200, None),
+    ("OPTIONS", "/api/candles/BTCUSDT?lmit=5", None, 400, "unknown_parameter"),
+    ("HEAD", "/api/candles/BTCUSDT?interval=1m", None, 200, None),
     # No route: the 404 wins over the query.
     ("GET", "/nope?x=1", None, 404, "not_found"),
 ]
