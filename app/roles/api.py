@@ -23,6 +23,7 @@ from app.bus.connection import check_server, redis_client
 from app.bus.follow import BusEntry, StreamGap, follow_stream
 from app.bus.keys import BusKeys
 from app.bus.snapshot import BusSnapshot, take_snapshot
+from app.clock import wall_clock_ms
 from app.convert import ticks_from_bus
 from app.ingest.status import ConnectionStatus, IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
@@ -30,7 +31,7 @@ from app.model import Candle, Gap, Tick
 from app.roles.signals import stop_on_signal
 from app.settings import Settings
 from app.state import ServiceState
-from app.store.aggregator import CandleFeed, aggregate, wall_clock_ms
+from app.store.aggregator import CandleFeed, aggregate
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.storage import Storage
 from app.web.app import create_app
