@@ -27,6 +27,7 @@ from app.settings import Settings
 from app.store.broadcast import Subscriber
 from app.store.candle_query import CandleQuery
 from app.store.latest import OverflowPolicy
+from app.store.storage import closing_storage
 from app.web.errors import ApiError
 from app.web.params import parse_interval, parse_limit, parse_symbol
 from app.web.symbols import SymbolControl
@@ -210,17 +211,12 @@ async def open_service(settings: Settings, *, http: bool = False) -> AsyncIterat
     candles are written) as SIGINT does for ``serve``, for at most ``DRAIN_TIMEOUT_SECONDS``; a crash of a
     service task cancels the block and propagates. Signals are the caller's to handle.
     """
-    storage = await open_storage_at_startup(settings)
-    try:
-        async with trio.open_nursery() as nursery:
-            running: RunningService = await nursery.start(partial(supervise, settings, storage, http=http))
-            try:
-                yield MarketData(running)
-            finally:
-                running.stop()
-    finally:
-        with trio.CancelScope(shield=True):
-            await storage.close()
+    async with closing_storage(open_storage_at_startup(settings)) as storage, trio.open_nursery() as nursery:
+        running: RunningService = await nursery.start(partial(supervise, settings, storage, http=http))
+        try:
+            yield MarketData(running)
+        finally:
+            running.stop()
 
 
 def _symbol_filter(symbols: Iterable[str]) -> frozenset[str] | None:

@@ -55,7 +55,7 @@ from app.store.persist import (
 from app.store.postgres import PostgresStorage
 from app.store.restore import restore
 from app.store.sqlite import SQLiteStorage
-from app.store.storage import Storage, StorageError
+from app.store.storage import Storage, StorageError, closing_storage
 from app.web.app import create_app
 from app.web.open_files import ws_client_limit
 from app.web.server import serve_http
@@ -96,13 +96,9 @@ async def run(
     task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the service until a signal, or until a task crashes (the crash propagates)."""
-    storage = await open_storage_at_startup(settings)
-    try:
+    async with closing_storage(open_storage_at_startup(settings)) as storage:
         await _supervise(settings, storage, http=True, on_signals=True,
                          started=lambda running: task_status.started(running.urls))
-    finally:
-        with trio.CancelScope(shield=True):
-            await storage.close()
 
 
 @attrs.frozen

@@ -21,14 +21,15 @@ import attrs
 import trio
 
 from app.backoff import Backoff, BackoffPolicy
-from app.bus.connection import BUS_UNAVAILABLE, check_server, redis_client
+from app.bus.connection import BUS_UNAVAILABLE
 from app.bus.consume import acknowledge, claim_stale, ensure_group, read_new
 from app.bus.follow import BusEntry
 from app.bus.keys import BusKeys
 from app.convert import candles_from_bus, ticks_from_bus
+from app.roles.opening import open_bus, required_bus_url
 from app.roles.signals import stop_on_signal
 from app.settings import Settings
-from app.store.storage import Storage, StorageWriteError
+from app.store.storage import Storage, StorageWriteError, closing_storage
 from app.web.role_app import create_role_app
 from app.web.server import serve_http
 
@@ -61,27 +62,20 @@ async def run_persist(
     *,
     task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    if settings.bus_url is None:
-        raise ValueError("marketdata persist needs BUS_URL")
+    bus_url = required_bus_url(settings, "persist")
     keys = BusKeys(settings.bus_prefix)
     consumer = f"persist-{socket.gethostname()}-{os.getpid()}"
     status = PersisterStatus()
-    storage = await open_storage(settings)
-    try:
-        async with redis_client(settings.bus_url) as redis:
-            await check_server(redis, settings.bus_url)
-            app = create_role_app("persist", lambda: (True, attrs.asdict(status)),
-                                  {"writer": status})
-            async with trio.open_nursery() as nursery:
-                urls = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
-                log.warning("role=persist consumer=%s database=%s urls=%s", consumer, settings.database_url,
-                            ",".join(urls))
-                nursery.start_soon(stop_on_signal, nursery.cancel_scope, "persist")
-                nursery.start_soon(persist_from_bus, redis, keys, consumer, storage, status)
-                task_status.started(urls)
-    finally:
-        with trio.CancelScope(shield=True):
-            await storage.close()
+    async with closing_storage(open_storage(settings)) as storage, open_bus(bus_url) as redis:
+        app = create_role_app("persist", lambda: (True, attrs.asdict(status)),
+                              {"writer": status})
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
+            log.warning("role=persist consumer=%s database=%s urls=%s", consumer, settings.database_url,
+                        ",".join(urls))
+            nursery.start_soon(stop_on_signal, nursery.cancel_scope, "persist")
+            nursery.start_soon(persist_from_bus, redis, keys, consumer, storage, status)
+            task_status.started(urls)
 
 
 async def persist_from_bus(
