@@ -26,7 +26,7 @@ from functools import partial
 import attrs
 import trio
 
-from app.backoff import Backoff, BackoffPolicy
+from app.backoff import Backoff
 from app.ingest.candle_seed import seed_candles
 from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import ATTACH_WAIT_SECONDS, SubscriptionManager
@@ -40,12 +40,7 @@ from app.store.broadcast import ChannelDepth
 from app.store.candles import LateTrade
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import (
-    RETRY_CAP_SECONDS as STORAGE_RETRY_CAP_SECONDS,
-)
-from app.store.persist import (
-    RETRY_START_SECONDS as STORAGE_RETRY_START_SECONDS,
-)
-from app.store.persist import (
+    STORAGE_RETRY,
     PersistStatus,
     persist_candles,
     persist_late_trades,
@@ -209,7 +204,7 @@ async def _supervise(
 
 
 def _storage_retry() -> Backoff:
-    return Backoff(BackoffPolicy(start=STORAGE_RETRY_START_SECONDS, cap=STORAGE_RETRY_CAP_SECONDS))
+    return Backoff(STORAGE_RETRY)
 
 
 def channel_depth(name: str, channel: trio.MemoryReceiveChannel[list[Tick]]) -> ChannelDepth:

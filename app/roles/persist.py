@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from app.backoff import Backoff, BackoffPolicy
+from app.backoff import Backoff
 from app.bus.connection import BUS_UNAVAILABLE
 from app.bus.consume import acknowledge, claim_stale, ensure_group, read_new
 from app.bus.follow import BusEntry
@@ -29,6 +29,7 @@ from app.convert import candles_from_bus, ticks_from_bus
 from app.roles.opening import open_bus, required_bus_url
 from app.roles.signals import stop_on_signal
 from app.settings import Settings
+from app.store.persist import STORAGE_RETRY
 from app.store.storage import Storage, StorageWriteError, closing_storage
 from app.web.role_app import create_role_app
 from app.web.server import serve_http
@@ -42,8 +43,6 @@ GROUP = "persist"
 CLAIM_IDLE_MS = 15_000
 CLAIM_EVERY_SECONDS = 5.0
 READ_ENTRIES = 200
-RETRY_START_SECONDS = 0.1
-RETRY_CAP_SECONDS = 5.0
 
 
 @attrs.define
@@ -129,7 +128,7 @@ async def _write_and_ack(redis: Any, stream: str, entries: Sequence[BusEntry], s
 
 async def _until_written(write: Callable[[T], Awaitable[None]], rows: T, status: PersisterStatus) -> None:
     """Writes ``rows``, retrying with the storage backoff; the entries stay pending in the group meanwhile."""
-    backoff = Backoff(BackoffPolicy(start=RETRY_START_SECONDS, cap=RETRY_CAP_SECONDS))
+    backoff = Backoff(STORAGE_RETRY)
     while True:
         try:
             await write(rows)
