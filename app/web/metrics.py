@@ -109,10 +109,8 @@ class ServiceCollector(Collector):
         yield unrepaired
         yield backfilling
 
-        parse_errors = _counter("parse_errors", "Frames from the exchange that could not be parsed.")
-        parse_errors.add_metric([], ingest.parse_errors)
-        yield parse_errors
-        for name, documentation, value in (
+        yield from _unlabelled(_counter, (
+            ("parse_errors", "Frames from the exchange that could not be parsed.", ingest.parse_errors),
             ("exchange_error_replies", "Error replies from the exchange to control requests.", ingest.error_replies),
             ("unknown_events", "Well-formed exchange events of kinds not consumed (skipped).", ingest.unknown_events),
             ("ticks_ignored", "Trades of symbols no longer subscribed (in flight while unsubscribing).",
@@ -134,10 +132,7 @@ class ServiceCollector(Collector):
              ingest.last_id_checks),
             ("last_id_checks_failed", "Last-trade-id checks that failed (holes then found by the next trade).",
              ingest.last_id_checks_failed),
-        ):
-            family = _counter(name, documentation)
-            family.add_metric([], value)
-            yield family
+        ))
 
         reconnects = _counter("reconnects", "Reconnects of an exchange connection.", ["connection"])
         connected = _gauge("connection_up", "1 while the exchange connection is open.", ["connection"])
@@ -168,11 +163,10 @@ class ServiceCollector(Collector):
         cut_off.add_metric(["candles"], self._sources.candles.subscribers_cut_off)
         cut_off.add_metric(["websocket"], self._feed.subscribers_cut_off)
         yield cut_off
-        alarms = _counter("backpressure_alarms", "Times an internal consumer's full buffer made the fan-out wait.")
-        alarms.add_metric([], hub.backpressure_alarms)
-        yield alarms
         counters = self._sources.candles.counters
-        for name, documentation, value in (
+        yield from _unlabelled(_counter, (
+            ("backpressure_alarms", "Times an internal consumer's full buffer made the fan-out wait.",
+             hub.backpressure_alarms),
             ("candle_revisions", "Closed candles corrected by a late trade (after a repaired gap).",
              counters.revisions),
             ("candles_closed", "Candles closed (every interval).", counters.candles_closed),
@@ -187,10 +181,7 @@ class ServiceCollector(Collector):
              counters.candles_incomplete),
             ("candle_updates_published", "Candle updates handed to candle subscribers.",
              self._sources.candles.candles_published),
-        ):
-            family = _counter(name, documentation)
-            family.add_metric([], value)
-            yield family
+        ))
         persist = self._sources.persist
         yield from _unlabelled(_counter, (
             ("ticks_persisted", "Ticks committed to the database.", persist.ticks_persisted),
@@ -232,20 +223,27 @@ class ServiceCollector(Collector):
 
     def _feed_metrics(self) -> Iterator[Metric]:
         feed = self._feed
-        connections = _gauge("websocket_connections", "Open WebSocket feed connections.")
-        connections.add_metric([], feed.connections)
-        yield connections
         clients = self._clients
-        admitted = _gauge("websocket_clients", "WebSocket clients admitted (handshaking or served), against "
-                          "websocket_clients_limit.")
-        admitted.add_metric([], clients.current)
-        yield admitted
-        limit = _gauge("websocket_clients_limit", "The most WebSocket clients served at once (MAX_WS_CLIENTS).")
-        limit.add_metric([], clients.limit)
-        yield limit
-        refused = _counter("websocket_clients_refused", "WebSocket clients refused with 503 (MAX_WS_CLIENTS reached).")
-        refused.add_metric([], clients.refused)
-        yield refused
+        yield from _unlabelled(_gauge, (
+            ("websocket_connections", "Open WebSocket feed connections.", feed.connections),
+            ("websocket_clients", "WebSocket clients admitted (handshaking or served), against "
+             "websocket_clients_limit.", clients.current),
+            ("websocket_clients_limit", "The most WebSocket clients served at once (MAX_WS_CLIENTS).",
+             clients.limit),
+            ("websocket_subscriptions",
+             "Subscriptions held by WebSocket connections (one per symbol and channel, \"*\" one).",
+             feed.subscriptions),
+            ("websocket_max_subscriptions_per_connection",
+             "MAX_SUBSCRIPTIONS_PER_CONNECTION: subscriptions one WebSocket connection may hold.",
+             self._sources.max_subscriptions_per_connection),
+        ))
+        yield from _unlabelled(_counter, (
+            ("websocket_clients_refused", "WebSocket clients refused with 503 (MAX_WS_CLIENTS reached).",
+             clients.refused),
+            ("websocket_messages_rejected", "Client messages answered with an error.", feed.messages_rejected),
+            ("websocket_subscriptions_refused", "Subscribe requests refused: over MAX_SUBSCRIPTIONS_PER_CONNECTION.",
+             feed.subscriptions_refused),
+        ))
         frames = _counter("websocket_frames_sent", "Data frames sent to WebSocket subscribers.", ["channel"])
         frames.add_metric(["ticks"], feed.tick_frames)
         frames.add_metric(["candles"], feed.candle_frames)
@@ -254,21 +252,6 @@ class ServiceCollector(Collector):
         items.add_metric(["ticks"], feed.ticks_sent)
         items.add_metric(["candles"], feed.candles_sent)
         yield items
-        rejected = _counter("websocket_messages_rejected", "Client messages answered with an error.")
-        rejected.add_metric([], feed.messages_rejected)
-        yield rejected
-        subscriptions = _gauge("websocket_subscriptions",
-                               "Subscriptions held by WebSocket connections (one per symbol and channel, \"*\" one).")
-        subscriptions.add_metric([], feed.subscriptions)
-        yield subscriptions
-        refused = _counter("websocket_subscriptions_refused",
-                           "Subscribe requests refused: over MAX_SUBSCRIPTIONS_PER_CONNECTION.")
-        refused.add_metric([], feed.subscriptions_refused)
-        yield refused
-        limit = _gauge("websocket_max_subscriptions_per_connection",
-                       "MAX_SUBSCRIPTIONS_PER_CONNECTION: subscriptions one WebSocket connection may hold.")
-        limit.add_metric([], self._sources.max_subscriptions_per_connection)
-        yield limit
 
         lag = _gauge("end_to_end_lag_last_seconds",
                      "Exchange event time to WebSocket send time, newest tick of the last tick frame sent.")
