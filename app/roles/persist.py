@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import attrs
@@ -29,7 +30,7 @@ from app.convert import candles_from_bus, ticks_from_bus
 from app.roles.opening import open_bus, required_bus_url
 from app.roles.signals import stop_on_signal
 from app.settings import Settings
-from app.store.persist import STORAGE_RETRY
+from app.store.persist import STORAGE_RETRY, until_written
 from app.store.storage import Storage, StorageWriteError, closing_storage
 from app.web.role_app import create_role_app
 from app.web.server import serve_http
@@ -128,13 +129,9 @@ async def _write_and_ack(redis: Any, stream: str, entries: Sequence[BusEntry], s
 
 async def _until_written(write: Callable[[T], Awaitable[None]], rows: T, status: PersisterStatus) -> None:
     """Writes ``rows``, retrying with the storage backoff; the entries stay pending in the group meanwhile."""
-    backoff = Backoff(STORAGE_RETRY)
-    while True:
-        try:
-            await write(rows)
-            return
-        except StorageWriteError as error:
-            status.write_failures += 1
-            delay = backoff.next_delay()
-            log.warning("write failed retry_in=%.1fs error=%s (entries stay pending)", delay, error)
-            await trio.sleep(delay)
+
+    def failed(error: StorageWriteError) -> None:
+        status.write_failures += 1
+        log.warning("write failed error=%s (retrying with backoff; the entries stay pending)", error)
+
+    await until_written(partial(write, rows), Backoff(STORAGE_RETRY), failed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Generic, TypeVar
 
 import attrs
@@ -276,17 +277,26 @@ async def persist_late_trades(
             for late in _gather(batch, late_trades, None):
                 by_candle.setdefault((late.tick.symbol, late.interval, late.open_time_ms), []).append(late.tick)
             for (symbol, interval, open_time_ms), ticks in by_candle.items():
-                while True:
-                    try:
-                        await _revise_stored(storage, status, symbol, interval, open_time_ms, ticks)
-                    except StorageWriteError as error:
-                        _note_failure(status, "candle revisions", error, len(ticks))
-                        await trio.sleep(retry.next_delay())
-                        continue
-                    if "candle revisions" in status.failing_writers:
-                        _note_recovery(status, "candle revisions")
-                    retry.reset()
-                    break
+                await until_written(partial(_revise_stored, storage, status, symbol, interval, open_time_ms, ticks),
+                                    retry, partial(_note_failure, status, "candle revisions", waiting=len(ticks)))
+                if "candle revisions" in status.failing_writers:
+                    _note_recovery(status, "candle revisions")
+
+
+async def until_written(
+    write: Callable[[], Awaitable[object]], retry: Backoff, failed: Callable[[StorageWriteError], None]
+) -> None:
+    """Runs ``write`` until it commits: after each ``StorageWriteError``, ``failed`` is told and the next try
+    waits ``retry.next_delay()``; ``retry`` is reset once it succeeds."""
+    while True:
+        try:
+            await write()
+        except StorageWriteError as error:
+            failed(error)
+            await trio.sleep(retry.next_delay())
+            continue
+        retry.reset()
+        return
 
 
 async def _revise_stored(
