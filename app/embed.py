@@ -25,11 +25,12 @@ from app.model import Candle, Tick, ms_from_utc
 from app.service import RunningService, open_storage_at_startup, supervise
 from app.settings import Settings
 from app.store.broadcast import Subscriber
-from app.store.candle_query import query_candles
+from app.store.candle_query import CandleQuery
 from app.store.latest import OverflowPolicy
-from app.web import symbols as web_symbols
+from app.store.storage import closing_storage
 from app.web.errors import ApiError
 from app.web.params import parse_interval, parse_limit, parse_symbol
+from app.web.symbols import SymbolControl
 
 T = TypeVar("T")
 
@@ -96,13 +97,18 @@ class MarketData:
 
     def __init__(self, running: RunningService) -> None:
         self._running = running
-        self._state = running.state
+        state = running.state
+        self._settings = state.settings
+        self._ticks = state.hub
+        self._candles = state.candles
+        self._query_candles = CandleQuery(state.candles, state.storage)
+        self._symbols = SymbolControl(state.subscriptions, state.ingest.symbols)
         # Names the subscriptions in logs and /metrics' channel depths.
         self._numbers = itertools.count(1)
 
     @property
     def settings(self) -> Settings:
-        return self._state.settings
+        return self._settings
 
     @property
     def http_url(self) -> str:
@@ -113,15 +119,15 @@ class MarketData:
 
     def symbols(self) -> tuple[str, ...]:
         """The symbols subscribed at the exchange now (configured and added)."""
-        return web_symbols.served_symbols(self._state)
+        return self._symbols.served()
 
     def latest(self, symbol: str) -> Tick | None:
         """The latest tick of ``symbol`` (case-insensitive), None before its first trade."""
-        return self._state.hub.latest_for(symbol.upper())
+        return self._ticks.latest_for(symbol.upper())
 
     def latest_all(self) -> dict[str, Tick]:
         """The latest tick of every subscribed symbol that has traded (as ``GET /api/ticks``)."""
-        hub = self._state.hub
+        hub = self._ticks
         ticks = ((symbol, hub.latest_for(symbol)) for symbol in self.symbols())
         return {symbol: tick for symbol, tick in ticks if tick is not None}
 
@@ -138,22 +144,21 @@ class MarketData:
         datetimes or epoch ms) bound the open time; with ``start`` the first ``limit``, without the last."""
         try:
             symbol = parse_symbol(symbol)
-            parsed_interval = parse_interval(interval, self._state.settings.candle_intervals)
+            parsed_interval = parse_interval(interval, self._settings.candle_intervals)
             limit = parse_limit(str(limit))
         except ApiError as error:
             raise ServiceError(error.status, error.code, error.message) from None
         start_ms, end_ms = _epoch_ms("start", start), _epoch_ms("end", end)
         if start_ms is not None and end_ms is not None and start_ms > end_ms:
             raise ServiceError(400, "invalid_range", f"start ({start_ms}) is after end ({end_ms})")
-        return await query_candles(self._state.candles, self._state.storage, symbol, parsed_interval,
-                                   start_ms=start_ms, end_ms=end_ms, limit=limit)
+        return await self._query_candles(symbol, parsed_interval, start_ms=start_ms, end_ms=end_ms, limit=limit)
 
     @asynccontextmanager
     async def subscribe(
         self, symbols: Iterable[str], *, buffer: int = SUBSCRIPTION_BUFFER
     ) -> AsyncIterator[Subscription[Tick]]:
         """Every tick of ``symbols`` (``["*"]``: every symbol) from now on, in lists, each symbol in id order."""
-        subscriber, channel = self._state.hub.subscribe(
+        subscriber, channel = self._ticks.subscribe(
             f"python:{next(self._numbers)}", buffer, OverflowPolicy.CUT_OFF, _symbol_filter(symbols)
         )
         subscription = Subscription(subscriber, channel)
@@ -169,14 +174,14 @@ class MarketData:
         """The open candle of each symbol first, then every update of ``interval``: open candles
         (``closed`` false), closed ones, and revisions (``revision > 0``), as the WebSocket feed sends them."""
         try:
-            name = parse_interval(interval, self._state.settings.candle_intervals).name
+            name = parse_interval(interval, self._settings.candle_intervals).name
         except ApiError as error:
             raise ServiceError(error.status, error.code, error.message) from None
         wanted = _symbol_filter(symbols)
-        subscriber, channel = self._state.candles.subscribe_candles(
+        subscriber, channel = self._candles.subscribe_candles(
             f"python:{next(self._numbers)}", buffer, OverflowPolicy.CUT_OFF, wanted, name
         )
-        opened = (self._state.candles.open_candle(symbol, name) for symbol in (wanted or self.symbols()))
+        opened = (self._candles.open_candle(symbol, name) for symbol in (wanted or self.symbols()))
         subscription = Subscription(subscriber, channel, [candle for candle in opened if candle is not None])
         try:
             yield subscription
@@ -186,14 +191,14 @@ class MarketData:
     async def add_symbol(self, symbol: str) -> None:
         """Subscribes ``symbol`` live (as ``POST /api/symbols``); returns once the exchange acknowledged it."""
         try:
-            await web_symbols.add_symbol(self._state, parse_symbol(symbol))
+            await self._symbols.add(parse_symbol(symbol))
         except ApiError as error:
             raise ServiceError(error.status, error.code, error.message) from None
 
     async def remove_symbol(self, symbol: str) -> None:
         """Unsubscribes ``symbol`` live (as ``DELETE /api/symbols/{symbol}``)."""
         try:
-            await web_symbols.remove_symbol(self._state, parse_symbol(symbol))
+            await self._symbols.remove(parse_symbol(symbol))
         except ApiError as error:
             raise ServiceError(error.status, error.code, error.message) from None
 
@@ -206,17 +211,12 @@ async def open_service(settings: Settings, *, http: bool = False) -> AsyncIterat
     candles are written) as SIGINT does for ``serve``, for at most ``DRAIN_TIMEOUT_SECONDS``; a crash of a
     service task cancels the block and propagates. Signals are the caller's to handle.
     """
-    storage = await open_storage_at_startup(settings)
-    try:
-        async with trio.open_nursery() as nursery:
-            running: RunningService = await nursery.start(partial(supervise, settings, storage, http=http))
-            try:
-                yield MarketData(running)
-            finally:
-                running.stop()
-    finally:
-        with trio.CancelScope(shield=True):
-            await storage.close()
+    async with closing_storage(open_storage_at_startup(settings)) as storage, trio.open_nursery() as nursery:
+        running: RunningService = await nursery.start(partial(supervise, settings, storage, http=http))
+        try:
+            yield MarketData(running)
+        finally:
+            running.stop()
 
 
 def _symbol_filter(symbols: Iterable[str]) -> frozenset[str] | None:

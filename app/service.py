@@ -26,7 +26,7 @@ from functools import partial
 import attrs
 import trio
 
-from app.backoff import Backoff, BackoffPolicy
+from app.backoff import Backoff
 from app.ingest.candle_seed import seed_candles
 from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import ATTACH_WAIT_SECONDS, SubscriptionManager
@@ -40,12 +40,7 @@ from app.store.broadcast import ChannelDepth
 from app.store.candles import LateTrade
 from app.store.latest import OverflowPolicy, TickHub, fan_out
 from app.store.persist import (
-    RETRY_CAP_SECONDS as STORAGE_RETRY_CAP_SECONDS,
-)
-from app.store.persist import (
-    RETRY_START_SECONDS as STORAGE_RETRY_START_SECONDS,
-)
-from app.store.persist import (
+    STORAGE_RETRY,
     PersistStatus,
     persist_candles,
     persist_late_trades,
@@ -55,7 +50,7 @@ from app.store.persist import (
 from app.store.postgres import PostgresStorage
 from app.store.restore import restore
 from app.store.sqlite import SQLiteStorage
-from app.store.storage import Storage, StorageError
+from app.store.storage import Storage, StorageError, closing_storage
 from app.web.app import create_app
 from app.web.open_files import ws_client_limit
 from app.web.server import serve_http
@@ -96,13 +91,9 @@ async def run(
     task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the service until a signal, or until a task crashes (the crash propagates)."""
-    storage = await open_storage_at_startup(settings)
-    try:
+    async with closing_storage(open_storage_at_startup(settings)) as storage:
         await _supervise(settings, storage, http=True, on_signals=True,
                          started=lambda running: task_status.started(running.urls))
-    finally:
-        with trio.CancelScope(shield=True):
-            await storage.close()
 
 
 @attrs.frozen
@@ -213,7 +204,7 @@ async def _supervise(
 
 
 def _storage_retry() -> Backoff:
-    return Backoff(BackoffPolicy(start=STORAGE_RETRY_START_SECONDS, cap=STORAGE_RETRY_CAP_SECONDS))
+    return Backoff(STORAGE_RETRY)
 
 
 def channel_depth(name: str, channel: trio.MemoryReceiveChannel[list[Tick]]) -> ChannelDepth:

@@ -1,4 +1,8 @@
-"""The service's shared state: built by the supervisor, read by the web layer, mutated only by its owner task."""
+"""The parts a supervisor built (``serve``'s, or the api role's from bus state), each mutated only by its owner task.
+
+Only wiring reads this bundle: ``create_app`` hands each web module its narrow handle from it, and the Python
+API (``app.embed``) takes what it reads. No web module takes the whole of it.
+"""
 
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ import httpx
 
 from app.ingest.urls import combined_stream_url, trade_stream
 from app.model import Tick
+from app.replay.sources import FILLS_PER_ARRIVAL
 from bench import candles_bench, storage_bench, subscribers_bench
 from bench.clients import FeedSubscribers, measure_latency, percentile
 from bench.feeder import DEMO_RECORDING
@@ -58,8 +59,6 @@ from bench.procs import (
 
 log = logging.getLogger("bench")
 
-# The synthetic market's arrivals carry 1-8 fills each (geometric, p=0.3): 1.4285 trades per arrival on average.
-FILLS_PER_ARRIVAL = sum(0.3**k for k in range(8))
 SYSTEMS = ("project", "baseline")
 ROWS = {"1": "ingest", "2": "e2e", "3": "latency", "4": "scale", "5": "candles", "6": "subscribers"}
 

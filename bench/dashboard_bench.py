@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from app.replay.sources import FILLS_PER_ARRIVAL
 from bench.procs import NO_REST_URL, start_feeder, start_service, start_simulator
 
 log = logging.getLogger("bench.dashboard")
@@ -29,8 +30,6 @@ log = logging.getLogger("bench.dashboard")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-# The synthetic market's arrivals carry 1.4285 trades on average (see bench/__main__.py).
-FILLS_PER_ARRIVAL = sum(0.3**k for k in range(8))
 
 # Counts animation frames independently of the page, and main-thread tasks over 50 ms.
 PROBE = """() => {

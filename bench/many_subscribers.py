@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.__main__ import FILLS_PER_ARRIVAL
+from app.replay.sources import FILLS_PER_ARRIVAL
 from bench.clients import FeedSubscribers
 from bench.procs import cpu_seconds, rss_bytes, start_service, start_simulator
 

@@ -26,6 +26,7 @@ import attrs
 import httpx
 
 from app.ingest.urls import combined_stream_url, trade_stream
+from app.replay.sources import FILLS_PER_ARRIVAL
 from bench.clients import FeedSubscribers, percentile
 from bench.procs import (
     PYTHON,
@@ -42,8 +43,6 @@ from bench.subscriber_process import raise_open_file_limit
 
 log = logging.getLogger("bench")
 
-# The synthetic market's arrivals carry 1-8 fills each (geometric, p=0.3).
-FILLS_PER_ARRIVAL = sum(0.3**k for k in range(8))
 MB = 2**20
 
 

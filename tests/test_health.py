@@ -8,8 +8,12 @@ import httpx
 import trio
 from web_harness import Harness, make_ticks, running_web
 
-from app.ingest.status import ConnectionStatus
+from app.ingest.status import ConnectionStatus, IngestStatus
 from app.model import Gap
+from app.store.broadcast import ChannelDepth
+from app.store.latest import TickHub
+from app.store.persist import PersistStatus
+from app.web.health import HealthSources, assess_health
 
 
 def connect(web: Harness, name: str = "shard-0", *, age: float = 0.1) -> ConnectionStatus:
@@ -108,3 +112,16 @@ async def test_503_storage_failed_while_database_writes_fail_and_what_was_not_wr
             recovered = await health(client, 200)
     assert recovered["storage"]["failing"] is False and recovered["storage"]["ticks_unwritten"] == 7
     assert recovered["storage"]["unwritten_trade_ids"] == {"BTCUSDT": [{"first_trade_id": 101, "last_trade_id": 107}]}
+
+
+def test_health_is_a_function_of_its_sources_alone() -> None:
+    # No app, no socket: the status objects the tasks keep, a writer depth, and the time.
+    ingest = IngestStatus()
+    ingest.connections["shard-0"] = ConnectionStatus("shard-0", "ws://127.0.0.1:9/stream", streams=1,
+                                                     connected=True, last_frame_at=100.0)
+    sources = HealthSources(ingest=ingest, ticks=TickHub(), persist=PersistStatus(), stale_after_seconds=10.0,
+                            writer_depth=lambda: ChannelDepth("persistence", 3, 4))
+    assert [problem.code for problem in assess_health(sources, now=105.0).problems] == ["writer_behind"]
+    assert [problem.code for problem in assess_health(sources, now=111.0).problems] == ["stalled", "writer_behind"]
+    healthy = HealthSources(ingest=ingest, ticks=TickHub(), persist=PersistStatus(), stale_after_seconds=10.0)
+    assert assess_health(healthy, now=105.0).ok

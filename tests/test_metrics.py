@@ -74,6 +74,23 @@ async def test_metrics_reflect_ingest_store_and_feed_counters() -> None:
     assert samples[("marketdata_healthy", ())] == 1
 
 
+async def test_every_per_symbol_counter_reads_its_own_status_field() -> None:
+    fields = {  # metric -> the SymbolStatus field it reports, each given a different value
+        "ticks_received": "ticks_received", "ticks_emitted": "ticks_emitted",
+        "duplicate_ticks_dropped": "duplicates_dropped", "gaps_found": "gaps_found",
+        "gaps_repaired": "gaps_repaired", "backfilled_trades": "trades_backfilled",
+        "gaps_unrepaired": "gaps_unrepaired", "trades_lost": "trades_lost",
+    }
+    with trio.fail_after(20):
+        async with running_web() as web, httpx.AsyncClient(base_url=web.base_url) as client:
+            eth = web.state.ingest.symbol("ETHUSDT")
+            for value, field in enumerate(fields.values(), start=11):
+                setattr(eth, field, value)
+            samples = await scrape(client)
+    reported = {metric: samples[(f"marketdata_{metric}_total", (("symbol", "ETHUSDT"),))] for metric in fields}
+    assert reported == {metric: value for value, metric in enumerate(fields, start=11)}
+
+
 async def test_two_services_in_one_process_keep_their_own_metrics() -> None:
     # Each app has its own registry: a global one would refuse the second app's collector.
     with trio.fail_after(20):

@@ -21,8 +21,10 @@ from app.store.persist import (
     prune_cutoff_ms,
     prune_once,
     prune_ticks,
+    until_written,
 )
 from app.store.sqlite import SQLiteStorage
+from app.store.storage import StorageWriteError
 
 T0 = 1_723_161_300_000
 
@@ -126,3 +128,23 @@ async def test_the_prune_task_counts_back_from_the_newest_trade_and_runs_periodi
     assert status.ticks_pruned == 2
     assert [t.trade_id for t in await storage.ticks("BTCUSDT", 0, -1, 100)] == list(range(2, 10))
     await storage.close()
+
+
+async def test_until_written_retries_each_write_failure_with_the_backoff_and_resets_it_after_the_commit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    attempts: list[float] = []
+    failures: list[str] = []
+
+    async def write() -> None:
+        attempts.append(trio.current_time())
+        if len(attempts) <= 3:
+            raise StorageWriteError(f"disk full ({len(attempts)})")
+
+    retry = Backoff(BackoffPolicy(start=1.0, cap=4.0, jitter=False))
+    await until_written(write, retry, lambda error: failures.append(str(error)))
+    assert failures == ["disk full (1)", "disk full (2)", "disk full (3)"]
+    # Waits of 1, 2 and 4 s between the tries, then the run of failures is over.
+    start = attempts[0]
+    assert [round(moment - start, 6) for moment in attempts] == [0.0, 1.0, 3.0, 7.0]
+    assert retry.failures == 0

@@ -21,10 +21,11 @@ import attrs
 import trio
 
 from app.backoff import Backoff, BackoffPolicy
+from app.clock import wall_clock_ms
 from app.ingest.emitter import Emitter
 from app.ingest.rest import TRADES_PAGE_LIMIT, BinanceRest, RestError
 from app.ingest.sequence import TradeSequence
-from app.ingest.sequencer import CLOCK_SKEW_MS, DEFAULT_MAX_HELD, Decisions, Repair, TradeSequencer, wall_clock_ms
+from app.ingest.sequencer import CLOCK_SKEW_MS, DEFAULT_MAX_HELD, Decisions, Repair, TradeSequencer
 from app.ingest.status import IngestStatus
 from app.model import Tick
 

@@ -14,11 +14,11 @@ that trade arrived: then the trades since its subscription are looked up first (
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 import attrs
 
+from app.clock import wall_clock_ms
 from app.ingest.sequence import TradeSequence
 from app.ingest.status import IngestStatus
 from app.model import Gap, Tick
@@ -30,10 +30,6 @@ DEFAULT_MAX_HELD = 200_000
 # Anchoring looks this much further back than the subscription (trade times are the exchange's, and our
 # estimate of its clock is off by the network latency).
 CLOCK_SKEW_MS = 1000
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @attrs.define(eq=False)

@@ -1,7 +1,7 @@
 """The subscribed symbol set, as the web layer changes it (``POST/DELETE /api/symbols``).
 
 ``SubscriptionManager`` is created by the supervisor with the symbols to serve and handed to both the web
-layer (through ``ServiceState.subscriptions``) and ``stream_trades``, which attaches the running client to it.
+layer (wrapped in its ``SymbolControl``) and ``stream_trades``, which attaches the running client to it.
 ``add`` validates the symbol against Binance's ``exchangeInfo`` and returns once the SUBSCRIBE is acknowledged
 on an open connection; ``remove`` once the UNSUBSCRIBE is. Changes are serialised, so concurrent calls for the
 same symbol get clear answers.

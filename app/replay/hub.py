@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 
 import attrs
 import trio
 
+from app.clock import wall_clock_ms
 from app.model import Tick
 from app.replay.config import Limits
 from app.replay.events import MarketEvent, combine, trade_event, trade_payload
@@ -304,7 +304,7 @@ class Hub:
 
     def server_shutdown_event(self) -> None:
         """Binance's ``serverShutdown`` event to every connection (they should switch connections)."""
-        event_ms = time.time_ns() // 1_000_000
+        event_ms = wall_clock_ms()
         raw = f'{{"e":"serverShutdown","E":{event_ms}}}'
         for client in list(self.clients.values()):
             self.send_to(client, [combine("!serverShutdown", raw) if client.combined else raw])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -22,6 +21,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from app.clock import wall_clock_ms
 from app.intervals import Interval, UnknownIntervalError
 from app.model import Tick
 from app.replay.agg_trades import AggTrade
@@ -105,7 +105,7 @@ def create_rest_app(hub: Hub) -> QuartTrio:
     endpoint("klines", lambda args: _klines(hub, args))
     endpoint("exchangeInfo", lambda args: _exchange_info(hub, args))
     endpoint("ticker/24hr", lambda args: _ticker_24hr(hub, args), ticker_weight)
-    endpoint("time", lambda args: {"serverTime": time.time_ns() // 1_000_000})
+    endpoint("time", lambda args: {"serverTime": wall_clock_ms()})
     endpoint("ping", lambda args: {})
 
     async def unknown(error: HTTPException) -> Response:
@@ -295,7 +295,7 @@ def _klines(hub: Hub, args: Mapping[str, str]) -> list[list[int | str]]:
 def _ticker_24hr(hub: Hub, args: Mapping[str, str]) -> object:
     symbols, full, single = parse_ticker_request(args, hub.symbols)
     newest = hub.ledger.newest_time_ms()
-    now_ms = newest if newest is not None else time.time_ns() // 1_000_000
+    now_ms = newest if newest is not None else wall_clock_ms()
     rows = []
     for symbol in symbols if symbols is not None else list(hub.symbols):
         trades = hub.ledger.symbol(symbol)
@@ -322,7 +322,7 @@ def _exchange_info(hub: Hub, args: Mapping[str, str]) -> dict[str, Any]:
     infos = [hub.symbols[symbol] for symbol in wanted] if wanted is not None else list(hub.symbols.values())
     return {
         "timezone": "UTC",
-        "serverTime": time.time_ns() // 1_000_000,
+        "serverTime": wall_clock_ms(),
         "rateLimits": [
             {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
              "limit": hub.limits.rest_weight_per_minute},

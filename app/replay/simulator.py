@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -20,6 +19,7 @@ from functools import partial
 import attrs
 import trio
 
+from app.clock import wall_clock_ms
 from app.model import Tick
 from app.replay.config import Faults, ManualSource, ReplaySource, SimulatorConfig, Source, SyntheticSource
 from app.replay.faults import FaultDice, RestFault, malformed_frame
@@ -237,7 +237,7 @@ async def _prepare_source(source: Source, hub: Hub) -> tuple[Iterator[Scheduled]
                  len(recording.frames), recording.skipped, source.speed, source.loop)
         return replay_schedule(recording, loop=source.loop), source.speed
     if isinstance(source, SyntheticSource):
-        start_ms = source.start_ms if source.start_ms is not None else time.time_ns() // 1_000_000
+        start_ms = source.start_ms if source.start_ms is not None else wall_clock_ms()
         market = SyntheticMarket(source.symbols, source.rate, source.seed, start_ms)
         hub.register_symbols(
             SymbolInfo(p.symbol, p.base_asset, p.quote_asset, f"{p.tick_size:.8f}", f"{p.lot_size:.8f}")

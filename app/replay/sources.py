@@ -171,10 +171,18 @@ def synthetic_profiles(count: int, seed: int) -> tuple[SymbolProfile, ...]:
     return tuple(profiles)
 
 
+# A taker order often fills several makers at once: an arrival carries 1 to MAX_FILLS trades, each further
+# fill with probability EXTRA_FILL_PROBABILITY (about 1.43 trades per arrival on average).
+MAX_FILLS = 8
+EXTRA_FILL_PROBABILITY = 0.3
+FILLS_PER_ARRIVAL = sum(EXTRA_FILL_PROBABILITY**k for k in range(MAX_FILLS))
+
+
 class SyntheticMarket:
-    """A seeded random market: Poisson arrivals at ``rate`` trades/s over all symbols, random-walk prices
-    in whole ticks, log-normal trade sizes in whole lots, multi-fill bursts sharing one trade time, and
-    consecutive trade ids per symbol. The same seed gives the same trades."""
+    """A seeded random market: Poisson arrivals at ``rate`` per second over all symbols (each arrival
+    ``FILLS_PER_ARRIVAL`` trades on average), random-walk prices in whole ticks, log-normal trade sizes in
+    whole lots, multi-fill bursts sharing one trade time, and consecutive trade ids per symbol. The same seed
+    gives the same trades."""
 
     def __init__(self, symbols: int, rate: float, seed: int, start_ms: int) -> None:
         if symbols < 1 or rate <= 0:
@@ -196,15 +204,16 @@ class SyntheticMarket:
         rng = self._rng
         offset_ns = 0
         total_weight = self._cumulative_weights[-1]
+        max_fills, extra_fill = MAX_FILLS, EXTRA_FILL_PROBABILITY
         while True:
             offset_ns += max(1, int(rng.expovariate(self.rate) * 1e9))
             index = bisect_right(self._cumulative_weights, rng.random() * total_weight)
             trade_ms = self.start_ms + offset_ns // _MS_NS
             event_ms = trade_ms + _LATENCIES_MS[int(rng.random() * len(_LATENCIES_MS))]
             buyer_is_maker = rng.random() < 0.5
-            # A taker order often fills several makers at once: same time and side, one trade id each.
+            # The fills of one taker order: same time and side, one trade id each.
             fills = 1
-            while fills < 8 and rng.random() < 0.3:
+            while fills < max_fills and rng.random() < extra_fill:
                 fills += 1
             for _ in range(fills):
                 yield Scheduled(offset_ns, self._trade(index, trade_ms, event_ms, buyer_is_maker))

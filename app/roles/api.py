@@ -19,20 +19,21 @@ from typing import Any
 
 import trio
 
-from app.bus.connection import check_server, redis_client
 from app.bus.follow import BusEntry, StreamGap, follow_stream
 from app.bus.keys import BusKeys
 from app.bus.snapshot import BusSnapshot, take_snapshot
+from app.clock import wall_clock_ms
 from app.convert import ticks_from_bus
 from app.ingest.status import ConnectionStatus, IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
 from app.model import Candle, Gap, Tick
+from app.roles.opening import open_bus, required_bus_url
 from app.roles.signals import stop_on_signal
 from app.settings import Settings
 from app.state import ServiceState
-from app.store.aggregator import CandleFeed, aggregate, wall_clock_ms
+from app.store.aggregator import CandleFeed, aggregate
 from app.store.latest import OverflowPolicy, TickHub, fan_out
-from app.store.storage import Storage
+from app.store.storage import Storage, closing_storage
 from app.web.app import create_app
 from app.web.open_files import ws_client_limit
 from app.web.server import serve_http
@@ -49,49 +50,42 @@ async def run_api(
     *,
     task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    if settings.bus_url is None:
-        raise ValueError("marketdata api needs BUS_URL")
+    bus_url = required_bus_url(settings, "api")
     keys = BusKeys(settings.bus_prefix)
-    storage = await open_storage(settings)
-    try:
-        async with redis_client(settings.bus_url) as redis:
-            await check_server(redis, settings.bus_url)
-            snapshot = await take_snapshot(redis, keys)
-            status = IngestStatus()
-            status.connections[BUS_CONNECTION] = ConnectionStatus(BUS_CONNECTION, settings.bus_url, connected=True,
-                                                                  connected_at=trio.current_time())
-            subscriptions = SubscriptionManager(sorted(snapshot.latest), status)
-            hub = TickHub()
-            await hub.publish(list(snapshot.latest.values()))
-            candles = CandleFeed(settings.candle_intervals)
-            configured = {interval.name for interval in settings.candle_intervals}
-            for candle in snapshot.candles:
-                if candle.interval in configured:
-                    candles.builder.continue_candle(candle)
-            for symbol, tick in snapshot.latest.items():
-                symbol_status = status.symbol(symbol)
-                symbol_status.last_trade_id = tick.trade_id
-            state = ServiceState(settings=settings, hub=hub, candles=candles, storage=storage, ingest=status,
-                                 subscriptions=subscriptions)
-            ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](settings.tick_buffer)
-            closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](1)
-            _, aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
-            async with trio.open_nursery() as nursery:
-                app = create_app(state, ws_clients=ws_client_limit(settings.max_ws_clients))
-                urls = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
-                log.warning("role=api bus=%s database=%s position=%s symbols=%d urls=%s", settings.bus_url,
-                            settings.database_url, snapshot.position.entry_id.decode(), len(snapshot.latest),
-                            ",".join(urls))
-                nursery.start_soon(stop_on_signal, nursery.cancel_scope, "api")
-                nursery.start_soon(bus_ticks, redis, keys, snapshot, status, subscriptions, ticks_send)
-                nursery.start_soon(fan_out, ticks_receive, hub)
-                nursery.start_soon(partial(aggregate, aggregator_input, closed_send, candles, is_live=status.is_live))
-                # Closed candles are the persisters' to store: a replica only serves them.
-                nursery.start_soon(_discard, closed_receive)
-                task_status.started(urls)
-    finally:
-        with trio.CancelScope(shield=True):
-            await storage.close()
+    async with closing_storage(open_storage(settings)) as storage, open_bus(bus_url) as redis:
+        snapshot = await take_snapshot(redis, keys)
+        status = IngestStatus()
+        status.connections[BUS_CONNECTION] = ConnectionStatus(BUS_CONNECTION, bus_url, connected=True,
+                                                              connected_at=trio.current_time())
+        subscriptions = SubscriptionManager(sorted(snapshot.latest), status)
+        hub = TickHub()
+        await hub.publish(list(snapshot.latest.values()))
+        candles = CandleFeed(settings.candle_intervals)
+        configured = {interval.name for interval in settings.candle_intervals}
+        for candle in snapshot.candles:
+            if candle.interval in configured:
+                candles.builder.continue_candle(candle)
+        for symbol, tick in snapshot.latest.items():
+            symbol_status = status.symbol(symbol)
+            symbol_status.last_trade_id = tick.trade_id
+        state = ServiceState(settings=settings, hub=hub, candles=candles, storage=storage, ingest=status,
+                             subscriptions=subscriptions)
+        ticks_send, ticks_receive = trio.open_memory_channel[list[Tick]](settings.tick_buffer)
+        closed_send, closed_receive = trio.open_memory_channel[Sequence[Candle]](1)
+        _, aggregator_input = hub.subscribe("aggregator", AGGREGATOR_BUFFER, OverflowPolicy.BACKPRESSURE)
+        async with trio.open_nursery() as nursery:
+            app = create_app(state, ws_clients=ws_client_limit(settings.max_ws_clients))
+            urls = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
+            log.warning("role=api bus=%s database=%s position=%s symbols=%d urls=%s", bus_url,
+                        settings.database_url, snapshot.position.entry_id.decode(), len(snapshot.latest),
+                        ",".join(urls))
+            nursery.start_soon(stop_on_signal, nursery.cancel_scope, "api")
+            nursery.start_soon(bus_ticks, redis, keys, snapshot, status, subscriptions, ticks_send)
+            nursery.start_soon(fan_out, ticks_receive, hub)
+            nursery.start_soon(partial(aggregate, aggregator_input, closed_send, candles, is_live=status.is_live))
+            # Closed candles are the persisters' to store: a replica only serves them.
+            nursery.start_soon(_discard, closed_receive)
+            task_status.started(urls)
 
 
 async def bus_ticks(

@@ -1,4 +1,4 @@
-"""The scale-out commands: ``marketdata ingest`` (and, as they land, ``api`` and ``persist``)."""
+"""The scale-out commands: ``marketdata ingest``, ``api`` and ``persist``."""
 
 from __future__ import annotations
 
@@ -23,34 +23,31 @@ log = logging.getLogger("app")
 Role = Callable[[Settings], Awaitable[None]]
 
 
+# name, the role's supervisor, help, description.
+_ROLES: tuple[tuple[str, Role, str, str], ...] = (
+    ("ingest", run_ingest,
+     "one ingest shard publishing to the bus (leader, or hot standby of the same shard)",
+     "Ingest the symbols of one shard (SHARD=K/N) and publish ticks and candles to Redis "
+     "Streams (BUS_URL). A second process with the same shard waits as hot standby and takes over when the "
+     "leader's lease (LEASE_TTL_SECONDS) expires. Serves /health and /metrics on HTTP_HOST:HTTP_PORT."),
+    ("api", partial(run_api, open_storage=open_storage),
+     "a stateless API replica (REST, /ws, dashboard) for every shard, fed by the bus",
+     "Serve the REST API and the /ws feed for all shards from the bus (BUS_URL): latest ticks and "
+     "current candles from a snapshot, then the streams from where the snapshot was taken; closed candle "
+     "history from DATABASE_URL (written by `marketdata persist`). Any number of replicas."),
+    ("persist", partial(run_persist, open_storage=open_storage),
+     "write the bus's ticks and closed candles into the database (many may share the load)",
+     "Read the bus (BUS_URL) as one consumer of the group 'persist' and write ticks and closed "
+     "candles into DATABASE_URL, acknowledging each entry after its commit; entries a dead persister left "
+     "pending are claimed. Serves /health and /metrics on HTTP_HOST:HTTP_PORT."),
+)
+
+
 def add_role_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "ingest",
-        help="one ingest shard publishing to the bus (leader, or hot standby of the same shard)",
-        description="Ingest the symbols of one shard (SHARD=K/N) and publish ticks and candles to Redis "
-        "Streams (BUS_URL). A second process with the same shard waits as hot standby and takes over when the "
-        "leader's lease (LEASE_TTL_SECONDS) expires. Serves /health and /metrics on HTTP_HOST:HTTP_PORT.",
-    )
-    add_settings_flags(parser)
-    parser.set_defaults(func=lambda args: run_role("ingest", run_ingest, args))
-    parser = commands.add_parser(
-        "api",
-        help="a stateless API replica (REST, /ws, dashboard) for every shard, fed by the bus",
-        description="Serve the REST API and the /ws feed for all shards from the bus (BUS_URL): latest ticks and "
-        "current candles from a snapshot, then the streams from where the snapshot was taken; closed candle "
-        "history from DATABASE_URL (written by `marketdata persist`). Any number of replicas.",
-    )
-    add_settings_flags(parser)
-    parser.set_defaults(func=lambda args: run_role("api", partial(run_api, open_storage=open_storage), args))
-    parser = commands.add_parser(
-        "persist",
-        help="write the bus's ticks and closed candles into the database (many may share the load)",
-        description="Read the bus (BUS_URL) as one consumer of the group 'persist' and write ticks and closed "
-        "candles into DATABASE_URL, acknowledging each entry after its commit; entries a dead persister left "
-        "pending are claimed. Serves /health and /metrics on HTTP_HOST:HTTP_PORT.",
-    )
-    add_settings_flags(parser)
-    parser.set_defaults(func=lambda args: run_role("persist", partial(run_persist, open_storage=open_storage), args))
+    for name, role, summary, description in _ROLES:
+        parser = commands.add_parser(name, help=summary, description=description)
+        add_settings_flags(parser)
+        parser.set_defaults(func=partial(run_role, name, role))
 
 
 def run_role(name: str, role: Role, args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ from typing import Any, cast
 import attrs
 import trio
 
-from app.bus.connection import check_server, redis_client
 from app.bus.keys import BusKeys
 from app.bus.lease import Lease, LeaseTimings, campaign, new_token
 from app.ingest.rest import BinanceRest
@@ -27,6 +26,7 @@ from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
 from app.ingest.trades import stream_trades
 from app.model import Tick
+from app.roles.opening import open_bus, required_bus_url
 from app.roles.shard_publisher import ShardBus, ShardStatus, publish_shard
 from app.roles.sharding import owned_symbols
 from app.roles.signals import stop_on_signal
@@ -41,13 +41,11 @@ async def run_ingest(
     settings: Settings, *, task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Runs the shard until a signal (or cancellation); reports the HTTP URLs once serving."""
-    if settings.bus_url is None:
-        raise ValueError("marketdata ingest needs BUS_URL")
+    bus_url = required_bus_url(settings, "ingest")
     shard = settings.shard
     symbols = owned_symbols(settings.symbols, settings.shard_index, settings.shard_count)
     keys = BusKeys(settings.bus_prefix)
-    async with redis_client(settings.bus_url) as redis:
-        await check_server(redis, settings.bus_url)
+    async with open_bus(bus_url) as redis:
         lease = Lease(redis, keys.lease(shard), new_token(f"ingest-{shard}-{os.getpid()}"),
                       LeaseTimings(settings.lease_ttl_seconds))
         ingest_status = IngestStatus()

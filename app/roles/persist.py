@@ -15,20 +15,23 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import attrs
 import trio
 
-from app.backoff import Backoff, BackoffPolicy
-from app.bus.connection import BUS_UNAVAILABLE, check_server, redis_client
+from app.backoff import Backoff
+from app.bus.connection import BUS_UNAVAILABLE
 from app.bus.consume import acknowledge, claim_stale, ensure_group, read_new
 from app.bus.follow import BusEntry
 from app.bus.keys import BusKeys
 from app.convert import candles_from_bus, ticks_from_bus
+from app.roles.opening import open_bus, required_bus_url
 from app.roles.signals import stop_on_signal
 from app.settings import Settings
-from app.store.storage import Storage, StorageWriteError
+from app.store.persist import STORAGE_RETRY, until_written
+from app.store.storage import Storage, StorageWriteError, closing_storage
 from app.web.role_app import create_role_app
 from app.web.server import serve_http
 
@@ -41,8 +44,6 @@ GROUP = "persist"
 CLAIM_IDLE_MS = 15_000
 CLAIM_EVERY_SECONDS = 5.0
 READ_ENTRIES = 200
-RETRY_START_SECONDS = 0.1
-RETRY_CAP_SECONDS = 5.0
 
 
 @attrs.define
@@ -61,27 +62,20 @@ async def run_persist(
     *,
     task_status: trio.TaskStatus[Sequence[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    if settings.bus_url is None:
-        raise ValueError("marketdata persist needs BUS_URL")
+    bus_url = required_bus_url(settings, "persist")
     keys = BusKeys(settings.bus_prefix)
     consumer = f"persist-{socket.gethostname()}-{os.getpid()}"
     status = PersisterStatus()
-    storage = await open_storage(settings)
-    try:
-        async with redis_client(settings.bus_url) as redis:
-            await check_server(redis, settings.bus_url)
-            app = create_role_app("persist", lambda: (True, attrs.asdict(status)),
-                                  {"writer": status})
-            async with trio.open_nursery() as nursery:
-                urls = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
-                log.warning("role=persist consumer=%s database=%s urls=%s", consumer, settings.database_url,
-                            ",".join(urls))
-                nursery.start_soon(stop_on_signal, nursery.cancel_scope, "persist")
-                nursery.start_soon(persist_from_bus, redis, keys, consumer, storage, status)
-                task_status.started(urls)
-    finally:
-        with trio.CancelScope(shield=True):
-            await storage.close()
+    async with closing_storage(open_storage(settings)) as storage, open_bus(bus_url) as redis:
+        app = create_role_app("persist", lambda: (True, attrs.asdict(status)),
+                              {"writer": status})
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
+            log.warning("role=persist consumer=%s database=%s urls=%s", consumer, settings.database_url,
+                        ",".join(urls))
+            nursery.start_soon(stop_on_signal, nursery.cancel_scope, "persist")
+            nursery.start_soon(persist_from_bus, redis, keys, consumer, storage, status)
+            task_status.started(urls)
 
 
 async def persist_from_bus(
@@ -135,13 +129,9 @@ async def _write_and_ack(redis: Any, stream: str, entries: Sequence[BusEntry], s
 
 async def _until_written(write: Callable[[T], Awaitable[None]], rows: T, status: PersisterStatus) -> None:
     """Writes ``rows``, retrying with the storage backoff; the entries stay pending in the group meanwhile."""
-    backoff = Backoff(BackoffPolicy(start=RETRY_START_SECONDS, cap=RETRY_CAP_SECONDS))
-    while True:
-        try:
-            await write(rows)
-            return
-        except StorageWriteError as error:
-            status.write_failures += 1
-            delay = backoff.next_delay()
-            log.warning("write failed retry_in=%.1fs error=%s (entries stay pending)", delay, error)
-            await trio.sleep(delay)
+
+    def failed(error: StorageWriteError) -> None:
+        status.write_failures += 1
+        log.warning("write failed error=%s (retrying with backoff; the entries stay pending)", error)
+
+    await until_written(partial(write, rows), Backoff(STORAGE_RETRY), failed)

@@ -24,11 +24,12 @@ from app.bus.connection import BUS_UNAVAILABLE
 from app.bus.continuity import Continuity, Hole, StandbyBuffer
 from app.bus.keys import BusKeys
 from app.bus.publish import BusPublisher, Fenced, decode_hash, last_trade_ids
+from app.clock import wall_clock_ms
 from app.convert import candles_from_bus
 from app.ingest.rest import RestError
 from app.intervals import Interval
 from app.model import Candle, Tick
-from app.store.aggregator import CLOSE_GRACE_MS, close_by_clock, wall_clock_ms
+from app.store.aggregator import CLOSE_GRACE_MS, close_by_clock
 from app.store.candles import CandleBuilder
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 
@@ -22,6 +21,7 @@ import attrs
 import trio
 import trio.lowlevel
 
+from app.clock import wall_clock_ms
 from app.intervals import Interval
 from app.model import Candle, CandleSeed, SeedRequest, Tick
 from app.store.broadcast import ChannelDepth, Fanout, OverflowPolicy, Subscriber
@@ -46,10 +46,6 @@ class Seeding:
 
     requests: trio.MemorySendChannel[SeedRequest]
     seeds: trio.MemoryReceiveChannel[CandleSeed]
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _never_stopped(symbol: str) -> bool:

@@ -1,10 +1,12 @@
 """The candle query: closed candles from memory (the newest) and the database (older ones), plus the open one.
 
-One function for every reader (the REST route, and later API replicas and the Python API), so they all answer
-with the same rules.
+One function for every reader (the REST route, API replicas and the Python API), so they all answer with the
+same rules; ``CandleQuery`` binds it to one service's memory and database, the handle those readers hold.
 """
 
 from __future__ import annotations
+
+import attrs
 
 from app.intervals import Interval
 from app.model import Candle
@@ -51,3 +53,17 @@ async def query_candles(
         by_open_time[current.open_time_ms] = current
     ordered = [by_open_time[open_time] for open_time in sorted(by_open_time)]
     return ordered[:limit] if start_ms is not None else ordered[-limit:]
+
+
+@attrs.frozen
+class CandleQuery:
+    feed: CandleFeed
+    storage: Storage
+
+    async def __call__(
+        self, symbol: str, interval: Interval, *, start_ms: int | None = None, end_ms: int | None = None,
+        limit: int = 500,
+    ) -> list[Candle]:
+        """``query_candles`` over this service's memory and database."""
+        return await query_candles(self.feed, self.storage, symbol, interval, start_ms=start_ms, end_ms=end_ms,
+                                   limit=limit)

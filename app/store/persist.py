@@ -16,12 +16,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from functools import partial
+from typing import Generic, TypeVar
 
 import attrs
 import trio
 import trio.lowlevel
 
+from app.backoff import Backoff, BackoffPolicy
 from app.model import Candle, Tick
 from app.store.candles import LateTrade, revise_candle
 from app.store.storage import Storage, StorageWriteError
@@ -33,9 +35,9 @@ T = TypeVar("T")
 # Write at most this many ticks per transaction.
 MAX_TICKS_PER_WRITE = 20_000
 MAX_CANDLES_PER_WRITE = 20_000
-# The retry policy the supervisor gives the writers (full-jitter backoff) starts and stops here.
-RETRY_START_SECONDS = 0.1
-RETRY_CAP_SECONDS = 5.0
+# Retrying a failed storage write, for every writer of the database (``serve``'s and the persist role's):
+# full-jitter backoff from 0.1 s up to 5 s; each writer keeps its own ``Backoff(STORAGE_RETRY)``.
+STORAGE_RETRY = BackoffPolicy(start=0.1, cap=5.0)
 # While the database fails, the most ticks (STORAGE_BACKLOG_TICKS sets the service's) and closed candles held
 # in memory for it; beyond them new ones are counted as unwritten. Memory per held tick is in bench/RESULTS.md.
 TICK_BACKLOG_LIMIT = 250_000
@@ -44,14 +46,6 @@ CANDLE_BACKLOG_LIMIT = 100_000
 PRUNE_CHUNK = 20_000
 PRUNE_EVERY_SECONDS = 600.0
 DAY_MS = 86_400_000
-
-
-class RetryPolicy(Protocol):
-    """When to try a failed write again (the project's full-jitter backoff, given by the supervisor)."""
-
-    def next_delay(self) -> float: ...
-
-    def reset(self) -> None: ...
 
 
 @attrs.define
@@ -127,7 +121,7 @@ def _hold(pending: list[T], batch: Sequence[T], limit: int) -> list[T]:
 
 
 async def _persist(
-    batches: trio.MemoryReceiveChannel[Sequence[T]], writer: _Writer[T], status: PersistStatus, retry: RetryPolicy
+    batches: trio.MemoryReceiveChannel[Sequence[T]], writer: _Writer[T], status: PersistStatus, retry: Backoff
 ) -> None:
     pending: list[T] = []
     closed = False
@@ -221,7 +215,7 @@ async def persist_ticks(
     tick_batches: trio.MemoryReceiveChannel[Sequence[Tick]],
     storage: Storage,
     status: PersistStatus,
-    retry: RetryPolicy,
+    retry: Backoff,
     *,
     backlog_limit: int = TICK_BACKLOG_LIMIT,
 ) -> None:
@@ -248,7 +242,7 @@ async def persist_candles(
     closed_candles: trio.MemoryReceiveChannel[Sequence[Candle]],
     storage: Storage,
     status: PersistStatus,
-    retry: RetryPolicy,
+    retry: Backoff,
     *,
     backlog_limit: int = CANDLE_BACKLOG_LIMIT,
 ) -> None:
@@ -272,7 +266,7 @@ async def persist_candles(
 
 async def persist_late_trades(
     late_trades: trio.MemoryReceiveChannel[Sequence[LateTrade]], storage: Storage, status: PersistStatus,
-    retry: RetryPolicy,
+    retry: Backoff,
 ) -> None:
     """Applies late trades for candles no longer in memory to the stored candles, as their next revision (the
     API reads those from storage), until ``late_trades`` ends. Rare: only a gap repaired long after. A failing
@@ -283,17 +277,26 @@ async def persist_late_trades(
             for late in _gather(batch, late_trades, None):
                 by_candle.setdefault((late.tick.symbol, late.interval, late.open_time_ms), []).append(late.tick)
             for (symbol, interval, open_time_ms), ticks in by_candle.items():
-                while True:
-                    try:
-                        await _revise_stored(storage, status, symbol, interval, open_time_ms, ticks)
-                    except StorageWriteError as error:
-                        _note_failure(status, "candle revisions", error, len(ticks))
-                        await trio.sleep(retry.next_delay())
-                        continue
-                    if "candle revisions" in status.failing_writers:
-                        _note_recovery(status, "candle revisions")
-                    retry.reset()
-                    break
+                await until_written(partial(_revise_stored, storage, status, symbol, interval, open_time_ms, ticks),
+                                    retry, partial(_note_failure, status, "candle revisions", waiting=len(ticks)))
+                if "candle revisions" in status.failing_writers:
+                    _note_recovery(status, "candle revisions")
+
+
+async def until_written(
+    write: Callable[[], Awaitable[object]], retry: Backoff, failed: Callable[[StorageWriteError], None]
+) -> None:
+    """Runs ``write`` until it commits: after each ``StorageWriteError``, ``failed`` is told and the next try
+    waits ``retry.next_delay()``; ``retry`` is reset once it succeeds."""
+    while True:
+        try:
+            await write()
+        except StorageWriteError as error:
+            failed(error)
+            await trio.sleep(retry.next_delay())
+            continue
+        retry.reset()
+        return
 
 
 async def _revise_stored(

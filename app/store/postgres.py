@@ -16,13 +16,13 @@ the server is down writes raise ``StorageWriteError`` and the writers retry with
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
 import trio
 
+from app.clock import wall_clock_ms
 from app.model import Candle, Tick
 from app.startup import redact_url
 from app.store.storage import StorageError, StorageWriteError
@@ -238,7 +238,7 @@ class PostgresStorage:
 
     async def set_symbol_added(self, symbol: str, added: bool) -> None:
         if added:
-            now_ms = int(time.time() * 1000)
+            now_ms = wall_clock_ms()
             await self._run(lambda connection: connection.execute(
                 "INSERT INTO added_symbols (symbol, added_at_ms) VALUES (%s, %s)"
                 " ON CONFLICT (symbol) DO UPDATE SET added_at_ms = excluded.added_at_ms", (symbol, now_ms)))

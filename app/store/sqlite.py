@@ -14,13 +14,13 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import TypeVar
 
 import trio
 
+from app.clock import wall_clock_ms
 from app.model import Candle, Tick
 from app.store.sqlite_check import check_database_file
 from app.store.storage import StorageError, StorageWriteError
@@ -264,7 +264,7 @@ class SQLiteStorage:
     async def set_symbol_added(self, symbol: str, added: bool) -> None:
         if added:
             await self._run(self._write, "INSERT OR REPLACE INTO added_symbols (symbol, added_at_ms) VALUES (?, ?)",
-                            [(symbol, int(time.time() * 1000))])
+                            [(symbol, wall_clock_ms())])
         else:
             await self._run(self._write, "DELETE FROM added_symbols WHERE symbol = ?", [(symbol,)])
 

@@ -5,8 +5,11 @@ A server database can be added by implementing this Protocol; no task changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
 from typing import Protocol
+
+import trio
 
 from app.model import Candle, Tick
 
@@ -63,3 +66,15 @@ class Storage(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@asynccontextmanager
+async def closing_storage(opening: Awaitable[Storage]) -> AsyncIterator[Storage]:
+    """The storage ``opening`` opens, closed when the block ends by any way: the close is shielded, so a block
+    ended by cancellation (a stop) still closes the database cleanly."""
+    storage = await opening
+    try:
+        yield storage
+    finally:
+        with trio.CancelScope(shield=True):
+            await storage.close()

@@ -10,7 +10,6 @@ writes one (zstd), ``shipped_recording(name)`` finds one shipped in the package.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from app.clock import wall_clock_ms
 from app.model import Tick, ms_from_utc
 from app.recording import (
     RecordedFrame,
@@ -92,7 +92,7 @@ class SimulatedExchange:
         if trade_id is None:
             trade_id = self._next_ids.get(symbol) or self._after_last_published(symbol)
         if trade_time is None:
-            time_ms = self._next_time_ms if self._next_time_ms is not None else time.time_ns() // 1_000_000
+            time_ms = self._next_time_ms if self._next_time_ms is not None else wall_clock_ms()
         else:
             time_ms = trade_time if isinstance(trade_time, int) else ms_from_utc(trade_time)
         tick = Tick(symbol=symbol, price=Decimal(price), quantity=Decimal(quantity), trade_time_ms=time_ms,

@@ -32,8 +32,8 @@ import trio
 from quart import Websocket
 
 from app.model import Candle, Tick
-from app.state import ServiceState
-from app.store.latest import OverflowPolicy, Subscriber
+from app.store.aggregator import CandleFeed
+from app.store.latest import OverflowPolicy, Subscriber, TickHub
 from app.web.feed_outbox import CandleFrame, Frame, Outbox, TickFrame
 from app.web.feed_protocol import (
     ClientError,
@@ -45,9 +45,8 @@ from app.web.feed_protocol import (
     with_id,
 )
 from app.web.feed_render import RenderCache
-from app.web.symbols import served_symbols
 
-__all__ = ["FeedLimits", "FeedStats", "RenderCache", "serve_feed"]
+__all__ = ["FeedLimits", "FeedSources", "FeedStats", "RenderCache", "serve_feed"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,18 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 MAX_PENDING_REPLIES = 1_000
+
+
+@attrs.frozen
+class FeedSources:
+    """What the feed subscribes to and offers: the tick hub, the candle feed, and the served symbols."""
+
+    ticks: TickHub
+    candles: CandleFeed
+    served_symbols: Callable[[], tuple[str, ...]]
+    # Interval names a client may subscribe to.
+    intervals: tuple[str, ...]
+    max_subscriptions_per_connection: int
 
 
 @attrs.frozen(slots=True)
@@ -108,18 +119,17 @@ class FeedSession:
     """One WebSocket client: its subscriptions, its outbox, and the tasks that serve it."""
 
     def __init__(
-        self, state: ServiceState, stats: FeedStats, limits: FeedLimits, cache: RenderCache, websocket: Websocket,
+        self, sources: FeedSources, stats: FeedStats, limits: FeedLimits, cache: RenderCache, websocket: Websocket,
         number: int,
     ) -> None:
-        self._state = state
+        self._service = sources
         self._stats = stats
         self._cache = cache
         self._limits = limits
         self._websocket = websocket
         self._name = f"ws:{number}"
-        self._intervals = [interval.name for interval in state.settings.candle_intervals]
         self._nursery: trio.Nursery | None = None
-        self._subscriptions = Subscriptions(state.settings.max_subscriptions_per_connection)
+        self._subscriptions = Subscriptions(sources.max_subscriptions_per_connection)
         self._outbox = Outbox()
         self._tick_source: _Source[Tick] | None = None
         self._candle_sources: dict[str, _Source[Candle]] = {}
@@ -153,7 +163,7 @@ class FeedSession:
 
     def _handle(self, message: str | bytes) -> None:
         try:
-            request = parse_request(message, self._intervals, lambda: served_symbols(self._state))
+            request = parse_request(message, self._service.intervals, self._service.served_symbols)
             if request.op == "ping":
                 self._reply(with_id({"op": "pong"}, request.request_id))
             elif request.op == "list":
@@ -172,8 +182,8 @@ class FeedSession:
         self._reply(acknowledgement(request))
         if request.op == "subscribe" and request.channel == "candles":
             assert request.interval is not None
-            wanted = served_symbols(self._state) if request.symbols is None else request.symbols
-            candles = [self._state.candles.open_candle(symbol, request.interval) for symbol in wanted]
+            wanted = self._service.served_symbols() if request.symbols is None else request.symbols
+            candles = [self._service.candles.open_candle(symbol, request.interval) for symbol in wanted]
             self._add_candles(request.interval, [candle for candle in candles if candle is not None])
         if change is not None:
             self._change_source(change)
@@ -200,9 +210,9 @@ class FeedSession:
                 if ticks is not None:
                     ticks.channel.close()
             elif ticks is not None:
-                self._state.hub.change_symbols(ticks.subscriber, change.symbols)
+                self._service.ticks.change_symbols(ticks.subscriber, change.symbols)
             else:
-                self._tick_source = _Source(*self._state.hub.subscribe(
+                self._tick_source = _Source(*self._service.ticks.subscribe(
                     self._name, self._limits.source_buffer, OverflowPolicy.CUT_OFF, change.symbols))
                 self._nursery.start_soon(self._pump, self._tick_source, self._add_ticks)
         else:
@@ -214,9 +224,9 @@ class FeedSession:
                     del self._candle_sources[interval]
                     candles.channel.close()
             elif candles is not None:
-                self._state.candles.change_symbols(interval, candles.subscriber, change.symbols)
+                self._service.candles.change_symbols(interval, candles.subscriber, change.symbols)
             else:
-                source = _Source(*self._state.candles.subscribe_candles(
+                source = _Source(*self._service.candles.subscribe_candles(
                     self._name, self._limits.source_buffer, OverflowPolicy.CUT_OFF, change.symbols, interval))
                 self._candle_sources[interval] = source
                 self._nursery.start_soon(self._pump, source, lambda batch: self._add_candles(interval, batch))
@@ -358,9 +368,9 @@ class FeedSession:
 
 
 async def serve_feed(
-    state: ServiceState, stats: FeedStats, limits: FeedLimits, cache: RenderCache, websocket: Websocket
+    sources: FeedSources, stats: FeedStats, limits: FeedLimits, cache: RenderCache, websocket: Websocket
 ) -> None:
     """The ``/ws`` handler body: accept, then serve the client until it leaves or is cut off."""
     await websocket.accept()
     number = stats.connections_total
-    await FeedSession(state, stats, limits, cache, websocket, number).run()
+    await FeedSession(sources, stats, limits, cache, websocket, number).run()

@@ -1,19 +1,34 @@
-"""Service health from the state the tasks keep: a pure function of the state and the current Trio time."""
+"""Service health from the status the tasks keep: a pure function of ``HealthSources`` and the current Trio time."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from app.convert import api_converter
-from app.state import ServiceState
+from app.ingest.status import IngestStatus
 from app.store.broadcast import ChannelDepth
+from app.store.latest import TickHub
+from app.store.persist import PersistStatus
 
 # The persistence writer is "behind" when its input holds more than this share of its buffer.
 WRITER_BEHIND_SHARE = 0.5
 GAPS_SHOWN = 20
-# The supervisor's name for the database writer's hub subscription.
+
+
+@attrs.frozen
+class HealthSources:
+    """What /health reads, each owned by its task: ingest (connections and symbols), the hub (ticks
+    published), the database writers (what is committed, what waits) and the writer's input channel."""
+
+    ingest: IngestStatus
+    ticks: TickHub
+    persist: PersistStatus
+    stale_after_seconds: float
+    # How full the database writer's hub subscription is (None without a writer in this process).
+    writer_depth: Callable[[], ChannelDepth] | None = None
 
 
 @attrs.frozen(slots=True)
@@ -33,11 +48,11 @@ class HealthReport:
         return not self.problems
 
 
-def assess_health(state: ServiceState, now: float) -> HealthReport:
+def assess_health(sources: HealthSources, now: float) -> HealthReport:
     """``now`` is ``trio.current_time()``: the clock the ingest tasks stamp frames with."""
     problems: list[Problem] = []
-    stale_after = state.settings.stale_after_seconds
-    connections = list(state.ingest.connections.values())
+    stale_after = sources.stale_after_seconds
+    connections = list(sources.ingest.connections.values())
     if not connections:
         problems.append(Problem("disconnected", "no exchange connection yet"))
     connection_rows = []
@@ -55,7 +70,7 @@ def assess_health(state: ServiceState, now: float) -> HealthReport:
             "last_frame_age_seconds": None if age is None else round(age, 3),
             "reconnects": connection.reconnects,
         })
-    for status in state.ingest.symbols.values():
+    for status in sources.ingest.symbols.values():
         if status.backfilling and status.subscribed:
             problems.append(Problem("backfilling", f"{status.symbol} is backfilling missed trades"))
         if status.unrepaired_gaps:
@@ -67,45 +82,36 @@ def assess_health(state: ServiceState, now: float) -> HealthReport:
                 f"{status.symbol}: {count} unrepaired gap(s), {lost} trade(s) missing; latest "
                 f"{latest.first_trade_id}..{latest.last_trade_id}: {latest.reason}",
             ))
-    problems.extend(_writer_problems(state))
-    problems.extend(_storage_problems(state, now))
+    problems.extend(_writer_problems(sources.writer_depth))
+    problems.extend(_storage_problems(sources.persist, now))
     body: dict[str, Any] = {
         "status": "ok" if not problems else "unavailable",
         "reasons": [{"code": problem.code, "message": problem.message} for problem in problems],
         "connections": connection_rows,
-        "ticks_published": state.hub.ticks_published,
+        "ticks_published": sources.ticks.ticks_published,
         # Symbols the exchange stopped (BREAK, delisted): the service is fine, those markets are not trading.
         "stopped_symbols": [{"symbol": status.symbol, "trading_status": status.trading_status}
-                            for status in state.ingest.symbols.values() if status.stopped_trading],
+                            for status in sources.ingest.symbols.values() if status.stopped_trading],
         # The newest few; /api/symbols lists them per symbol.
         "unrepaired_gaps": api_converter.unstructure(sorted(
-            (gap for status in state.ingest.symbols.values() for gap in status.unrepaired_gaps),
+            (gap for status in sources.ingest.symbols.values() for gap in status.unrepaired_gaps),
             key=lambda gap: gap.detected_at_ms,
         )[-GAPS_SHOWN:]),
-        "storage": _storage_body(state),
+        "storage": _storage_body(sources.persist),
     }
     return HealthReport(tuple(problems), body)
 
 
-def channel_depths(state: ServiceState) -> list[ChannelDepth]:
-    """How full the ingest channel and each subscriber channel are (in batches)."""
-    depths = [*state.hub.channel_depths(), *state.candles.channel_depths()]
-    if state.ingest_backlog is not None:
-        depths.insert(0, state.ingest_backlog())
-    return depths
-
-
-def _writer_problems(state: ServiceState) -> list[Problem]:
-    if state.persistence is None:
+def _writer_problems(writer_depth: Callable[[], ChannelDepth] | None) -> list[Problem]:
+    if writer_depth is None:
         return []
-    depth = state.persistence.depth()
+    depth = writer_depth()
     if depth.used <= depth.size * WRITER_BEHIND_SHARE:
         return []
     return [Problem("writer_behind", f"the database writer has {depth.used} of {depth.size} tick batches pending")]
 
 
-def _storage_problems(state: ServiceState, now: float) -> list[Problem]:
-    persist = state.persist
+def _storage_problems(persist: PersistStatus, now: float) -> list[Problem]:
     if persist.failing_since is None:
         return []
     return [Problem("storage_failed", (
@@ -115,8 +121,7 @@ def _storage_problems(state: ServiceState, now: float) -> list[Problem]:
         f"{persist.candles_unwritten} candle(s)"))]
 
 
-def _storage_body(state: ServiceState) -> dict[str, Any]:
-    persist = state.persist
+def _storage_body(persist: PersistStatus) -> dict[str, Any]:
     return {
         "failing": persist.failing_since is not None,
         "last_error": persist.last_write_error,

@@ -10,16 +10,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+import attrs
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from app.state import ServiceState
-from app.store.broadcast import OverflowPolicy
+from app.ingest.status import IngestStatus, SymbolStatus
+from app.store.aggregator import CandleFeed
+from app.store.broadcast import ChannelDepth, OverflowPolicy
+from app.store.latest import TickHub
+from app.store.persist import PersistStatus
 from app.web.client_limit import ClientLimit
 from app.web.feed import FeedStats
-from app.web.health import assess_health, channel_depths
+from app.web.health import HealthSources, assess_health
 
 PREFIX = "marketdata"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -43,9 +47,44 @@ def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> Ga
     return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
 
 
+@attrs.frozen
+class MetricSources:
+    """The counters /metrics reads at scrape time, each owned by its task."""
+
+    ingest: IngestStatus
+    ticks: TickHub
+    candles: CandleFeed
+    persist: PersistStatus
+    health: HealthSources
+    max_subscriptions_per_connection: int
+    # How full the ingest -> fan-out channel is (None where no ingestion runs in this process).
+    ingest_backlog: Callable[[], ChannelDepth] | None = None
+
+    def channel_depths(self) -> list[ChannelDepth]:
+        """How full the ingest channel and each subscriber channel are (in batches)."""
+        backlog = [] if self.ingest_backlog is None else [self.ingest_backlog()]
+        return [*backlog, *self.ticks.channel_depths(), *self.candles.channel_depths()]
+
+
+# Per-symbol counters: (metric name, documentation, the status field it reads).
+_PER_SYMBOL: tuple[tuple[str, str, Callable[[SymbolStatus], int]], ...] = (
+    ("ticks_received", "Trades received from the exchange (live and backfilled).",
+     lambda status: status.ticks_received),
+    ("ticks_emitted", "Trades passed downstream after de-duplication and gap repair.",
+     lambda status: status.ticks_emitted),
+    ("duplicate_ticks_dropped", "Trades dropped because their id was already emitted.",
+     lambda status: status.duplicates_dropped),
+    ("gaps_found", "Trade-id gaps detected.", lambda status: status.gaps_found),
+    ("gaps_repaired", "Trade-id gaps repaired by REST backfill.", lambda status: status.gaps_repaired),
+    ("backfilled_trades", "Trades fetched over REST to repair gaps.", lambda status: status.trades_backfilled),
+    ("gaps_unrepaired", "Trade-id gaps that could not be repaired.", lambda status: status.gaps_unrepaired),
+    ("trades_lost", "Trades in unrepaired gaps (missing for good).", lambda status: status.trades_lost),
+)
+
+
 class ServiceCollector(Collector):
-    def __init__(self, state: ServiceState, feed: FeedStats, clients: ClientLimit) -> None:
-        self._state = state
+    def __init__(self, sources: MetricSources, feed: FeedStats, clients: ClientLimit) -> None:
+        self._sources = sources
         self._feed = feed
         self._clients = clients
 
@@ -55,21 +94,11 @@ class ServiceCollector(Collector):
         yield from self._feed_metrics()
 
     def _ingest_metrics(self) -> Iterator[Metric]:
-        ingest = self._state.ingest
-        per_symbol = {
-            "ticks_received": ("Trades received from the exchange (live and backfilled).", "ticks_received"),
-            "ticks_emitted": ("Trades passed downstream after de-duplication and gap repair.", "ticks_emitted"),
-            "duplicate_ticks_dropped": ("Trades dropped because their id was already emitted.", "duplicates_dropped"),
-            "gaps_found": ("Trade-id gaps detected.", "gaps_found"),
-            "gaps_repaired": ("Trade-id gaps repaired by REST backfill.", "gaps_repaired"),
-            "backfilled_trades": ("Trades fetched over REST to repair gaps.", "trades_backfilled"),
-            "gaps_unrepaired": ("Trade-id gaps that could not be repaired.", "gaps_unrepaired"),
-            "trades_lost": ("Trades in unrepaired gaps (missing for good).", "trades_lost"),
-        }
-        for name, (documentation, attribute) in per_symbol.items():
+        ingest = self._sources.ingest
+        for name, documentation, read in _PER_SYMBOL:
             family = _counter(name, documentation, ["symbol"])
             for symbol, status in ingest.symbols.items():
-                family.add_metric([symbol], getattr(status, attribute))
+                family.add_metric([symbol], read(status))
             yield family
         unrepaired = _gauge("unrepaired_gaps", "Gaps that could not be repaired (their trades are missing).",
                             ["symbol"])
@@ -80,10 +109,8 @@ class ServiceCollector(Collector):
         yield unrepaired
         yield backfilling
 
-        parse_errors = _counter("parse_errors", "Frames from the exchange that could not be parsed.")
-        parse_errors.add_metric([], ingest.parse_errors)
-        yield parse_errors
-        for name, documentation, value in (
+        yield from _unlabelled(_counter, (
+            ("parse_errors", "Frames from the exchange that could not be parsed.", ingest.parse_errors),
             ("exchange_error_replies", "Error replies from the exchange to control requests.", ingest.error_replies),
             ("unknown_events", "Well-formed exchange events of kinds not consumed (skipped).", ingest.unknown_events),
             ("ticks_ignored", "Trades of symbols no longer subscribed (in flight while unsubscribing).",
@@ -105,10 +132,7 @@ class ServiceCollector(Collector):
              ingest.last_id_checks),
             ("last_id_checks_failed", "Last-trade-id checks that failed (holes then found by the next trade).",
              ingest.last_id_checks_failed),
-        ):
-            family = _counter(name, documentation)
-            family.add_metric([], value)
-            yield family
+        ))
 
         reconnects = _counter("reconnects", "Reconnects of an exchange connection.", ["connection"])
         connected = _gauge("connection_up", "1 while the exchange connection is open.", ["connection"])
@@ -125,25 +149,24 @@ class ServiceCollector(Collector):
         yield frame_age
 
         healthy = _gauge("healthy", "1 when /health answers 200.")
-        healthy.add_metric([], 1 if assess_health(self._state, now).ok else 0)
+        healthy.add_metric([], 1 if assess_health(self._sources.health, now).ok else 0)
         yield healthy
 
     def _store_metrics(self) -> Iterator[Metric]:
-        hub = self._state.hub
+        hub = self._sources.ticks
         published = _counter("ticks_published", "Trades published to subscribers by the fan-out.")
         published.add_metric([], hub.ticks_published)
         yield published
         cut_off = _counter("subscribers_cut_off",
                            "Subscribers disconnected because they fell behind, by where it was detected.", ["stage"])
         cut_off.add_metric(["ticks"], hub.subscribers_cut_off)
-        cut_off.add_metric(["candles"], self._state.candles.subscribers_cut_off)
+        cut_off.add_metric(["candles"], self._sources.candles.subscribers_cut_off)
         cut_off.add_metric(["websocket"], self._feed.subscribers_cut_off)
         yield cut_off
-        alarms = _counter("backpressure_alarms", "Times an internal consumer's full buffer made the fan-out wait.")
-        alarms.add_metric([], hub.backpressure_alarms)
-        yield alarms
-        counters = self._state.candles.counters
-        for name, documentation, value in (
+        counters = self._sources.candles.counters
+        yield from _unlabelled(_counter, (
+            ("backpressure_alarms", "Times an internal consumer's full buffer made the fan-out wait.",
+             hub.backpressure_alarms),
             ("candle_revisions", "Closed candles corrected by a late trade (after a repaired gap).",
              counters.revisions),
             ("candles_closed", "Candles closed (every interval).", counters.candles_closed),
@@ -157,12 +180,9 @@ class ServiceCollector(Collector):
             ("candles_incomplete", "Such candles left complete=false (REST refused or silent, too many trades).",
              counters.candles_incomplete),
             ("candle_updates_published", "Candle updates handed to candle subscribers.",
-             self._state.candles.candles_published),
-        ):
-            family = _counter(name, documentation)
-            family.add_metric([], value)
-            yield family
-        persist = self._state.persist
+             self._sources.candles.candles_published),
+        ))
+        persist = self._sources.persist
         yield from _unlabelled(_counter, (
             ("ticks_persisted", "Ticks committed to the database.", persist.ticks_persisted),
             ("candles_persisted", "Candles committed to the database.", persist.candles_persisted),
@@ -191,7 +211,7 @@ class ServiceCollector(Collector):
         capacity = _gauge("channel_capacity", "Buffer size of a channel (ticks for ingest, batches for "
                           "subscribers).", ["channel"])
         feed_depth = 0
-        for channel in channel_depths(self._state):
+        for channel in self._sources.channel_depths():
             if channel.policy is OverflowPolicy.CUT_OFF:  # a feed client: one gauge for the fullest
                 feed_depth = max(feed_depth, channel.used)
                 continue
@@ -203,20 +223,27 @@ class ServiceCollector(Collector):
 
     def _feed_metrics(self) -> Iterator[Metric]:
         feed = self._feed
-        connections = _gauge("websocket_connections", "Open WebSocket feed connections.")
-        connections.add_metric([], feed.connections)
-        yield connections
         clients = self._clients
-        admitted = _gauge("websocket_clients", "WebSocket clients admitted (handshaking or served), against "
-                          "websocket_clients_limit.")
-        admitted.add_metric([], clients.current)
-        yield admitted
-        limit = _gauge("websocket_clients_limit", "The most WebSocket clients served at once (MAX_WS_CLIENTS).")
-        limit.add_metric([], clients.limit)
-        yield limit
-        refused = _counter("websocket_clients_refused", "WebSocket clients refused with 503 (MAX_WS_CLIENTS reached).")
-        refused.add_metric([], clients.refused)
-        yield refused
+        yield from _unlabelled(_gauge, (
+            ("websocket_connections", "Open WebSocket feed connections.", feed.connections),
+            ("websocket_clients", "WebSocket clients admitted (handshaking or served), against "
+             "websocket_clients_limit.", clients.current),
+            ("websocket_clients_limit", "The most WebSocket clients served at once (MAX_WS_CLIENTS).",
+             clients.limit),
+            ("websocket_subscriptions",
+             "Subscriptions held by WebSocket connections (one per symbol and channel, \"*\" one).",
+             feed.subscriptions),
+            ("websocket_max_subscriptions_per_connection",
+             "MAX_SUBSCRIPTIONS_PER_CONNECTION: subscriptions one WebSocket connection may hold.",
+             self._sources.max_subscriptions_per_connection),
+        ))
+        yield from _unlabelled(_counter, (
+            ("websocket_clients_refused", "WebSocket clients refused with 503 (MAX_WS_CLIENTS reached).",
+             clients.refused),
+            ("websocket_messages_rejected", "Client messages answered with an error.", feed.messages_rejected),
+            ("websocket_subscriptions_refused", "Subscribe requests refused: over MAX_SUBSCRIPTIONS_PER_CONNECTION.",
+             feed.subscriptions_refused),
+        ))
         frames = _counter("websocket_frames_sent", "Data frames sent to WebSocket subscribers.", ["channel"])
         frames.add_metric(["ticks"], feed.tick_frames)
         frames.add_metric(["candles"], feed.candle_frames)
@@ -225,21 +252,6 @@ class ServiceCollector(Collector):
         items.add_metric(["ticks"], feed.ticks_sent)
         items.add_metric(["candles"], feed.candles_sent)
         yield items
-        rejected = _counter("websocket_messages_rejected", "Client messages answered with an error.")
-        rejected.add_metric([], feed.messages_rejected)
-        yield rejected
-        subscriptions = _gauge("websocket_subscriptions",
-                               "Subscriptions held by WebSocket connections (one per symbol and channel, \"*\" one).")
-        subscriptions.add_metric([], feed.subscriptions)
-        yield subscriptions
-        refused = _counter("websocket_subscriptions_refused",
-                           "Subscribe requests refused: over MAX_SUBSCRIPTIONS_PER_CONNECTION.")
-        refused.add_metric([], feed.subscriptions_refused)
-        yield refused
-        limit = _gauge("websocket_max_subscriptions_per_connection",
-                       "MAX_SUBSCRIPTIONS_PER_CONNECTION: subscriptions one WebSocket connection may hold.")
-        limit.add_metric([], self._state.settings.max_subscriptions_per_connection)
-        yield limit
 
         lag = _gauge("end_to_end_lag_last_seconds",
                      "Exchange event time to WebSocket send time, newest tick of the last tick frame sent.")
@@ -255,14 +267,14 @@ class ServiceCollector(Collector):
         age = _gauge("last_tick_age_seconds", "Wall-clock seconds since the exchange time of the latest trade.",
                      ["symbol"])
         wall_ms = time.time() * 1000
-        for symbol, tick in self._state.hub.latest().items():
+        for symbol, tick in self._sources.ticks.latest().items():
             age.add_metric([symbol], max(0.0, (wall_ms - tick.event_time_ms) / 1000))
         yield age
 
 
-def metrics_registry(state: ServiceState, feed: FeedStats, clients: ClientLimit) -> CollectorRegistry:
+def metrics_registry(sources: MetricSources, feed: FeedStats, clients: ClientLimit) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(state, feed, clients))
+    registry.register(ServiceCollector(sources, feed, clients))
     return registry
 
 

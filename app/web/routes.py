@@ -4,43 +4,59 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import orjson
 import trio
 from prometheus_client import CollectorRegistry
 from quart import Quart, Response, request
 
 from app.convert import api_converter, iso_utc
-from app.state import ServiceState
-from app.store.candle_query import query_candles
+from app.intervals import Interval
+from app.store.candle_query import CandleQuery
+from app.store.latest import TickHub
 from app.store.storage import StorageError
 from app.web.admin import AdminAccess
 from app.web.errors import ApiError
-from app.web.health import assess_health
+from app.web.health import HealthSources, assess_health
 from app.web.metrics import CONTENT_TYPE, render_metrics
-from app.web.openapi import openapi_document
 from app.web.params import parse_interval, parse_limit, parse_symbol, parse_symbol_body, parse_time_range
-from app.web.symbols import add_symbol, listed_symbols, remove_symbol, served_symbols
+from app.web.symbols import SymbolControl
 
 
 def json_response(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(api_converter.unstructure(body)), status=status, content_type="application/json")
 
 
-def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry, admin: AdminAccess) -> None:
-    document = orjson.dumps(openapi_document(state.settings))
+@attrs.frozen
+class ApiSources:
+    """What the REST routes read and change."""
+
+    ticks: TickHub
+    candles: CandleQuery
+    symbols: SymbolControl
+    intervals: tuple[Interval, ...]
+    health: HealthSources
+
+
+def register_routes(
+    app: Quart, sources: ApiSources, registry: CollectorRegistry, admin: AdminAccess,
+    openapi_document: dict[str, Any],
+) -> None:
+    openapi_body = orjson.dumps(openapi_document)
+    served_symbols = sources.symbols.served
 
     @app.get("/api/ticks")
     async def all_ticks() -> Response:
-        latest = state.hub.latest()
-        served = served_symbols(state)
+        latest = sources.ticks.latest()
+        served = served_symbols()
         return json_response({symbol: latest[symbol] for symbol in served if symbol in latest})
 
     @app.get("/api/ticks/<symbol>")
     async def one_tick(symbol: str) -> Response:
         symbol = parse_symbol(symbol)
-        if symbol not in served_symbols(state):
+        if symbol not in served_symbols():
             raise ApiError(404, "unknown_symbol", f"{symbol} is not subscribed")
-        tick = state.hub.latest_for(symbol)
+        tick = sources.ticks.latest_for(symbol)
         if tick is None:
             raise ApiError(404, "no_data", f"no trade received for {symbol} yet")
         return json_response(tick)
@@ -48,41 +64,40 @@ def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry
     @app.get("/api/candles/<symbol>")
     async def candles(symbol: str) -> Response:
         symbol = parse_symbol(symbol)
-        interval = parse_interval(request.args.get("interval"), state.settings.candle_intervals)
+        interval = parse_interval(request.args.get("interval"), sources.intervals)
         limit = parse_limit(request.args.get("limit"))
         start_ms, end_ms = parse_time_range(request.args.get("start"), request.args.get("end"))
         try:
-            result = await query_candles(state.candles, state.storage, symbol, interval, start_ms=start_ms,
-                                         end_ms=end_ms, limit=limit)
+            result = await sources.candles(symbol, interval, start_ms=start_ms, end_ms=end_ms, limit=limit)
         except StorageError as error:
             # Older candles are in the database only: an answer without them would look complete.
             raise ApiError(503, "storage_unavailable", f"stored candles cannot be read now: {error}") from None
-        if not result and symbol not in served_symbols(state):
+        if not result and symbol not in served_symbols():
             raise ApiError(404, "unknown_symbol", f"{symbol} is not subscribed and has no stored candles")
         return json_response(result)
 
     @app.get("/api/symbols")
     async def symbols() -> Response:
-        return json_response({"symbols": [_symbol_row(state, symbol) for symbol in listed_symbols(state)]})
+        return json_response({"symbols": [_symbol_row(sources, symbol) for symbol in sources.symbols.listed()]})
 
     @app.post("/api/symbols")
     async def subscribe() -> Response:
         admin.authorize(request.headers.get("Authorization"))
         body = await request.get_data()
         symbol = parse_symbol_body(body.encode() if isinstance(body, str) else body)
-        await add_symbol(state, symbol)
+        await sources.symbols.add(symbol)
         return json_response({"symbol": symbol, "subscribed": True}, 201)
 
     @app.delete("/api/symbols/<symbol>")
     async def unsubscribe(symbol: str) -> Response:
         admin.authorize(request.headers.get("Authorization"))
         symbol = parse_symbol(symbol)
-        await remove_symbol(state, symbol)
+        await sources.symbols.remove(symbol)
         return json_response({"symbol": symbol, "subscribed": False})
 
     @app.get("/health")
     async def health() -> Response:
-        report = assess_health(state, trio.current_time())
+        report = assess_health(sources.health, trio.current_time())
         return json_response(report.body, 200 if report.ok else 503)
 
     @app.get("/metrics")
@@ -91,12 +106,12 @@ def register_routes(app: Quart, state: ServiceState, registry: CollectorRegistry
 
     @app.get("/openapi.json")
     async def openapi() -> Response:
-        return Response(document, content_type="application/json")
+        return Response(openapi_body, content_type="application/json")
 
 
-def _symbol_row(state: ServiceState, symbol: str) -> dict[str, object]:
-    status = state.ingest.symbols.get(symbol)
-    tick = state.hub.latest_for(symbol)
+def _symbol_row(sources: ApiSources, symbol: str) -> dict[str, object]:
+    status = sources.symbols.status(symbol)
+    tick = sources.ticks.latest_for(symbol)
     now = trio.current_time()
     row: dict[str, object] = {
         "symbol": symbol,
