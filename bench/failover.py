@@ -3,7 +3,9 @@
 Each try: the simulator's synthetic market (``--rate`` trades/s), two ``marketdata ingest`` processes of one
 shard on the machine's Redis (a fresh key prefix), the leader killed with SIGKILL after ``--lead`` seconds.
 Failover time = from the kill to the first tick batch the new leader publishes (seen by a blocking reader of
-the stream in this process); lost and repeated trades are counted over the whole stream afterwards.
+the stream in this process). Then every trade id of each symbol, from its first on the bus up to the exchange's
+last trade (its 24hr ticker's lastId) at the end of the try, must be on the bus exactly once: lost and repeated
+trades are counted.
 Prints one line per try and the median and max; needs Redis at 127.0.0.1:6379.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import statistics
 import sys
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import coredis
+import httpx
 
 from app.convert import ticks_from_bus
 from bench.procs import PYTHON, free_port, start_child, start_simulator
@@ -35,10 +39,44 @@ async def _holder(redis: Any, key: str) -> bytes | None:
     return value
 
 
+async def _exchange_last_ids(rest_url: str, symbols: list[str]) -> dict[str, int]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(f"{rest_url}/api/v3/ticker/24hr",
+                                    params={"symbols": json.dumps(symbols), "type": "MINI"})
+    response.raise_for_status()
+    return {row["symbol"]: int(row["lastId"]) for row in response.json()}
+
+
+async def _audit(redis: Any, prefix: str, rest_url: str, symbols: list[str]) -> tuple[int, int]:
+    """Trades lost and repeated on the bus: every trade id of each symbol from its first one on the bus up to
+    the exchange's last trade at the end of the try (waited for, up to 15 s) must be on the bus exactly once."""
+    exchange_last = await _exchange_last_ids(rest_url, symbols)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # the leader publishes what the exchange made before the audit
+        raw = await redis.hgetall(f"{prefix}:last-trade-id")
+        published = {key.decode(): int(value) for key, value in raw.items()}
+        if all(published.get(symbol, -1) >= last for symbol, last in exchange_last.items()):
+            break
+        await asyncio.sleep(0.1)
+    per_symbol: dict[str, list[int]] = {}
+    for item in await redis.xrange(f"{prefix}:ticks"):
+        for tick in ticks_from_bus(item.field_values[b"t"]):
+            per_symbol.setdefault(tick.symbol, []).append(tick.trade_id)
+    lost = repeated = 0
+    for symbol, last in exchange_last.items():
+        ids = per_symbol.get(symbol, [])
+        if not ids:
+            raise RuntimeError(f"{symbol}: no trade on the bus")
+        repeated += len(ids) - len(set(ids))
+        lost += len(set(range(ids[0], last + 1)) - set(ids))
+    return lost, repeated
+
+
 async def one_try(workdir: Path, rate: int, lead_seconds: float, ttl: float) -> tuple[float, int, int]:
     prefix = f"bench-failover-{uuid.uuid4().hex[:8]}"
     simulator, info = await start_simulator(workdir, ["--synthetic", "--symbols", "4", "--rate", str(rate)])
-    symbols = ",".join(str(symbol) for symbol in info["symbols"])  # type: ignore[attr-defined]
+    symbol_list = [str(symbol) for symbol in info["symbols"]]  # type: ignore[attr-defined]
+    symbols = ",".join(symbol_list)
     args = [PYTHON, "-m", "app", "ingest", "--symbols", symbols, "--ws-url", str(info["ws_url"]).rsplit("/", 1)[0]
             + "/ws", "--rest-url", str(info["rest_url"]), "--bus-url", REDIS_URL, "--bus-prefix", prefix,
             "--lease-ttl", str(ttl), "--log-level", "WARNING"]
@@ -73,14 +111,7 @@ async def one_try(workdir: Path, rate: int, lead_seconds: float, ttl: float) -> 
                         f"-{first.pid}:" not in holder.decode():
                     break
             failover = time.monotonic() - killed_at
-            await asyncio.sleep(1.0)
-            entries = await redis.xrange(f"{prefix}:ticks")
-            per_symbol: dict[str, list[int]] = {}
-            for item in entries:
-                for tick in ticks_from_bus(item.field_values[b"t"]):
-                    per_symbol.setdefault(tick.symbol, []).append(tick.trade_id)
-            lost = sum(ids[-1] - ids[0] + 1 - len(set(ids)) for ids in per_symbol.values())
-            repeated = sum(len(ids) - len(set(ids)) for ids in per_symbol.values())
+            lost, repeated = await _audit(redis, prefix, str(info["rest_url"]), symbol_list)
             return failover, lost, repeated
         finally:
             for child in children:
