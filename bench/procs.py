@@ -157,7 +157,7 @@ class Service:
         async with httpx.AsyncClient(timeout=10) as client:
             response = await client.get(f"{self.http_url}/health")
         body = response.json()
-        count = _find_counter(body)
+        count = find_counter(body)
         if count is None:
             raise RuntimeError(f"/health carries no tick counter: {response.text[:300]}")
         return count
@@ -193,15 +193,15 @@ def service_warnings(log_path: Path) -> list[str]:
             if " WARNING " in line and "received SIGTERM" not in line and "reason=cancelled" not in line]
 
 
-def _find_counter(body: object) -> int | None:
-    """``ticks_published`` wherever /health puts it (top level or nested)."""
+def find_counter(body: object, names: Sequence[str] = ("ticks_published", "ticks_emitted")) -> int | None:
+    """The first of ``names`` (``ticks_published`` by default) wherever /health puts it (top level or nested)."""
     if isinstance(body, dict):
-        for key in ("ticks_published", "ticks_emitted"):
+        for key in names:
             value = body.get(key)
             if isinstance(value, int):
                 return value
         for value in body.values():
-            found = _find_counter(value)
+            found = find_counter(value, names)
             if found is not None:
                 return found
     return None
@@ -224,17 +224,22 @@ async def start_service(
     environment = {"SYMBOLS": ",".join(symbols), **(env or {})}
     child = await start_child("service", args, workdir, environment)
     http_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    await wait_listening(child, http_url)
+    return Service(child, http_url)
+
+
+async def wait_listening(child: Child, http_url: str, within: float = 60) -> None:
+    """Returns once ``child`` answers ``/health`` at ``http_url`` (whatever it says)."""
+    deadline = time.monotonic() + within
     async with httpx.AsyncClient(timeout=2) as client:
         while True:
             try:
                 await client.get(f"{http_url}/health")
-                break
+                return
             except httpx.TransportError:
                 if child.process.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the service did not start; see {child.log_path}:\n{child.tail()}") from None
+                    raise RuntimeError(f"{child.name} did not start; see {child.log_path}:\n{child.tail()}") from None
                 await asyncio.sleep(0.05)
-    return Service(child, http_url)
 
 
 class Baseline:
