@@ -18,6 +18,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from web_harness import Harness, make_ticks, running_web, wait_until, web_settings
 
 from app.convert import api_converter
+from app.model import Gap
 from app.web.feed import FeedLimits
 from app.web.feed_render import RenderCache
 
@@ -403,3 +404,18 @@ async def test_subscriptions_beyond_the_per_connection_limit_are_refused_precise
                 assert await metric(client, "marketdata_websocket_max_subscriptions_per_connection") == 2
                 await request(ws, {"op": "unsubscribe", "channel": "ticks", "symbols": "*"})
                 assert await metric(client, "marketdata_websocket_subscriptions") == 1
+
+
+async def test_an_unrepaired_gap_is_told_to_the_clients_subscribed_to_its_symbol() -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as btc_client, \
+                open_websocket_url(web.ws_url, disconnect_timeout=5) as eth_client:
+            await request(btc_client, {"op": "subscribe", "channel": "candles", "symbols": ["BTCUSDT"],
+                                       "interval": "1m"})
+            await request(eth_client, {"op": "subscribe", "channel": "ticks", "symbols": ["ETHUSDT"]})
+            gap = Gap("BTCUSDT", 101, 250, "REST could not serve the missed trades", 1_723_161_300_000)
+            web.state.ingest.symbol("BTCUSDT").record_gap(gap)
+            told = decode(await btc_client.get_message())
+            await assert_quiet(eth_client)
+    assert told == {"op": "gap", **api_converter.unstructure(gap)}
+    assert told["first_trade_id"] == 101 and told["last_trade_id"] == 250

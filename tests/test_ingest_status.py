@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from app.ingest.status import ConnectionStatus, IngestStatus
+import trio
+import trio.testing
+
+from app.ingest.status import ConnectionStatus, GapNotices, IngestStatus
+from app.model import Gap
 
 
 def test_a_feed_is_live_only_when_connected_not_backfilling_and_trading() -> None:
@@ -29,3 +33,27 @@ def test_a_feed_is_stopped_when_its_symbol_stopped_trading_and_is_not_backfillin
     symbol.backfilling = False
     symbol.trading_status = "DELISTED"
     assert status.is_stopped("BTCUSDT")
+
+
+def test_gap_notices_give_each_reader_the_gaps_after_what_it_has_seen_within_what_is_kept() -> None:
+    notices = GapNotices(kept=3)
+    gaps = [Gap("BTCUSDT", first, first, "lost", 0) for first in range(1, 6)]
+    notices.add(gaps[0])
+    seen = notices.recorded
+    notices.add(gaps[1])
+    assert notices.since(seen) == [gaps[1]]
+    assert notices.since(notices.recorded) == []
+    for gap in gaps[2:]:
+        notices.add(gap)
+    assert notices.since(0) == gaps[2:]  # the oldest two are no longer kept
+
+
+async def test_a_gap_recorded_for_a_symbol_wakes_the_readers_of_the_notices() -> None:
+    status = IngestStatus()
+    gap = Gap("ETHUSDT", 7, 9, "lost", 0)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(status.gap_notices.wait_after, 0)
+            await trio.testing.wait_all_tasks_blocked()
+            status.symbol("ETHUSDT").record_gap(gap)
+    assert status.gap_notices.since(0) == [gap]

@@ -6,12 +6,45 @@ the web layer turns them into metrics when scraped.
 
 from __future__ import annotations
 
+from collections import deque
+
 import attrs
+import trio
 
 from app.model import Gap
 
 # Unrepaired gaps kept per symbol for the health endpoint (the counters keep the full totals).
 GAPS_KEPT = 1000
+
+
+class GapNotices:
+    """Unrepaired gaps in the order they are recorded, for readers that tell others (the /ws feed's sessions).
+
+    Gaps are rare, so a bounded log and one event are enough: a reader remembers how many it has seen
+    (``recorded``), waits for more and takes ``since(seen)``; one that fell further behind than ``kept`` gaps gets
+    the newest ones only.
+    """
+
+    def __init__(self, kept: int = GAPS_KEPT) -> None:
+        self.recorded = 0
+        self._recent: deque[Gap] = deque(maxlen=kept)
+        self._changed = trio.Event()
+
+    def add(self, gap: Gap) -> None:
+        self._recent.append(gap)
+        self.recorded += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def since(self, seen: int) -> list[Gap]:
+        """The gaps recorded after the first ``seen`` (those still kept)."""
+        newer = min(self.recorded - seen, len(self._recent))
+        return list(self._recent)[len(self._recent) - newer:] if newer > 0 else []
+
+    async def wait_after(self, seen: int) -> None:
+        """Returns once more than ``seen`` gaps have been recorded."""
+        while self.recorded <= seen:
+            await self._changed.wait()
 
 
 @attrs.define
@@ -35,6 +68,8 @@ class SymbolStatus:
     subscribed: bool = True
     # Binance's status from exchangeInfo (``TRADING``, ``BREAK`` ...), or ``DELISTED`` once it is not listed.
     trading_status: str = "TRADING"
+    # Where every unrepaired gap is also told (the IngestStatus's, for the /ws feed); None: nowhere.
+    notices: GapNotices | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def stopped_trading(self) -> bool:
@@ -46,6 +81,8 @@ class SymbolStatus:
             del self.unrepaired_gaps[: len(self.unrepaired_gaps) - GAPS_KEPT]
         self.gaps_unrepaired += 1
         self.trades_lost += gap.missing_count
+        if self.notices is not None:
+            self.notices.add(gap)
 
 
 @attrs.define
@@ -94,11 +131,13 @@ class IngestStatus:
     # until the symbol's next live trade).
     last_id_checks: int = 0
     last_id_checks_failed: int = 0
+    # Every symbol's unrepaired gaps as they are recorded (the /ws feed tells its subscribers).
+    gap_notices: GapNotices = attrs.field(factory=GapNotices, eq=False, repr=False)
 
     def symbol(self, symbol: str) -> SymbolStatus:
         status = self.symbols.get(symbol)
         if status is None:
-            status = self.symbols[symbol] = SymbolStatus(symbol)
+            status = self.symbols[symbol] = SymbolStatus(symbol, notices=self.gap_notices)
         return status
 
     def is_live(self, symbol: str) -> bool:

@@ -7,7 +7,8 @@
 
 Nothing falls between the snapshot and the stream: the snapshot is taken atomically with the stream position it
 belongs to, and trades the stream repeats are recognised by their ids. Entries lost to trimming, or to a
-restarted Redis, become a gap of each symbol concerned, shown in /api/symbols and /health.
+restarted Redis, and trades the leader could not publish (a hole REST could not fill) become a gap of each symbol
+concerned: shown in /api/symbols and /health, and told to the symbol's /ws subscribers (``{"op": "gap"}``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 BUS_CONNECTION = "bus"
 AGGREGATOR_BUFFER = 256
+BUS_GAP_REASON = "bus entries trimmed (or lost to a restarted Redis) before this replica read them"
+UNPUBLISHED_REASON = "not published by the ingest leader (the exchange could not serve them)"
 
 
 async def run_api(
@@ -101,19 +104,23 @@ async def bus_ticks(
     entries_send, entries_receive = trio.open_memory_channel[list[BusEntry | StreamGap]](16)
     async with ticks, trio.open_nursery() as nursery:
         nursery.start_soon(follow_stream, redis, keys.ticks, b"t", snapshot.position, entries_send)
-        after_gap = False
+        # Symbols whose next trade on the stream may follow entries lost on the bus (trimmed, a restarted Redis).
+        after_bus_gap: set[str] = set()
         async for items in entries_receive:
             batch: list[Tick] = []
             for item in items:
                 if isinstance(item, StreamGap):
-                    after_gap = True
+                    after_bus_gap.update(last_ids)
                     continue
                 for tick in ticks_from_bus(item.payload):
                     last = last_ids.get(tick.symbol)
                     if last is not None and tick.trade_id <= last:
                         continue  # in the snapshot already
-                    if last is not None and tick.trade_id > last + 1 and after_gap:
-                        _record_gap(status, tick.symbol, last + 1, tick.trade_id - 1)
+                    if last is not None and tick.trade_id > last + 1:
+                        # Trade ids are consecutive per symbol: a jump is trades lost, on the bus or before it.
+                        reason = BUS_GAP_REASON if tick.symbol in after_bus_gap else UNPUBLISHED_REASON
+                        _record_gap(status, tick.symbol, last + 1, tick.trade_id - 1, reason)
+                    after_bus_gap.discard(tick.symbol)
                     if last is None and tick.symbol not in subscriptions.symbols():
                         subscriptions.track_external(tick.symbol)
                     last_ids[tick.symbol] = tick.trade_id
@@ -131,9 +138,10 @@ async def bus_ticks(
                 await ticks.send(batch)
 
 
-def _record_gap(status: IngestStatus, symbol: str, first: int, last: int) -> None:
-    gap = Gap(symbol, first, last, "bus entries trimmed before this replica read them", wall_clock_ms())
-    log.error("trades lost on the bus symbol=%s trades=%d..%d", symbol, first, last)
+def _record_gap(status: IngestStatus, symbol: str, first: int, last: int, reason: str) -> None:
+    """Recorded in /api/symbols and /health, and told to the symbol's /ws subscribers (``GapNotices``)."""
+    gap = Gap(symbol, first, last, reason, wall_clock_ms())
+    log.error("trades lost symbol=%s trades=%d..%d reason=%s", symbol, first, last, reason)
     symbol_status = status.symbol(symbol)
     symbol_status.gaps_found += 1
     symbol_status.record_gap(gap)

@@ -62,7 +62,7 @@ def create_app(
     feed_sources = FeedSources(
         ticks=state.hub, candles=state.candles, served_symbols=symbols.served,
         intervals=tuple(interval.name for interval in settings.candle_intervals),
-        max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+        max_subscriptions_per_connection=settings.max_subscriptions_per_connection, gaps=state.ingest.gap_notices,
     )
     register_error_handlers(app)
     document = openapi_document(settings)

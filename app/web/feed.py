@@ -11,7 +11,10 @@ send is in flight); ``feed_render`` renders items to JSON once for all clients. 
 
 Data frames look like ``{"channel": "ticks", "data": [tick, ...]}`` and ``{"channel": "candles", "interval":
 "1m", "data": [candle, ...]}``. On a candle subscription the open candle of each symbol is sent first, then every
-update: open candles (``"closed": false``), closed ones and revisions.
+update: open candles (``"closed": false``), closed ones and revisions. Trades lost for good (an unrepaired gap of
+the exchange feed, or bus entries trimmed before an API replica read them) are said to every client subscribed to
+the symbol: ``{"op": "gap", "symbol", "first_trade_id", "last_trade_id", "reason", "detected_at"}``, ahead of the
+data waiting for it.
 
 A client that does not read lets the outbox grow; past ``FeedLimits.max_pending`` items it is cut off with close
 code 1013 and a reason, so it never holds memory or slows anyone else. A connection with no subscription costs
@@ -31,7 +34,9 @@ import orjson
 import trio
 from quart import Websocket
 
-from app.model import Candle, Tick
+from app.convert import api_converter
+from app.ingest.status import GapNotices
+from app.model import Candle, Gap, Tick
 from app.store.aggregator import CandleFeed
 from app.store.latest import OverflowPolicy, Subscriber, TickHub
 from app.web.feed_outbox import CandleFrame, Frame, Outbox, TickFrame
@@ -61,7 +66,8 @@ MAX_PENDING_REPLIES = 1_000
 
 @attrs.frozen
 class FeedSources:
-    """What the feed subscribes to and offers: the tick hub, the candle feed, and the served symbols."""
+    """What the feed subscribes to and offers: the tick hub, the candle feed, the served symbols, and the
+    unrepaired gaps to tell."""
 
     ticks: TickHub
     candles: CandleFeed
@@ -69,6 +75,7 @@ class FeedSources:
     # Interval names a client may subscribe to.
     intervals: tuple[str, ...]
     max_subscriptions_per_connection: int
+    gaps: GapNotices = attrs.Factory(GapNotices)
 
 
 @attrs.frozen(slots=True)
@@ -139,6 +146,7 @@ class FeedSession:
         self._counted_subscriptions = 0
         # Set when the client is cut off: nothing more is queued or sent, only the close frame.
         self._discarding = False
+        self._gaps_watched = False
 
     async def run(self) -> None:
         self._stats.connections += 1
@@ -187,6 +195,26 @@ class FeedSession:
             self._add_candles(request.interval, [candle for candle in candles if candle is not None])
         if change is not None:
             self._change_source(change)
+        if not self._gaps_watched:
+            # From the first subscription on: a connection that never subscribes costs no watcher.
+            self._gaps_watched = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._tell_gaps, self._service.gaps.recorded)
+
+    async def _tell_gaps(self, seen: int) -> None:
+        """Tells the client each unrepaired gap of a symbol it is subscribed to, recorded after the first ``seen``."""
+        notices = self._service.gaps
+        while True:
+            await notices.wait_after(seen)
+            for gap in notices.since(seen):
+                if self._subscribed_to(gap):
+                    self._reply({"op": "gap", **api_converter.unstructure(gap)})
+            seen = notices.recorded
+
+    def _subscribed_to(self, gap: Gap) -> bool:
+        subscriptions = self._subscriptions
+        return subscriptions.ticks.wants(gap.symbol) or any(
+            selection.wants(gap.symbol) for selection in subscriptions.candles.values())
 
     def _reply(self, reply: dict[str, object]) -> None:
         if self._discarding:

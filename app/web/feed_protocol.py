@@ -12,6 +12,8 @@ Protocol (JSON text frames)::
     ← {"op": "subscriptions", "ticks": [...], "candles": {"1m": [...]}}
     ← {"op": "pong"}
     ← {"op": "error", "code": "...", "message": "..."}                 (the connection stays open)
+    ← {"op": "gap", "symbol": ..., "first_trade_id": N, "last_trade_id": M, "reason": ..., "detected_at": ...}
+                                                        (trades of a subscribed symbol lost for good)
 
 An ``"id"`` in a client message is echoed in its reply.
 """
