@@ -38,6 +38,21 @@ class BusKeys:
         """Counter of a stream's entries: each entry carries the next number, so a reader sees trimmed ones."""
         return f"{stream}:seq"
 
+    @property
+    def symbol_requests(self) -> str:
+        """Stream of symbol changes asked for at run time (``POST``/``DELETE /api/symbols`` on a replica)."""
+        return f"{self.prefix}:symbol-requests"
+
+    @property
+    def added_symbols(self) -> str:
+        """Hash symbol -> when it was added at run time: what an ingest process subscribes at start besides its
+        configured symbols."""
+        return f"{self.prefix}:added-symbols"
+
+    def symbol_reply(self, request_id: str) -> str:
+        """List where the owning shard's leader answers one symbol request."""
+        return f"{self.prefix}:symbol-reply:{request_id}"
+
     def lease(self, shard: str) -> str:
         """The lease of one ingest shard (value: the leader's token; expires unless renewed)."""
         return f"{self.prefix}:lease:{shard}"

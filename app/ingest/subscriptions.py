@@ -66,6 +66,15 @@ class SymbolMemory(Protocol):
         ...
 
 
+class SymbolRouter(Protocol):
+    """Where changes go in a process without its own exchange connection (an API replica): to the ingest process
+    that owns the symbol. Both raise the ``SubscriptionError``s ``SubscriptionManager`` raises."""
+
+    async def add(self, symbol: str) -> None: ...
+
+    async def remove(self, symbol: str) -> None: ...
+
+
 class SubscriptionManager:
     """The live symbol set. ``configured`` symbols come back at every start from the configuration; every other
     change is written to ``memory`` (whoever made it), so a restart subscribes what was subscribed."""
@@ -78,6 +87,7 @@ class SubscriptionManager:
         configured: Iterable[str] = (),
         memory: SymbolMemory | None = None,
         attach_wait: float = 0.0,
+        router: SymbolRouter | None = None,
     ) -> None:
         self.status = status
         self._symbols: dict[str, None] = dict.fromkeys(symbols)
@@ -90,6 +100,7 @@ class SubscriptionManager:
         self._attached = trio.Event()
         self._attach_wait = attach_wait
         self._changed = trio.Event()
+        self._router = router
 
     def symbols(self) -> tuple[str, ...]:
         """The desired symbols, in the order they were added."""
@@ -99,6 +110,11 @@ class SubscriptionManager:
         """Serves a symbol ingested by another process (an API replica learns its symbols from the bus)."""
         if symbol not in self._symbols:
             self._symbols[symbol] = None
+            self._set_changed()
+
+    def _untrack_external(self, symbol: str) -> None:
+        if symbol in self._symbols:
+            del self._symbols[symbol]
             self._set_changed()
 
     async def wait_changed(self) -> None:
@@ -121,6 +137,11 @@ class SubscriptionManager:
         """Subscribes ``symbol`` (case-insensitive) on an open connection, without reconnecting."""
         symbol = _normalise(symbol)
         async with self._lock:
+            if self._router is not None:
+                # The owning ingest process knows what is subscribed (this one may not have seen a trade yet).
+                await self._router.add(symbol)
+                self.track_external(symbol)
+                return
             if symbol in self._symbols:
                 raise AlreadySubscribedError(symbol)
             client, sequencer = await self._running()
@@ -150,6 +171,10 @@ class SubscriptionManager:
         (missed ones fetched over REST) or reported as a gap if that takes too long; later ones are dropped."""
         symbol = _normalise(symbol)
         async with self._lock:
+            if self._router is not None:
+                await self._router.remove(symbol)
+                self._untrack_external(symbol)
+                return
             if symbol not in self._symbols:
                 raise NotSubscribedError(symbol)
             client, sequencer = await self._running()

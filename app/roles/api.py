@@ -30,6 +30,7 @@ from app.ingest.subscriptions import SubscriptionManager
 from app.model import Candle, Gap, Tick
 from app.roles.opening import open_bus, required_bus_url
 from app.roles.signals import stop_on_signal
+from app.roles.symbol_routing import BusSymbolRouter
 from app.settings import Settings
 from app.state import ServiceState
 from app.store.aggregator import CandleFeed, aggregate
@@ -60,7 +61,8 @@ async def run_api(
         status = IngestStatus()
         status.connections[BUS_CONNECTION] = ConnectionStatus(BUS_CONNECTION, bus_url, connected=True,
                                                               connected_at=trio.current_time())
-        subscriptions = SubscriptionManager(sorted(snapshot.latest), status)
+        # Changes of the symbol set go to the ingest shard owning the symbol (this process has no exchange).
+        subscriptions = SubscriptionManager(sorted(snapshot.latest), status, router=BusSymbolRouter(redis, keys))
         hub = TickHub()
         await hub.publish(list(snapshot.latest.values()))
         candles = CandleFeed(settings.candle_intervals)

@@ -2,6 +2,7 @@
 
     campaign (lease) ─────────leadership──────────┐
     stream_trades (connected, subscribed, gap repair) ──ticks──▶ publish_shard ──▶ Redis streams
+    serve_symbol_requests (symbols added/removed at run time on a replica, for this shard) ──▶ subscriptions
     serve_http: /health, /metrics
 
 Leader and standby run the same tasks: both are connected and sequencing; only the lease holder publishes.
@@ -19,8 +20,10 @@ from typing import Any, cast
 import attrs
 import trio
 
+from app.bus.connection import BUS_UNAVAILABLE
 from app.bus.keys import BusKeys
 from app.bus.lease import Lease, LeaseTimings, campaign, new_token
+from app.bus.symbol_requests import added_symbols, requests_end
 from app.ingest.rest import BinanceRest
 from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
@@ -30,6 +33,7 @@ from app.roles.opening import open_bus, required_bus_url
 from app.roles.shard_publisher import ShardBus, ShardStatus, publish_shard
 from app.roles.sharding import owned_symbols
 from app.roles.signals import stop_on_signal
+from app.roles.symbol_routing import serve_symbol_requests
 from app.settings import Settings
 from app.web.role_app import create_role_app
 from app.web.server import serve_http
@@ -46,6 +50,10 @@ async def run_ingest(
     symbols = owned_symbols(settings.symbols, settings.shard_index, settings.shard_count)
     keys = BusKeys(settings.bus_prefix)
     async with open_bus(bus_url) as redis:
+        # Requests read from this position on; symbols added before it are in the hash read after it.
+        requests_position = await requests_end(redis, keys)
+        added = owned_symbols(await added_symbols(redis, keys), settings.shard_index, settings.shard_count)
+        symbols = (*symbols, *(symbol for symbol in added if symbol not in symbols))
         lease = Lease(redis, keys.lease(shard), new_token(f"ingest-{shard}-{os.getpid()}"),
                       LeaseTimings(settings.lease_ttl_seconds))
         ingest_status = IngestStatus()
@@ -70,6 +78,8 @@ async def run_ingest(
                 log.warning("role=ingest shard=%s symbols=%s token=%s urls=%s", shard, ",".join(symbols),
                             lease.token, ",".join(urls))
                 nursery.start_soon(stop_on_signal, nursery.cancel_scope, "ingest")
+                nursery.start_soon(serve_symbol_requests, redis, keys, settings.shard_index, settings.shard_count,
+                                   subscriptions, lambda: shard_status.leading, requests_position)
                 async with events_send:
                     nursery.start_soon(campaign, lease, events_send.clone())
                     # The ingest output is the events channel (ticks), merged with leadership changes.
@@ -83,7 +93,11 @@ async def run_ingest(
                 task_status.started(urls)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await lease.release()
+                try:
+                    await lease.release()
+                except BUS_UNAVAILABLE as error:
+                    # Cancelled from outside, the client's connections go too: the lease then expires by its TTL.
+                    log.warning("lease not released key=%s error=%s: it expires by its TTL", lease.key, error)
                 await rest.aclose()
 
 
