@@ -62,18 +62,30 @@ async def health_until(client: httpx.AsyncClient, predicate: Any) -> dict[str, A
         await trio.sleep(0.05)
 
 
+async def listed_until(client: httpx.AsyncClient, predicate: Any) -> list[str]:
+    """The symbols of /api/symbols, polled until ``predicate(symbols)``."""
+    while True:
+        symbols = [row["symbol"] for row in (await client.get("/api/symbols")).json()["symbols"]]
+        if predicate(symbols):
+            return symbols
+        await trio.sleep(0.05)
+
+
 async def test_a_symbol_added_on_a_replica_is_subscribed_by_its_shard_and_served_then_removed(
     simulator: Simulator, redis: Any, keys: BusKeys, tmp_path: Path
 ) -> None:
     settings = role_settings(simulator, keys, tmp_path)
     with trio.fail_after(30):
         async with running(run_ingest, settings) as leader, \
-                running(partial(run_api, open_storage=open_storage), settings) as replica:
+                running(partial(run_api, open_storage=open_storage), settings) as replica, \
+                running(partial(run_api, open_storage=open_storage), settings) as other_replica:
             await health_until(leader, lambda body: body["leading"])
             added = await replica.post("/api/symbols", json={"symbol": "ethusdt"}, headers=ADMIN)
             assert (added.status_code, added.json()) == (201, {"symbol": "ETHUSDT", "subscribed": True})
             await simulator.wait_subscribed("ethusdt@trade")
             assert list(await redis.hkeys(keys.added_symbols)) == [b"ETHUSDT"]
+            # Every replica serves it at once (before its first trade), whichever replica was asked.
+            await listed_until(other_replica, lambda symbols: "ETHUSDT" in symbols)
             again = await replica.post("/api/symbols", json={"symbol": "ETHUSDT"}, headers=ADMIN)
             assert (again.status_code, again.json()["error"]["code"]) == (409, "already_subscribed")
             unknown = await replica.post("/api/symbols", json={"symbol": "FOOBAR"}, headers=ADMIN)
@@ -96,7 +108,8 @@ async def test_a_symbol_added_on_a_replica_is_subscribed_by_its_shard_and_served
             assert list(await redis.hkeys(keys.added_symbols)) == []
             gone = await replica.delete("/api/symbols/ETHUSDT", headers=ADMIN)
             assert (gone.status_code, gone.json()["error"]["code"]) == (404, "not_subscribed")
-            assert "ETHUSDT" not in [row["symbol"] for row in (await replica.get("/api/symbols")).json()["symbols"]]
+            assert "ETHUSDT" not in await listed_until(replica, lambda symbols: True)
+            await listed_until(other_replica, lambda symbols: "ETHUSDT" not in symbols)
 
 
 async def test_a_replica_answers_503_when_no_ingest_leader_answers(redis: Any, keys: BusKeys) -> None:

@@ -44,6 +44,11 @@ class BusKeys:
         return f"{self.prefix}:symbol-requests"
 
     @property
+    def symbol_changes(self) -> str:
+        """Stream of the symbol changes the leaders made (``added``/``removed``): how every replica learns them."""
+        return f"{self.prefix}:symbol-changes"
+
+    @property
     def added_symbols(self) -> str:
         """Hash symbol -> when it was added at run time: what an ingest process subscribes at start besides its
         configured symbols."""

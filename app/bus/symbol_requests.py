@@ -2,8 +2,9 @@
 
 An API replica cannot subscribe a symbol itself (it has no exchange connection): it appends the request to a
 stream and waits on a reply list of its own (``BLPOP``). Every ingest process reads the stream; the processes
-of the shard the symbol hashes to apply it (the standby too, to stay warm), and the leader answers and records
-the change in the hash of runtime-added symbols, which ingest processes subscribe at start.
+of the shard the symbol hashes to apply it (the standby too, to stay warm), and the leader answers, records the
+change in the hash of runtime-added symbols (which ingest processes subscribe at start) and announces it on the
+changes stream, which every replica follows to serve the same symbols.
 """
 
 from __future__ import annotations
@@ -62,21 +63,32 @@ async def answer(redis: Any, keys: BusKeys, request: SymbolRequest, reply: Symbo
     await redis.expire(reply_key, REPLY_TTL_SECONDS)
 
 
-async def requests_end(redis: Any, keys: BusKeys) -> bytes:
-    """The newest request's id: a reader that reads the added symbols after this and follows from it misses none."""
-    newest = await redis.xrevrange(keys.symbol_requests, count=1)
+async def stream_end(redis: Any, stream: str) -> bytes:
+    """The newest entry's id: a reader that reads the state after this and follows from it misses nothing."""
+    newest = await redis.xrevrange(stream, count=1)
     return bytes(newest[0].identifier) if newest else START
+
+
+async def read_entries(redis: Any, stream: str, position: bytes, block_ms: int) -> tuple[bytes, list[dict[str, str]]]:
+    """The entries after ``position`` (waiting up to ``block_ms`` for one) as text fields, and the new position."""
+    reply = await redis.xread({stream: position}, count=100, block=block_ms)
+    entries: list[dict[str, str]] = []
+    for entry in (reply or {}).get(stream.encode(), ()):
+        entries.append({key.decode(): value.decode() for key, value in entry.field_values.items()})
+        position = bytes(entry.identifier)
+    return position, entries
 
 
 async def read_requests(redis: Any, keys: BusKeys, position: bytes, block_ms: int) -> tuple[bytes, list[SymbolRequest]]:
     """The requests after ``position`` (waiting up to ``block_ms`` for one), and the new position."""
-    reply = await redis.xread({keys.symbol_requests: position}, count=100, block=block_ms)
-    requests: list[SymbolRequest] = []
-    for entry in (reply or {}).get(keys.symbol_requests.encode(), ()):
-        fields = entry.field_values
-        requests.append(SymbolRequest(fields[b"op"].decode(), fields[b"symbol"].decode(), fields[b"id"].decode()))
-        position = bytes(entry.identifier)
-    return position, requests
+    position, entries = await read_entries(redis, keys.symbol_requests, position, block_ms)
+    return position, [SymbolRequest(entry["op"], entry["symbol"], entry["id"]) for entry in entries]
+
+
+async def announce(redis: Any, keys: BusKeys, change: str, symbol: str) -> None:
+    """Tells every replica that ``symbol`` was ``added`` or ``removed``."""
+    await redis.xadd(keys.symbol_changes, {"change": change, "symbol": symbol}, trim_strategy=PureToken.MAXLEN,
+                     threshold=REQUESTS_KEPT, trim_operator=PureToken.APPROXIMATELY)
 
 
 async def added_symbols(redis: Any, keys: BusKeys) -> list[str]:

@@ -112,7 +112,8 @@ class SubscriptionManager:
             self._symbols[symbol] = None
             self._set_changed()
 
-    def _untrack_external(self, symbol: str) -> None:
+    def untrack_external(self, symbol: str) -> None:
+        """Stops serving a symbol another process no longer ingests."""
         if symbol in self._symbols:
             del self._symbols[symbol]
             self._set_changed()
@@ -173,7 +174,7 @@ class SubscriptionManager:
         async with self._lock:
             if self._router is not None:
                 await self._router.remove(symbol)
-                self._untrack_external(symbol)
+                self.untrack_external(symbol)
                 return
             if symbol not in self._symbols:
                 raise NotSubscribedError(symbol)

@@ -3,6 +3,7 @@
     take_snapshot ─┬─ latest ticks ─▶ TickHub          (before anything is served)
                    └─ current candles ─▶ CandleFeed (continued, as a new leader continues them)
     follow_stream (ticks, from the snapshot's entry) ──▶ bus_ticks ──ticks──▶ fan_out ──▶ aggregate, /ws
+    follow_symbol_changes (symbols the shards' leaders added or removed) ──▶ the served symbols
     serve_http: the same app as ``marketdata serve``; closed candle history from DATABASE_URL (the persisters')
 
 Nothing falls between the snapshot and the stream: the snapshot is taken atomically with the stream position it
@@ -23,6 +24,7 @@ import trio
 from app.bus.follow import BusEntry, StreamGap, follow_stream
 from app.bus.keys import BusKeys
 from app.bus.snapshot import BusSnapshot, take_snapshot
+from app.bus.symbol_requests import added_symbols, stream_end
 from app.clock import wall_clock_ms
 from app.convert import ticks_from_bus
 from app.ingest.status import ConnectionStatus, IngestStatus
@@ -30,7 +32,7 @@ from app.ingest.subscriptions import SubscriptionManager
 from app.model import Candle, Gap, Tick
 from app.roles.opening import open_bus, required_bus_url
 from app.roles.signals import stop_on_signal
-from app.roles.symbol_routing import BusSymbolRouter
+from app.roles.symbol_routing import BusSymbolRouter, follow_symbol_changes
 from app.settings import Settings
 from app.state import ServiceState
 from app.store.aggregator import CandleFeed, aggregate
@@ -57,12 +59,16 @@ async def run_api(
     bus_url = required_bus_url(settings, "api")
     keys = BusKeys(settings.bus_prefix)
     async with closing_storage(open_storage(settings)) as storage, open_bus(bus_url) as redis:
+        # Symbol changes followed from here; symbols added before are in the hash read after it.
+        changes_position = await stream_end(redis, keys.symbol_changes)
+        added = await added_symbols(redis, keys)
         snapshot = await take_snapshot(redis, keys)
         status = IngestStatus()
         status.connections[BUS_CONNECTION] = ConnectionStatus(BUS_CONNECTION, bus_url, connected=True,
                                                               connected_at=trio.current_time())
         # Changes of the symbol set go to the ingest shard owning the symbol (this process has no exchange).
-        subscriptions = SubscriptionManager(sorted(snapshot.latest), status, router=BusSymbolRouter(redis, keys))
+        served = [*sorted(snapshot.latest), *(symbol for symbol in added if symbol not in snapshot.latest)]
+        subscriptions = SubscriptionManager(served, status, router=BusSymbolRouter(redis, keys))
         hub = TickHub()
         await hub.publish(list(snapshot.latest.values()))
         candles = CandleFeed(settings.candle_intervals)
@@ -85,6 +91,7 @@ async def run_api(
                         settings.database_url, snapshot.position.entry_id.decode(), len(snapshot.latest),
                         ",".join(urls))
             nursery.start_soon(stop_on_signal, nursery.cancel_scope, "api")
+            nursery.start_soon(follow_symbol_changes, redis, keys, subscriptions, changes_position)
             nursery.start_soon(bus_ticks, redis, keys, snapshot, status, subscriptions, ticks_send)
             nursery.start_soon(fan_out, ticks_receive, hub)
             nursery.start_soon(partial(aggregate, aggregator_input, closed_send, candles, is_live=status.is_live))

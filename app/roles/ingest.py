@@ -23,7 +23,7 @@ import trio
 from app.bus.connection import BUS_UNAVAILABLE
 from app.bus.keys import BusKeys
 from app.bus.lease import Lease, LeaseTimings, campaign, new_token
-from app.bus.symbol_requests import added_symbols, requests_end
+from app.bus.symbol_requests import added_symbols, stream_end
 from app.ingest.rest import BinanceRest
 from app.ingest.status import IngestStatus
 from app.ingest.subscriptions import SubscriptionManager
@@ -51,7 +51,7 @@ async def run_ingest(
     keys = BusKeys(settings.bus_prefix)
     async with open_bus(bus_url) as redis:
         # Requests read from this position on; symbols added before it are in the hash read after it.
-        requests_position = await requests_end(redis, keys)
+        requests_position = await stream_end(redis, keys.symbol_requests)
         added = owned_symbols(await added_symbols(redis, keys), settings.shard_index, settings.shard_count)
         symbols = (*symbols, *(symbol for symbol in added if symbol not in symbols))
         lease = Lease(redis, keys.lease(shard), new_token(f"ingest-{shard}-{os.getpid()}"),

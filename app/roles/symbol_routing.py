@@ -4,9 +4,10 @@
                                   ◀──────────── reply (the shard's leader) ◀──────  (every ingest process)
 
 The processes of the shard the symbol hashes to (``app.roles.sharding``) apply the change to their own exchange
-subscriptions, leader and standby alike (a standby stays warm); the leader answers and records it in the hash of
-runtime-added symbols, which ingest processes subscribe at start. The leader's answer becomes the replica's HTTP
-answer, with the codes the single process gives.
+subscriptions, leader and standby alike (a standby stays warm); the leader answers, records it in the hash of
+runtime-added symbols (which ingest processes subscribe at start) and announces it, so every replica serves the
+same symbols (``follow_symbol_changes``). The leader's answer becomes the replica's HTTP answer, with the codes
+the single process gives.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ import trio
 
 from app.bus.connection import BUS_UNAVAILABLE
 from app.bus.keys import BusKeys
-from app.bus.symbol_requests import SymbolReply, SymbolRequest, answer, ask, read_requests, remember
+from app.bus.symbol_requests import (
+    SymbolReply,
+    SymbolRequest,
+    announce,
+    answer,
+    ask,
+    read_entries,
+    read_requests,
+    remember,
+)
 from app.ingest.subscriptions import (
     AlreadySubscribedError,
     ExchangeUnavailableError,
@@ -125,7 +135,24 @@ async def _apply(redis: Any, keys: BusKeys, subscriptions: SubscriptionManager, 
     try:
         if reply.error is None:
             await remember(redis, keys, request.symbol, added=request.op == "add")
+            await announce(redis, keys, "added" if request.op == "add" else "removed", request.symbol)
         await answer(redis, keys, request, reply)
     except BUS_UNAVAILABLE as error:
         # The replica answers 503 when no answer comes; the live change stands (as in the single process).
         log.error("symbol request not answered op=%s symbol=%s error=%s", request.op, request.symbol, error)
+
+
+async def follow_symbol_changes(redis: Any, keys: BusKeys, subscriptions: SubscriptionManager, position: bytes) -> None:
+    """A replica serves what the leaders added and stops serving what they removed, whichever replica asked."""
+    while True:
+        try:
+            position, changes = await read_entries(redis, keys.symbol_changes, position, block_ms=1000)
+        except BUS_UNAVAILABLE as error:
+            log.warning("symbol changes not read: bus unreachable error=%s", error)
+            await trio.sleep(BUS_RETRY_SECONDS)
+            continue
+        for change in changes:
+            if change["change"] == "added":
+                subscriptions.track_external(change["symbol"])
+            else:
+                subscriptions.untrack_external(change["symbol"])
