@@ -14,6 +14,8 @@ import attrs
 import httpx
 import pytest
 import trio
+from test_backfill import rest_server
+from test_ingest_support import make_ticks
 from trio_websocket import open_websocket_url
 
 from app import service
@@ -206,3 +208,37 @@ async def test_feed_delivers_the_simulators_trades_exactly_and_candles_that_matc
     assert len(closed) == 1 and closed[0]["trade_count"] == 10
     assert closed[0] == rest[0]
     assert rest[-1]["closed"] is False and rest[-1]["trade_count"] == 2
+
+
+async def test_a_feed_subscriber_is_told_of_trades_lost_for_good_and_the_stream_goes_on(simulator: Simulator) -> None:
+    # REST bans the service (418): the trades missed during a reconnect cannot be fetched.
+    banned = rest_server("418 I'm a teapot", {"Retry-After": "7200", "Content-Type": "application/json"},
+                         b'{"code":-1003,"msg":"Way too much request weight used; IP banned until 1723170000000."}')
+    with trio.fail_after(20):
+        async with banned as rest_url:
+            settings = service_settings(simulator, ("BTCUSDT",), binance_rest_url=rest_url)
+            async with running_service(settings) as base_url, \
+                    open_websocket_url(base_url.replace("http://", "ws://") + "/ws") as ws:
+                await ws.send_message(json.dumps({"op": "subscribe", "channel": "ticks", "symbols": ["BTCUSDT"]}))
+                assert json.loads(await ws.get_message())["op"] == "subscribed"
+                await simulator.wait_subscribed("btcusdt@trade")
+                simulator.publish(make_ticks("BTCUSDT", 1, 5))
+                trade_ids: list[int] = []
+                gaps: list[dict[str, Any]] = []
+                while len(trade_ids) < 5:
+                    trade_ids += [tick["trade_id"] for tick in json.loads(await ws.get_message())["data"]]
+                simulator.reset_connections()
+                simulator.publish(make_ticks("BTCUSDT", 6, 20))
+                await simulator.wait_accepted(2)
+                await simulator.wait_subscribed("btcusdt@trade")
+                simulator.publish(make_ticks("BTCUSDT", 26, 3))
+                while 28 not in trade_ids:
+                    message = json.loads(await ws.get_message())
+                    if message.get("op") == "gap":
+                        gaps.append(message)
+                    else:
+                        trade_ids += [tick["trade_id"] for tick in message["data"]]
+    assert trade_ids == [1, 2, 3, 4, 5, 26, 27, 28]
+    [gap] = gaps
+    assert (gap["symbol"], gap["first_trade_id"], gap["last_trade_id"]) == ("BTCUSDT", 6, 25)
+    assert "418" in gap["reason"]
