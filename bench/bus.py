@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -40,6 +40,7 @@ from bench.procs import (
     NO_REST_URL,
     PYTHON,
     Child,
+    cpu_seconds,
     find_counter,
     free_port,
     start_child,
@@ -139,18 +140,28 @@ async def deployment(workdir: Path, feed: Feed) -> AsyncIterator[Deployment]:
 # --- throughput ------------------------------------------------------------------------------------------------
 
 
+async def redis_pid() -> int:
+    redis = coredis.Redis.from_url(REDIS_URL)
+    async with redis:
+        info = await redis.info("server")
+    return int(str(info["process_id"]))
+
+
 @attrs.frozen
 class Throughput:
     single: float
     replicas: tuple[float, ...]
     database: float
     cut_off: int
+    # Cores used in the window, per process.
+    single_cores: dict[str, float]
+    bus_cores: dict[str, float]
 
 
-async def _window(warmup: float, window: float, feeds: Sequence[FeedSubscribers],
-                  persister: Role | None) -> tuple[list[float], float]:
-    """Trades/s of each feed's (one) subscriber, and into the database, over the window after the warm-up (which
-    starts once every subscriber has its first trade)."""
+async def _window(warmup: float, window: float, feeds: Sequence[FeedSubscribers], persister: Role | None,
+                  pids: Mapping[str, int]) -> tuple[list[float], float, dict[str, float]]:
+    """Trades/s of each feed's (one) subscriber, into the database, and the cores each of ``pids`` used, over the
+    window after the warm-up (which starts once every subscriber has its first trade)."""
     deadline = time.monotonic() + 60
     while not all(feed.totals()[0] for feed in feeds):  # counted by the clients' tasks
         if time.monotonic() > deadline:
@@ -159,13 +170,15 @@ async def _window(warmup: float, window: float, feeds: Sequence[FeedSubscribers]
     await asyncio.sleep(warmup)
     before = [feed.totals()[0] for feed in feeds]
     written_before = await persister.counter("ticks_written") if persister else 0
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     await asyncio.sleep(window)
     after = [feed.totals()[0] for feed in feeds]
     written_after = await persister.counter("ticks_written") if persister else 0
     elapsed = time.perf_counter() - started
+    cores = {name: (cpu_seconds(pid) - cpu_before[name]) / elapsed for name, pid in pids.items()}
     rates = [(b - a) / elapsed for a, b in zip(before, after, strict=True)]
-    return rates, (written_after - written_before) / elapsed
+    return rates, (written_after - written_before) / elapsed, cores
 
 
 async def throughput(workdir: Path, frames: int, warmup: float, window: float) -> Throughput:
@@ -177,7 +190,8 @@ async def throughput(workdir: Path, frames: int, warmup: float, window: float) -
             await feeder.next_message("connected", within=30)
             async with FeedSubscribers(service.feed_url, 1) as subscriber:
                 await feeder.send_line("go")
-                (single,), _ = await _window(warmup, window, [subscriber], None)
+                (single,), _, single_cores = await _window(warmup, window, [subscriber], None,
+                                                           {"serve": service.pid})
         finally:
             await service.stop()
         log.info("throughput single process: %.0f trades/s", single)
@@ -188,10 +202,12 @@ async def throughput(workdir: Path, frames: int, warmup: float, window: float) -
                 subscribers = [await stack.enter_async_context(FeedSubscribers(replica.feed_url, 1))
                                for replica in bus.replicas]
                 await feeder.send_line("go")
-                rates, database = await _window(warmup, window, subscribers, bus.persister)
+                pids = {role.child.name: role.child.pid for role in (bus.ingest, *bus.replicas, bus.persister)}
+                pids["redis-server"] = await redis_pid()
+                rates, database, bus_cores = await _window(warmup, window, subscribers, bus.persister, pids)
                 cut_off = sum(len(feed.cut_off()) for feed in subscribers)
         log.info("throughput bus: replicas %s trades/s, database %.0f rows/s", [round(r) for r in rates], database)
-        return Throughput(single, tuple(rates), database, cut_off)
+        return Throughput(single, tuple(rates), database, cut_off, single_cores, bus_cores)
     finally:
         await feeder.stop()
 
@@ -252,7 +268,11 @@ def render(result: Throughput, latencies: Sequence[Latency], load: str) -> str:
             single, bus = measured.single[index], measured.bus[index]
             lines.append(f"| latency {quantile} at {measured.rate:,}/s (sent {measured.sent:,.0f}/s), ms | "
                          f"{single:.2f} | {bus:.2f} | {bus / single:.2f}x |")
-    notes = []
+    def cores(used: Mapping[str, float]) -> str:
+        return ", ".join(f"{name} {value:.2f}" for name, value in used.items())
+
+    notes = [f"cores used in the throughput window: single process: {cores(result.single_cores)}; bus: "
+             f"{cores(result.bus_cores)} (PostgreSQL's own processes not counted)"]
     if result.cut_off:
         notes.append(f"{result.cut_off} replica subscriber(s) cut off during the throughput window")
     missing = max((measured.missing for measured in latencies), default=0)
