@@ -191,7 +191,7 @@ async def throughput(workdir: Path, frames: int, warmup: float, window: float) -
             async with FeedSubscribers(service.feed_url, 1) as subscriber:
                 await feeder.send_line("go")
                 (single,), _, single_cores = await _window(warmup, window, [subscriber], None,
-                                                           {"serve": service.pid})
+                                                           {"serve": service.pid, "feeder": feeder.pid})
         finally:
             await service.stop()
         log.info("throughput single process: %.0f trades/s", single)
@@ -204,6 +204,7 @@ async def throughput(workdir: Path, frames: int, warmup: float, window: float) -
                 await feeder.send_line("go")
                 pids = {role.child.name: role.child.pid for role in (bus.ingest, *bus.replicas, bus.persister)}
                 pids["redis-server"] = await redis_pid()
+                pids["feeder"] = feeder.pid
                 rates, database, bus_cores = await _window(warmup, window, subscribers, bus.persister, pids)
                 cut_off = sum(len(feed.cut_off()) for feed in subscribers)
         log.info("throughput bus: replicas %s trades/s, database %.0f rows/s", [round(r) for r in rates], database)
