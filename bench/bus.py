@@ -43,6 +43,7 @@ from bench.procs import (
     cpu_seconds,
     find_counter,
     free_port,
+    run_delay_seconds,
     start_child,
     start_feeder,
     start_service,
@@ -153,15 +154,16 @@ class Throughput:
     replicas: tuple[float, ...]
     database: float
     cut_off: int
-    # Cores used in the window, per process.
-    single_cores: dict[str, float]
-    bus_cores: dict[str, float]
+    # Per process: cores used in the window, and time spent waiting for a core (in cores).
+    single_cores: dict[str, tuple[float, float]]
+    bus_cores: dict[str, tuple[float, float]]
 
 
 async def _window(warmup: float, window: float, feeds: Sequence[FeedSubscribers], persister: Role | None,
-                  pids: Mapping[str, int]) -> tuple[list[float], float, dict[str, float]]:
-    """Trades/s of each feed's (one) subscriber, into the database, and the cores each of ``pids`` used, over the
-    window after the warm-up (which starts once every subscriber has its first trade)."""
+                  pids: Mapping[str, int]) -> tuple[list[float], float, dict[str, tuple[float, float]]]:
+    """Trades/s of each feed's (one) subscriber, into the database, and for each of ``pids`` the cores it used and
+    the cores' worth of time it waited for one (runnable), over the window after the warm-up (which starts once
+    every subscriber has its first trade)."""
     deadline = time.monotonic() + 60
     while not all(feed.totals()[0] for feed in feeds):  # counted by the clients' tasks
         if time.monotonic() > deadline:
@@ -170,13 +172,14 @@ async def _window(warmup: float, window: float, feeds: Sequence[FeedSubscribers]
     await asyncio.sleep(warmup)
     before = [feed.totals()[0] for feed in feeds]
     written_before = await persister.counter("ticks_written") if persister else 0
-    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before = {name: (cpu_seconds(pid), run_delay_seconds(pid)) for name, pid in pids.items()}
     started = time.perf_counter()
     await asyncio.sleep(window)
     after = [feed.totals()[0] for feed in feeds]
     written_after = await persister.counter("ticks_written") if persister else 0
     elapsed = time.perf_counter() - started
-    cores = {name: (cpu_seconds(pid) - cpu_before[name]) / elapsed for name, pid in pids.items()}
+    cores = {name: ((cpu_seconds(pid) - cpu_before[name][0]) / elapsed,
+                    (run_delay_seconds(pid) - cpu_before[name][1]) / elapsed) for name, pid in pids.items()}
     rates = [(b - a) / elapsed for a, b in zip(before, after, strict=True)]
     return rates, (written_after - written_before) / elapsed, cores
 
@@ -269,11 +272,11 @@ def render(result: Throughput, latencies: Sequence[Latency], load: str) -> str:
             single, bus = measured.single[index], measured.bus[index]
             lines.append(f"| latency {quantile} at {measured.rate:,}/s (sent {measured.sent:,.0f}/s), ms | "
                          f"{single:.2f} | {bus:.2f} | {bus / single:.2f}x |")
-    def cores(used: Mapping[str, float]) -> str:
-        return ", ".join(f"{name} {value:.2f}" for name, value in used.items())
+    def cores(used: Mapping[str, tuple[float, float]]) -> str:
+        return ", ".join(f"{name} {ran:.2f}/{waited:.2f}" for name, (ran, waited) in used.items())
 
-    notes = [f"cores used in the throughput window: single process: {cores(result.single_cores)}; bus: "
-             f"{cores(result.bus_cores)} (PostgreSQL's own processes not counted)"]
+    notes = [f"cores used / cores' worth of waiting for a core, in the throughput window: single process: "
+             f"{cores(result.single_cores)}; bus: {cores(result.bus_cores)} (PostgreSQL's processes not counted)"]
     if result.cut_off:
         notes.append(f"{result.cut_off} replica subscriber(s) cut off during the throughput window")
     missing = max((measured.missing for measured in latencies), default=0)
@@ -301,7 +304,7 @@ async def run(args: argparse.Namespace) -> int:
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-bus-")))
         result = await throughput(workdir, args.frames, args.warmup, args.window)
-        latencies = [await latency(workdir, rate, args.warmup, args.latency_window) for rate in args.rates]
+        latencies = [await latency(workdir, rate, args.latency_warmup, args.latency_window) for rate in args.rates]
     print(render(result, latencies, load))
     print(f"\n{time.monotonic() - started:.0f} s; load average at the end: {load_average()}")
     return 0
@@ -313,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=4.0, help="seconds of the throughput window")
     parser.add_argument("--latency-window", type=float, default=5.0)
+    # Four processes that just started on a loaded machine take seconds to reach their pace.
+    parser.add_argument("--latency-warmup", type=float, default=8.0)
     parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")], default=[1_000, 5_000],
                         help="trades/s of the latency part, comma-separated")
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs")

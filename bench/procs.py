@@ -120,6 +120,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_delay_seconds(pid: int) -> float:
+    """Time the threads of ``pid`` have spent runnable but waiting for a core, from /proc (schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 # --- the feed sources ----------------------------------------------------------------------------------------
 
 
