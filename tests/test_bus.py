@@ -79,6 +79,9 @@ async def test_a_batch_repeating_published_trades_is_refused_whole(redis: Any, k
     await publisher.publish([tick(10), tick(11), tick(5, "ETHUSDT")], [])
     with pytest.raises(Overlap, match="BTCUSDT trade 11"):
         await publisher.publish([tick(6, "ETHUSDT"), tick(11), tick(12)], [])
+    # Out of id order within the batch: a reader would drop 13 as a repeat of 14.
+    with pytest.raises(ValueError, match="BTCUSDT trade 13 after 14"):
+        await publisher.publish([tick(12), tick(14), tick(13)], [])
     assert await last_trade_ids(redis, keys) == {"BTCUSDT": 11, "ETHUSDT": 5}
     assert await redis.xlen(keys.ticks) == 1
 

@@ -82,14 +82,18 @@ class BusPublisher:
     async def publish(self, ticks: Sequence[Tick], candles: Sequence[Candle]) -> None:
         """Publishes ``ticks`` (in trade-id order per symbol) and ``candles`` (in the order they changed).
 
-        Raises ``Fenced`` when this process no longer holds the lease, ``Overlap`` for a repeated trade; in
-        both cases nothing was written.
+        Raises ``Fenced`` when this process no longer holds the lease, ``Overlap`` for a repeated trade, and
+        ValueError for a batch out of id order; in every case nothing was written.
         """
         if not ticks and not candles:
             return
         per_symbol: dict[str, list[Tick]] = {}
         for tick in ticks:
-            per_symbol.setdefault(tick.symbol, []).append(tick)
+            symbol_ticks = per_symbol.setdefault(tick.symbol, [])
+            if symbol_ticks and tick.trade_id <= symbol_ticks[-1].trade_id:
+                # Readers take a trade id at or below one they have seen for a repeat: it would be lost to them.
+                raise ValueError(f"{tick.symbol} trade {tick.trade_id} after {symbol_ticks[-1].trade_id} in one batch")
+            symbol_ticks.append(tick)
         args: list[str | bytes | int] = [
             self._token, self._max_entries, ticks_to_bus(ticks) if ticks else b"",
             candles_to_bus(candles) if candles else b"", len(per_symbol),

@@ -202,15 +202,15 @@ class _Leading:
                 status.holes_filled += 1
                 status.trades_fetched += len(got)
             filled.setdefault(hole.symbol, []).extend(got)
-        out: list[Tick] = []
-        placed: set[str] = set()
+        # Each symbol's trades in id order: a hole inside the batch is filled in its place, not before the live
+        # trades preceding it (readers drop a trade id below one they have seen as a repeat).
+        per_symbol: dict[str, list[Tick]] = {}
         for tick in fresh:
-            if tick.symbol not in placed:
-                placed.add(tick.symbol)
-                out.extend(filled.pop(tick.symbol, []))
-            out.append(tick)
-        # Quiet symbols caught up to the exchange's last trade: nothing fresh to place them before.
-        return [*out, *(tick for trades in filled.values() for tick in trades)]
+            per_symbol.setdefault(tick.symbol, []).append(tick)
+        for symbol, trades in filled.items():
+            per_symbol[symbol] = sorted([*per_symbol.get(symbol, []), *trades], key=lambda tick: tick.trade_id)
+        # Quiet symbols caught up to the exchange's last trade come after the streaming ones.
+        return [tick for trades in per_symbol.values() for tick in trades]
 
 
 async def _exchange_last_ids(exchange_last_ids: LastTradeIds) -> dict[str, int]:
