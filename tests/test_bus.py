@@ -203,3 +203,17 @@ async def test_a_revision_of_an_older_candle_never_moves_the_current_candle_back
     newer = candle(60_000, revision=1, closed=True)
     await publisher.publish([tick(3)], [newer])
     assert candles_from_bus(await redis.hget(keys.candle_state, "BTCUSDT|1m")) == [newer]
+
+
+async def test_a_series_state_holds_the_closed_candles_a_successor_may_revise(redis: Any, keys: BusKeys) -> None:
+    lease = Lease(redis, keys.lease("0/1"), new_token("leader"), LeaseTimings())
+    assert await lease.try_acquire()
+    publisher = BusPublisher(redis, keys, lease.key, lease.token, max_entries=1000)
+    state = [candle(0, closed=True), candle(60_000, closed=True), candle(120_000)]
+    await publisher.publish([tick(1)], state[:2], {"BTCUSDT|1m": state})
+    assert candles_from_bus(await redis.hget(keys.candle_state, "BTCUSDT|1m")) == state
+    # A state ending in an older candle than the one recorded never replaces it.
+    revised = candle(0, revision=1, closed=True)
+    await publisher.publish([tick(2)], [revised], {"BTCUSDT|1m": [revised]})
+    assert candles_from_bus(await redis.hget(keys.candle_state, "BTCUSDT|1m")) == state
+    assert (await take_snapshot(redis, keys)).candles == state

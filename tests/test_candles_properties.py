@@ -164,3 +164,44 @@ def test_every_interval_at_once_equals_each_alone(case: tuple[Interval, list[Tic
         assert [c for c in emitted if c.interval == interval.name] == alone_emitted
         for symbol in SYMBOLS:
             assert together.open_candle(symbol, interval.name) == alone.open_candle(symbol, interval.name)
+
+
+@settings(max_examples=100)
+@given(trade_sequences(), st.data())
+def test_a_successor_revises_candles_the_clock_closed_early_above_every_published_revision(
+    case: tuple[Interval, list[Tick]], data: st.DataObject
+) -> None:
+    """The clock runs ahead of trades still on their way (their candles close early, then are revised), and at
+    a random point a new builder takes over from the old one's ``unsettled`` candles, as a new shard leader
+    does: each version of a closed candle has a higher revision than every one emitted before it, whichever
+    builder emitted it, and the latest versions are still the reference."""
+    interval, ticks = case
+    handoff = data.draw(st.integers(0, len(ticks)))
+    builder = CandleBuilder([interval], recent_limit=100_000)
+    emitted: list[Candle] = []
+    final_ms = ticks[-1].trade_time_ms
+    for index, tick in enumerate(ticks):
+        if index == handoff:
+            successor = CandleBuilder([interval], recent_limit=100_000)
+            for symbol in SYMBOLS:
+                for candle in builder.unsettled(symbol, interval.name):
+                    successor.continue_candle(candle)
+            builder = successor
+        emitted += builder.update(tick)
+        if data.draw(st.booleans()):
+            ahead_ms = tick.trade_time_ms + data.draw(st.integers(0, 2 * interval.nominal_ms))
+            final_ms = max(final_ms, ahead_ms)
+            for symbol in SYMBOLS:
+                emitted += builder.close_due(symbol, ahead_ms)
+    for symbol in SYMBOLS:
+        emitted += builder.close_due(symbol, final_ms)
+    assert builder.counters.late_trades_unrevisable == 0
+    highest: dict[tuple[str, int], int] = {}
+    for candle in emitted:
+        key = (candle.symbol, candle.open_time_ms)
+        assert candle.revision > highest.get(key, -1), candle
+        highest[key] = candle.revision
+    for symbol in {tick.symbol for tick in ticks}:
+        mine = [tick for tick in ticks if tick.symbol == symbol]
+        view = final_view(builder, emitted, symbol, interval.name)
+        assert without_revision(view) == reference(mine, interval, until_open_ms=interval.open_time(final_ms))

@@ -6,7 +6,7 @@ the clock is the test's (``clock_ms``), so closing by the clock happens exactly 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -59,7 +59,9 @@ class Leader:
 
 
 @asynccontextmanager
-async def leader(redis: Any, keys: BusKeys, exchange: Exchange, name: str) -> AsyncIterator[Leader]:
+async def leader(
+    redis: Any, keys: BusKeys, exchange: Exchange, name: str, is_live: Callable[[str], bool] = lambda symbol: True
+) -> AsyncIterator[Leader]:
     """A publisher that holds the shard's lease (taken from whoever had it) and has been told it leads."""
     lease = Lease(redis, keys.lease("0/1"), new_token(name), LeaseTimings(ttl_seconds=60))
     await redis.delete([lease.key])
@@ -69,7 +71,8 @@ async def leader(redis: Any, keys: BusKeys, exchange: Exchange, name: str) -> As
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: publish_shard(
             receive, ShardBus(redis, keys, lease.key, lease.token, 10_000), parse_intervals("1m"), exchange.fetch,
-            exchange.last_ids, status, max_hole_trades=1000, clock_ms=exchange.clock_ms))
+            exchange.last_ids, status, max_hole_trades=1000, is_live=is_live,
+            clock_ms=exchange.clock_ms))
         await send.send(True)
         yield Leader(send, status)
         await send.aclose()
@@ -102,3 +105,41 @@ async def test_trades_fetched_for_holes_go_out_in_id_order_with_the_live_ones(re
         await until_published(redis, keys, "BTCUSDT", 8)
     assert await published_ticks(redis, keys) == [("BTCUSDT", trade_id) for trade_id in range(1, 9)]
 
+
+def closed_versions(candles: Sequence[Candle], symbol: str, open_time_ms: int) -> list[tuple[int, int]]:
+    """(revision, trade count) of each closed version of one candle, in publication order."""
+    return [(c.revision, c.trade_count) for c in candles
+            if c.closed and c.symbol == symbol and c.interval == "1m" and c.open_time_ms == open_time_ms]
+
+
+async def test_a_new_leader_revises_a_candle_its_predecessor_closed_early_above_every_published_revision(
+    redis: Any, keys: BusKeys
+) -> None:
+    exchange = Exchange(now_ms=T0 + 3 * MINUTE + 1)
+    minute = exchange.make([trade("BTCUSDT", trade_id, T0 + trade_id * 1000) for trade_id in range(1, 25)])
+    later = exchange.make([trade("ETHUSDT", 1, T0 + 3 * MINUTE)])
+    async with leader(redis, keys, exchange, "first") as first:
+        # ETHUSDT's trade says the exchange's clock is 3 minutes on: BTCUSDT's first minute closes with the 5
+        # trades in, while its 19 others are still on their way.
+        await first.events.send([*minute[:5], *later])
+        await until_published(redis, keys, "ETHUSDT", 1)
+    assert closed_versions(await published_candles(redis, keys), "BTCUSDT", T0) == [(0, 5)]
+    async with leader(redis, keys, exchange, "second") as second:
+        await second.events.send(minute[5:])
+        await until_published(redis, keys, "BTCUSDT", 24)
+    versions = closed_versions(await published_candles(redis, keys), "BTCUSDT", T0)
+    revisions = [revision for revision, _ in versions]
+    assert revisions == sorted(set(revisions)), versions  # each version above every one before it
+    assert versions[-1][1] == 24
+
+
+async def test_the_clock_closes_no_candle_of_a_symbol_whose_trades_are_held_back(redis: Any, keys: BusKeys) -> None:
+    exchange = Exchange(now_ms=T0 + 3 * MINUTE + 1)
+    minute = exchange.make([trade("BTCUSDT", trade_id, T0 + trade_id * 1000) for trade_id in range(1, 25)])
+    later = exchange.make([trade("ETHUSDT", 1, T0 + 3 * MINUTE)])
+    async with leader(redis, keys, exchange, "leader", is_live=lambda symbol: symbol != "BTCUSDT") as publisher:
+        await publisher.events.send([*minute[:5], *later])
+        await until_published(redis, keys, "ETHUSDT", 1)
+        await publisher.events.send(minute[5:])
+        await until_published(redis, keys, "BTCUSDT", 24)
+    assert closed_versions(await published_candles(redis, keys), "BTCUSDT", T0) == []

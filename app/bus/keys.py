@@ -31,7 +31,8 @@ class BusKeys:
 
     @property
     def candle_state(self) -> str:
-        """Hash ``SYMBOL|interval`` -> the newest version of the symbol's current candle (bus format)."""
+        """Hash ``SYMBOL|interval`` -> the newest version of the series' current candle, after the closed ones
+        late trades may still revise (bus format, oldest first)."""
         return f"{self.prefix}:candle-state"
 
     def sequence(self, stream: str) -> str:

@@ -3,13 +3,13 @@
 One server-side script checks that the shard's lease still holds this process's token, refuses trades at or
 below a symbol's last published id (nothing is published twice), then appends the batch to the tick stream and
 the candle updates to the candle stream (each entry numbered, so readers notice trimmed entries), and records
-each symbol's last trade id, latest tick and current candle. A leader that was frozen past its lease and wakes
-up is refused before it writes anything (``Fenced``).
+each symbol's last trade id, latest tick and the candles of each series a new leader continues. A leader that
+was frozen past its lease and wakes up is refused before it writes anything (``Fenced``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from coredis.exceptions import ResponseError
@@ -49,7 +49,8 @@ end
 -- A series' state only moves forward: a revision of an older candle never replaces a newer current one.
 while i < #ARGV do
   local old = redis.call('HGET', KEYS[6], ARGV[i])
-  if not old or tonumber(cjson.decode(old)[1][3]) <= tonumber(ARGV[i + 1]) then
+  local kept = old and cjson.decode(old)
+  if not kept or tonumber(kept[#kept][3]) <= tonumber(ARGV[i + 1]) then
     redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 2])
   end
   i = i + 3
@@ -66,8 +67,13 @@ class Overlap(Exception):
     """A batch repeated trades already published: a bug in the caller's resume logic, never published."""
 
 
+def series_field(symbol: str, interval: str) -> str:
+    """A series' field in the candle state hash."""
+    return f"{symbol}|{interval}"
+
+
 def candle_field(candle: Candle) -> str:
-    return f"{candle.symbol}|{candle.interval}"
+    return series_field(candle.symbol, candle.interval)
 
 
 class BusPublisher:
@@ -79,8 +85,12 @@ class BusPublisher:
         self._max_entries = max_entries
         self._script = redis.register_script(_PUBLISH)
 
-    async def publish(self, ticks: Sequence[Tick], candles: Sequence[Candle]) -> None:
-        """Publishes ``ticks`` (in trade-id order per symbol) and ``candles`` (in the order they changed).
+    async def publish(
+        self, ticks: Sequence[Tick], candles: Sequence[Candle], states: Mapping[str, Sequence[Candle]] | None = None
+    ) -> None:
+        """Publishes ``ticks`` (in trade-id order per symbol) and ``candles`` (in the order they changed), and
+        records ``states``: per series (``candle_field``) the candles a new leader continues, oldest first, the
+        current one last (by default the newest candle of each series in ``candles``).
 
         Raises ``Fenced`` when this process no longer holds the lease, ``Overlap`` for a repeated trade, and
         ValueError for a batch out of id order; in every case nothing was written.
@@ -100,13 +110,16 @@ class BusPublisher:
         ]
         for symbol, symbol_ticks in per_symbol.items():
             args += [symbol, symbol_ticks[0].trade_id, symbol_ticks[-1].trade_id, ticks_to_bus(symbol_ticks[-1:])]
-        newest: dict[str, Candle] = {}
-        for candle in candles:
-            current = newest.get(candle_field(candle))
-            if current is None or candle.open_time_ms >= current.open_time_ms:
-                newest[candle_field(candle)] = candle
-        for field, candle in newest.items():
-            args += [field, candle.open_time_ms, candles_to_bus([candle])]
+        if states is None:
+            newest: dict[str, Candle] = {}
+            for candle in candles:
+                current = newest.get(candle_field(candle))
+                if current is None or candle.open_time_ms >= current.open_time_ms:
+                    newest[candle_field(candle)] = candle
+            states = {field: [candle] for field, candle in newest.items()}
+        for field, series in states.items():
+            if series:
+                args += [field, series[-1].open_time_ms, candles_to_bus(series)]
         keys = self._keys
         try:
             await self._script(

@@ -88,7 +88,7 @@ async def run_ingest(
                 nursery.start_soon(partial(
                     publish_shard, events_receive, bus, settings.candle_intervals,
                     partial(fetch_trades, rest), partial(_last_trade_ids, rest, subscriptions), shard_status,
-                    max_hole_trades=settings.max_backfill_trades,
+                    max_hole_trades=settings.max_backfill_trades, is_live=ingest_status.is_live,
                 ))
                 task_status.started(urls)
         finally:

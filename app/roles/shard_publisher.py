@@ -23,7 +23,7 @@ import trio
 from app.bus.connection import BUS_UNAVAILABLE
 from app.bus.continuity import Continuity, Hole, StandbyBuffer
 from app.bus.keys import BusKeys
-from app.bus.publish import BusPublisher, Fenced, decode_hash, last_trade_ids
+from app.bus.publish import BusPublisher, Fenced, decode_hash, last_trade_ids, series_field
 from app.clock import wall_clock_ms
 from app.convert import candles_from_bus
 from app.ingest.rest import RestError
@@ -56,6 +56,8 @@ class ShardStatus:
     # Trades no process could publish (REST refused or too many): reported, never silently skipped.
     trades_unpublished: int = 0
     bus_errors: int = 0
+    # Trades for closed candles older than a leader holds (published as ticks, their candle not revised).
+    late_trades_unrevised: int = 0
 
 
 @attrs.frozen
@@ -76,9 +78,13 @@ async def publish_shard(
     status: ShardStatus,
     *,
     max_hole_trades: int,
+    is_live: Callable[[str], bool],
     clock_ms: Callable[[], int] = wall_clock_ms,
 ) -> None:
-    """Runs until ``events`` ends: batches of ticks from ingest, and True/False as leadership is won or lost."""
+    """Runs until ``events`` ends: batches of ticks from ingest, and True/False as leadership is won or lost.
+
+    ``is_live(symbol)``: whether the clock may close the symbol's candles (its trades are not held back by a
+    repair, a connection is up): else trades of a candle closed by the clock would still be on their way."""
     publisher = BusPublisher(bus.redis, bus.keys, bus.lease_key, bus.token, bus.max_entries)
     buffer = StandbyBuffer(STANDBY_TRADES_PER_SYMBOL)
     leader: _Leading | None = None
@@ -94,7 +100,7 @@ async def publish_shard(
             catch_up: dict[str, int] = {}
             try:
                 if event is True and leader is None:
-                    leader = await _take_over(bus, intervals, status)
+                    leader = await _take_over(bus, intervals, is_live, status)
                     status.leading = True
                     event = buffer.drain()
                     catch_up = await _exchange_last_ids(exchange_last_ids)
@@ -122,9 +128,10 @@ async def publish_shard(
 class _Leading:
     """A leader's state: what was published, and the candles it continues."""
 
-    def __init__(self, continuity: Continuity, builder: CandleBuilder) -> None:
+    def __init__(self, continuity: Continuity, builder: CandleBuilder, is_live: Callable[[str], bool]) -> None:
         self.continuity = continuity
         self.builder = builder
+        self.is_live = is_live
         self.next_close_ms: int | None = None
         # The exchange's clock minus ours (see ``app.store.aggregator.aggregate``).
         self.exchange_offset_ms: int | None = None
@@ -156,13 +163,15 @@ class _Leading:
                                                                                           offset)
         if self.exchange_offset_ms is not None:
             self.next_close_ms = close_by_clock(self.builder, now_ms + self.exchange_offset_ms, CLOSE_GRACE_MS,
-                                                lambda symbol: True, lambda symbol: False, changed, touched)
+                                                self.is_live, lambda symbol: False, changed, touched)
+        self._count_unrevised(status)
         candles = [*changed, *self._open_candles(touched)]
         if not fresh and not candles:
             return
+        states = self._states(touched)
         while True:
             try:
-                await publisher.publish(fresh, candles)
+                await publisher.publish(fresh, candles, states)
                 break
             except BUS_UNAVAILABLE as error:
                 # Hold the batch (ingest waits behind it); a lease lost meanwhile makes the retry Fenced.
@@ -176,6 +185,19 @@ class _Leading:
     def _open_candles(self, symbols: set[str]) -> list[Candle]:
         return [candle for symbol in symbols for interval in self.builder.intervals
                 if (candle := self.builder.open_candle(symbol, interval.name)) is not None]
+
+    def _states(self, symbols: set[str]) -> dict[str, list[Candle]]:
+        """What a successor continues for each series of ``symbols``: its open candle and the closed ones late
+        trades may still revise, so its revisions of them are higher than any published."""
+        return {series_field(symbol, interval.name): self.builder.unsettled(symbol, interval.name)
+                for symbol in symbols for interval in self.builder.intervals}
+
+    def _count_unrevised(self, status: ShardStatus) -> None:
+        late = self.builder.take_late_trades()
+        if late:
+            status.late_trades_unrevised += len(late)
+            log.warning("late trades for candles this leader does not hold, not revised trades=%d first=%s %d",
+                        len(late), late[0].tick.symbol, late[0].tick.trade_id)
 
     async def _fill(
         self, holes: list[Hole], fresh: list[Tick], fetch_trades: FetchTrades, max_hole_trades: int,
@@ -222,8 +244,11 @@ async def _exchange_last_ids(exchange_last_ids: LastTradeIds) -> dict[str, int]:
         return {}
 
 
-async def _take_over(bus: ShardBus, intervals: Sequence[Interval], status: ShardStatus) -> _Leading:
-    """The leader's starting point, from the bus: last published ids and the current candle of each series."""
+async def _take_over(
+    bus: ShardBus, intervals: Sequence[Interval], is_live: Callable[[str], bool], status: ShardStatus
+) -> _Leading:
+    """The leader's starting point, from the bus: last published ids and, per series, the candles published
+    that trades may still change (the current one, and closed ones the clock may have closed early)."""
     while True:
         try:
             published = await last_trade_ids(bus.redis, bus.keys)
@@ -240,4 +265,4 @@ async def _take_over(bus: ShardBus, intervals: Sequence[Interval], status: Shard
                 builder.continue_candle(candle)
     status.takeovers += 1
     log.warning("leading the shard symbols_published=%d candles_continued=%d", len(published), len(candle_state))
-    return _Leading(Continuity(published), builder)
+    return _Leading(Continuity(published), builder, is_live)

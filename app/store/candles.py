@@ -59,6 +59,9 @@ MAX_SEED_PENDING_TICKS = 200_000
 RECENT_SPAN_MS = 2 * 3_600_000
 RECENT_MIN = 60
 RECENT_MAX = 1000
+# Closed candles of a series handed to a new leader at most (``CandleBuilder.unsettled``): a late trade for an
+# older one than these is counted, not applied.
+MAX_UNSETTLED = 100
 
 
 def default_ring_size(interval: Interval) -> int:
@@ -618,17 +621,44 @@ class CandleBuilder:
             self._await_seed(series, incomplete[-1].open_time_ms)
 
     def continue_candle(self, candle: Candle) -> None:
-        """Continues a series from the newest published version of its current candle (a new leader taking
-        over): later trades are added to it exactly as the old leader would have added them."""
+        """Continues a series from a published version of one of its candles (a new leader taking over, given
+        the series' ``unsettled`` candles oldest first): later trades are added to it, and late ones revise it,
+        exactly as the old leader would have done (a revision above the published one)."""
         series = next((s for s in self._series_of(candle.symbol) if s.interval.name == candle.interval), None)
         if series is None:
             raise ValueError(f"interval {candle.interval!r} is not configured")
         if candle.closed:
-            series.closed.replace_all((candle,))
+            ring = series.closed
+            if ring and ring.open_time_at(len(ring) - 1) < candle.open_time_ms:
+                ring.append(candle)
+            else:
+                ring.replace_all((candle,))
+            if candle.last_trade_id != NO_TRADE_ID:
+                series.last_trade_id = candle.last_trade_id
             next_open = series.interval.next_open_time(candle.open_time_ms)
             series.current = _Bar(next_open, series.interval.close_time(next_open), candle.close)
         else:
             series.current = _Bar.from_candle(candle)
+
+    def unsettled(self, symbol: str, interval: str) -> list[Candle]:
+        """The candles of (symbol, interval) that trades not seen yet may still change, oldest first: the open
+        one and, while it has no trade, the closed ones from the newest with trades on (the clock may have closed
+        them before all their trades arrived). What a new leader must continue (``continue_candle``) so that
+        its versions of them have higher revisions than those published (at most ``MAX_UNSETTLED`` closed)."""
+        series = self._one_series(symbol, interval)
+        if series is None:
+            return []
+        current = series.current
+        out = [] if current is None else [current.candle(symbol, interval, closed=False)]
+        if current is not None and current.trade_count:
+            return out
+        ring = series.closed
+        closed: list[Candle] = []
+        for index in range(len(ring) - 1, max(-1, len(ring) - 1 - MAX_UNSETTLED), -1):
+            closed.append(ring[index])
+            if closed[-1].trade_count:
+                break
+        return [*reversed(closed), *out]
 
     def seed_from_finer(self, symbol: str, interval: str, finer: Sequence[Candle], floor_ms: int) -> list[Candle]:
         """Rebuilds a seeded series up to ``floor_ms`` from stored closed candles of a finer interval that tiles

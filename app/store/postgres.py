@@ -6,7 +6,9 @@ it keeps the scale: ``61829.76000000`` comes back as written); times are epoch m
 
 Tick batches are copied (``COPY``) into a temporary staging table and inserted from it with ``ON CONFLICT DO
 NOTHING`` in the same transaction: one round trip for thousands of rows, and a tick stored twice stays as it
-was. Candles go the same way, a stored candle replaced only by the same or a higher revision.
+was. Candles go the same way, a stored candle replaced only by the same or a higher revision (every changed
+version of a closed candle has a higher revision than those before it, so the same revision is the same
+version: a redelivered or reclaimed entry changes nothing, an older one arriving late is ignored).
 
 The schema is versioned in ``schema_version`` and migrated forward by ``open`` under an advisory lock (several
 processes may start at once). A lost connection (server restart, network) is reopened on the next call; while
