@@ -1,13 +1,9 @@
-"""Excluded from ``make test`` (marker ``scale_e2e``; run it with ``pytest -m scale_e2e``) until an intermittent
-failure is understood: in 2 of 5 fresh-clone runs the surviving replica's subscriber got 1,599 of 1,600 trades
-although all of them were on the bus (see the scale-out issue's note).
-
-The roles together as real processes, as the scale-out issue prescribes: two shards, each with a leader and a
+"""The roles together as real processes, as the scale-out issue prescribes: two shards, each with a leader and a
 hot standby, two persisters into PostgreSQL, two API replicas; the exchange resets connections and sends a
 malformed frame; one leader is killed (-9), the other frozen past its lease (SIGSTOP, then SIGCONT), a persister
 and a replica are killed and the replica restarted. Afterwards a /ws subscriber of the surviving replica has every
 trade the exchange made from its first one, exactly once per symbol and in id order; the restarted replica serves
-the latest trades; PostgreSQL holds each trade once.
+the latest trades; PostgreSQL holds each trade once, and its closed 1m candles equal the exchange's klines.
 """
 
 from __future__ import annotations
@@ -31,6 +27,7 @@ from test_scale_ingest import IngestProcess, role_process, wait_until_published
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from app.bus.keys import BusKeys
+from app.convert import ticks_from_bus
 from app.model import Tick
 from app.replay.config import ManualSource, SimulatorConfig
 from app.replay.simulator import Simulator, open_simulator
@@ -84,6 +81,42 @@ def stored(database: str) -> tuple[dict[str, list[tuple[int, Decimal]]], list[tu
     return per_symbol, candles
 
 
+async def missing_trades(redis: Any, keys: BusKeys, received: list[dict[str, Any]]) -> str:
+    """For a failure message: per symbol, the trades the subscriber lacks, and where they are on the bus."""
+    on_bus: dict[str, list[int]] = {}
+    for entry in await redis.xrange(keys.ticks):
+        for tick in ticks_from_bus(entry.field_values[b"t"]):
+            on_bus.setdefault(tick.symbol, []).append(tick.trade_id)
+    lines = []
+    for symbol in SYMBOLS:
+        seen = {t["trade_id"] for t in received if t["symbol"] == symbol}
+        bus = on_bus.get(symbol, [])
+        for trade_id in sorted(set(range(1, 401)) - seen):
+            where = bus.index(trade_id) if trade_id in bus else None
+            around = bus[max(0, where - 5): where + 6] if where is not None else []
+            lines.append(f"{symbol} {trade_id} missing; on the bus at {where} of {len(bus)}: ...{around}...")
+        if bus != sorted(bus) or len(bus) != len(set(bus)):
+            lines.append(f"{symbol} bus out of order or repeated: {bus}")
+    return "\n".join(lines)
+
+
+async def klines(simulator: Simulator) -> list[tuple[Any, ...]]:
+    """The exchange's closed 1m candles (its last one is still open) as (symbol, open time, OHLC, volume,
+    trade count)."""
+    rows = []
+    async with httpx.AsyncClient(base_url=simulator.rest_url) as client:
+        for symbol in SYMBOLS:
+            answer = await client.get("/api/v3/klines", params={"symbol": symbol, "interval": "1m", "limit": 1000})
+            rows += [(symbol, row[0], *map(Decimal, row[1:6]), row[8]) for row in answer.json()[:-1]]
+    return sorted(rows)
+
+
+def closed_candles(stored: tuple[Any, list[tuple[Any, ...]]], expected: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The stored closed 1m candles in the span of ``expected`` as its rows."""
+    last_open = {row[0]: row[1] for row in expected}
+    return [row[:8] for row in stored[1] if row[1] <= last_open.get(row[0], -1)]
+
+
 @pytest.fixture
 async def simulator() -> AsyncIterator[Simulator]:
     """A manual market listing the four symbols (the shared fixture lists two)."""
@@ -98,6 +131,8 @@ async def test_two_shards_with_standbys_replicas_and_persisters_lose_and_repeat_
     assert {shard_of(symbol, 2) for symbol in SYMBOLS} == {0, 1}
     received: list[dict[str, Any]] = []
     phases: list[str] = []
+    candles: list[tuple[Any, ...]] = []
+    expected: list[tuple[Any, ...]] = []
     processes: list[IngestProcess] = []
     with fresh_database() as database, trio.move_on_after(360) as deadline:  # nine processes on 2 busy cores
         async with AsyncExitStack() as stack:
@@ -162,11 +197,22 @@ async def test_two_shards_with_standbys_replicas_and_persisters_lose_and_repeat_
             while sum(map(len, (await trio.to_thread.run_sync(stored, database))[0].values())) < 1600:  # noqa: ASYNC110
                 await trio.sleep(0.5)
             phases.append("database has every trade")
+            expected = await klines(simulator)
+            assert len(expected) == 16 * len(SYMBOLS)  # 400 trades 2.5 s apart: minutes 0..15 closed, 16 open
+            while (candles := closed_candles(await trio.to_thread.run_sync(stored, database), expected)) != expected:  # noqa: ASYNC110
+                await trio.sleep(0.5)
+            phases.append("database candles equal the klines")
             nursery.cancel_scope.cancel()
         ticks_stored, _ = await trio.to_thread.run_sync(stored, database)
     if deadline.cancelled_caught:
         logs = "\n".join("".join(process.output[-20:]) for process in processes)
-        raise AssertionError(f"stuck after {phases[-1]!r} (received {len(received)}):\n{logs}")
+        trouble = [f"{process.token} {line}" for process in processes for line in "".join(process.output).splitlines()
+                   if any(word in line for word in ("ERROR", "error", "hole", "Fenced", "OVERLAP", "refused"))]
+        logs = "\n".join(trouble) + "\n" + logs
+        if phases[-1] == "database has every trade":
+            logs = f"candles differ: {set(candles) ^ set(expected)}\n{logs}"
+        raise AssertionError(f"stuck after {phases[-1]!r} (received {len(received)}):\n"
+                             f"{await missing_trades(redis, keys, received)}\n{logs}")
     for symbol in SYMBOLS:
         made = [trade(symbol, trade_id) for trade_id in range(1, 401)]
         seen = [(t["trade_id"], t["price"]) for t in received if t["symbol"] == symbol]
