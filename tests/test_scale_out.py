@@ -124,7 +124,6 @@ async def simulator() -> AsyncIterator[Simulator]:
         yield sim
 
 
-@pytest.mark.scale_e2e
 async def test_two_shards_with_standbys_replicas_and_persisters_lose_and_repeat_nothing(
     simulator: Simulator, redis: Any, keys: BusKeys
 ) -> None:
