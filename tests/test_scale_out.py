@@ -47,9 +47,17 @@ def market(first: int, count: int) -> list[Tick]:
     return [trade(symbol, trade_id) for trade_id in range(first, first + count) for symbol in SYMBOLS]
 
 
-async def collect(ws: WebSocketConnection, into: list[dict[str, Any]]) -> None:
+async def collect(
+    ws: WebSocketConnection,
+    into: list[dict[str, Any]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Every trade the subscriber gets, into ``into``; started once the replica confirmed the subscription (the
+    market must not trade before: its first trades would reach nobody)."""
     await ws.send_message(json.dumps({"op": "subscribe", "channel": "ticks", "symbols": "*"}))
     assert json.loads(await ws.get_message())["op"] == "subscribed"
+    task_status.started()
     while True:
         message = json.loads(await ws.get_message(), parse_float=Decimal)
         into.extend(message["data"])
@@ -153,7 +161,7 @@ async def test_two_shards_with_standbys_replicas_and_persisters_lose_and_repeat_
             phases.append("leaders elected")
             await simulator.wait_until(lambda: simulator.open_connections == 4)
             ws = await stack.enter_async_context(open_websocket_url(replicas[0].token.replace("http", "ws") + "/ws"))
-            nursery.start_soon(collect, ws, received)
+            await nursery.start(collect, ws, received)
             phases.append("subscriber connected")
             simulator.publish(market(1, 100))
             await wait_until_published(redis, keys, 100, *shards["0/2"], *shards["1/2"], symbols=SYMBOLS)
