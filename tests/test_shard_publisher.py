@@ -143,3 +143,19 @@ async def test_the_clock_closes_no_candle_of_a_symbol_whose_trades_are_held_back
         await publisher.events.send(minute[5:])
         await until_published(redis, keys, "BTCUSDT", 24)
     assert closed_versions(await published_candles(redis, keys), "BTCUSDT", T0) == []
+
+
+async def test_batches_waiting_behind_each_other_go_out_in_one_publish(redis: Any, keys: BusKeys) -> None:
+    exchange = Exchange()
+    ticks = exchange.make([trade("BTCUSDT", trade_id, T0 + trade_id) for trade_id in range(1, 11)])
+    async with leader(redis, keys, exchange, "leader") as publisher:
+        await publisher.events.send(ticks[:1])
+        await until_published(redis, keys, "BTCUSDT", 1)
+        # Five socket reads queued before the leader runs again (no checkpoint between): one entry, in order.
+        for trade_id in range(1, 10, 2):
+            publisher.events.send_nowait(ticks[trade_id:trade_id + 2])
+        await until_published(redis, keys, "BTCUSDT", 10)
+        entries = await redis.xlen(keys.ticks)
+    assert await published_ticks(redis, keys) == [("BTCUSDT", trade_id) for trade_id in range(1, 11)]
+    assert publisher.status.batches_published == entries
+    assert entries == 2
