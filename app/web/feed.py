@@ -382,17 +382,22 @@ class FeedSession:
 
     async def _send_pending(self) -> None:
         """Renders what is pending once a send slot is free (what arrives while waiting for one joins the
-        frames), then sends it. The slot covers the rendering and one pass of the scheduler, which bounds the
-        sessions rendering per pass; not the send itself, because Hypercorn shields a socket write and one to a
-        client that stopped reading would keep the slot for good."""
+        frames), then sends it; replies alone need no slot. The slot covers the rendering and one pass of the
+        scheduler, which bounds the sessions rendering per pass; not the send itself, because Hypercorn shields a
+        socket write, and one to a client that stopped reading would keep the slot for good."""
+        outbox = self._outbox
+        if not outbox.pending:
+            # Replies only (a subscription's acknowledgement, a pong): small, and the client waits for them.
+            await self._send(outbox.take(self._subscriptions.ticks, self._subscriptions.candles))
+            return
         slots = self._send_slots
         try:
             slots.acquire_nowait()  # a free slot costs no extra checkpoint on the quiet path
         except trio.WouldBlock:
             await slots.acquire()
         try:
-            texts = [self._render(frame) for frame in self._outbox.take(self._subscriptions.ticks,
-                                                                          self._subscriptions.candles)]
+            texts = [self._render(frame) for frame in outbox.take(self._subscriptions.ticks,
+                                                                    self._subscriptions.candles)]
             await trio.lowlevel.checkpoint()
         finally:
             slots.release()
