@@ -320,6 +320,19 @@ def test_render_cache_renders_each_object_once_exactly_as_the_api_converter_and_
     assert len(cache._rendered) <= 100
 
 
+def test_render_cache_keeps_an_object_for_at_least_capacity_newer_renders() -> None:
+    # A client lagging behind the fastest by up to ``capacity`` objects finds them all rendered already.
+    cache = RenderCache(capacity=100)
+    ticks = make_ticks("BTCUSDT", 1, 400)
+    for start in range(0, 400, 10):
+        cache.render(ticks[start : start + 10])
+        lagging = max(0, start + 10 - 100)
+        renders = cache.renders
+        cache.render(ticks[lagging : start + 10])
+        assert cache.renders == renders
+    assert len(cache._rendered) + len(cache._previous) <= 200
+
+
 async def test_clients_are_told_going_away_when_ingestion_ends() -> None:
     with trio.fail_after(20):
         async with running_web() as web, open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:

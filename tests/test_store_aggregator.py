@@ -153,3 +153,17 @@ async def test_the_end_of_the_ticks_ends_every_candle_channel(pipeline: Pipeline
 def test_subscribing_to_an_interval_that_is_not_configured_is_refused(pipeline: Pipeline) -> None:
     with pytest.raises(ValueError, match="not configured"):
         pipeline.feed.subscribe_candles("ws:1", 4, OverflowPolicy.CUT_OFF, None, "5m")
+
+
+async def test_a_backlog_is_worked_off_in_rounds_of_bounded_ticks(pipeline: Pipeline) -> None:
+    # A round is one step of the task: four waiting batches of 10,000 ticks (big socket reads) take two rounds,
+    # each ending with an update to candle subscribers, instead of one long step holding up every other task.
+    _, updates = pipeline.feed.subscribe_candles("ws:1", 16, OverflowPolicy.CUT_OFF, None, "1m")
+    for batch in range(4):
+        pipeline.ticks_send.send_nowait([tick(BASE_MS + 1, batch * 10_000 + n + 1) for n in range(10_000)])
+    async with trio.open_nursery() as nursery:
+        pipeline.start(nursery)
+        await pipeline.ticks_send.aclose()
+    rounds = [batch async for batch in updates]
+    assert len(rounds) == 2
+    assert rounds[-1][-1].last_trade_id == 40_000

@@ -35,6 +35,9 @@ CLOSE_GRACE_MS = 2_000
 NOT_LIVE_RECHECK_MS = 1_000
 # Tick batches processed before candle updates are published (bounds the latency of updates under load).
 MAX_BATCHES_PER_ROUND = 64
+# And ticks per round: a round is one step of the task, and a step of seconds (64 batches of a 1 MiB read each)
+# would hold up every other task, ingestion's socket reader first.
+MAX_TICKS_PER_ROUND = 16_384
 # While seeds are outstanding the aggregator looks for answers at least this often (a quiet symbol sends no
 # tick to wake it).
 SEED_POLL_SECONDS = 0.1
@@ -203,12 +206,16 @@ async def aggregate(
                             break
                 if batch is not None:
                     latest_event_ms = _feed(builder, batch, changed, touched)
+                    fed = len(batch)
                     # Drain what else is waiting: ticks first, so queued trades are not mistaken for late ones.
                     for _ in range(MAX_BATCHES_PER_ROUND - 1):
+                        if fed >= MAX_TICKS_PER_ROUND:
+                            break
                         try:
                             batch = tick_batches.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
+                        fed += len(batch)
                         latest_event_ms = max(latest_event_ms, _feed(builder, batch, changed, touched))
                     offset = latest_event_ms - clock_ms()
                     exchange_offset_ms = offset if exchange_offset_ms is None else max(exchange_offset_ms, offset)

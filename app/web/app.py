@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import trio
 from quart import Response, websocket
 from quart_trio import QuartTrio
 
@@ -42,6 +43,7 @@ def create_app(
     feed_stats = FeedStats()
     render_cache = RenderCache()
     limits = feed_limits or FeedLimits()
+    send_slots = trio.CapacityLimiter(limits.concurrent_sends)
     settings = state.settings
     admin = admin or AdminAccess(token=settings.admin_token, host=settings.http_host)
     admin.warn_if_disabled()
@@ -82,7 +84,8 @@ def create_app(
             return refusal
         try:
             # The object itself, not the context-local proxy: the feed's tasks use it directly.
-            await serve_feed(feed_sources, feed_stats, limits, render_cache, cast(Any, websocket)._get_current_object())
+            await serve_feed(feed_sources, feed_stats, limits, render_cache,
+                             cast(Any, websocket)._get_current_object(), send_slots)
         finally:
             clients.release()
         return None

@@ -17,9 +17,16 @@ the symbol: ``{"op": "gap", "symbol", "first_trade_id", "last_trade_id", "reason
 data waiting for it.
 
 A client that does not read lets the outbox grow; past ``FeedLimits.max_pending`` items it is cut off with close
-code 1013 and a reason, so it never holds memory or slows anyone else. A connection with no subscription costs
-its tasks only: sources are subscribed on demand, and a changed symbol set changes the source subscription in
-place.
+code 1013 and a reason, so it never holds memory or slows anyone else.
+
+Ingestion has priority over the feed: at most ``FeedLimits.concurrent_sends`` sessions render frames in one pass
+of Trio's scheduler (a shared ``trio.CapacityLimiter``); the others wait off the run queue, their data coalescing
+into fuller frames, so the feed's frames per pass stay bounded however many clients are busy. Without
+it, a thousand busy sessions each take a turn in every pass of Trio's scheduler, a pass grows to seconds, and
+the exchange connection's reader (one read per pass) falls so far behind that the exchange drops it.
+
+A connection with no subscription costs its tasks only: sources are subscribed on demand, and a changed symbol
+set changes the source subscription in place.
 """
 
 from __future__ import annotations
@@ -87,6 +94,9 @@ class FeedLimits:
     max_pending: int = 50_000
     # After a cut-off, how long the close frame may take to get through before the connection is dropped.
     close_timeout_seconds: float = 5.0
+    # Sessions rendering frames in one pass of the scheduler, over all clients: bounds the feed's share of each
+    # pass, so ingestion keeps its turns however many clients are busy (16 full 2,000-tick frames: tens of ms).
+    concurrent_sends: int = 16
 
 
 @attrs.define
@@ -127,9 +137,10 @@ class FeedSession:
 
     def __init__(
         self, sources: FeedSources, stats: FeedStats, limits: FeedLimits, cache: RenderCache, websocket: Websocket,
-        number: int,
+        number: int, send_slots: trio.CapacityLimiter,
     ) -> None:
         self._service = sources
+        self._send_slots = send_slots
         self._stats = stats
         self._cache = cache
         self._limits = limits
@@ -358,7 +369,7 @@ class FeedSession:
                 self._wake = trio.Event()
                 continue
             # The connection is idle: everything waiting goes now; what arrives during the sends waits for them.
-            await self._send(outbox.take(self._subscriptions.ticks, self._subscriptions.candles))
+            await self._send_pending()
             outbox.sent()
         code, reason = self._close
         with trio.move_on_after(self._limits.close_timeout_seconds):
@@ -368,6 +379,32 @@ class FeedSession:
                     await source.done.wait()
                 await self._send(outbox.take(self._subscriptions.ticks, self._subscriptions.candles))
             await self._websocket.close(code, reason)
+
+    async def _send_pending(self) -> None:
+        """Renders what is pending once a send slot is free (what arrives while waiting for one joins the
+        frames), then sends it; replies alone need no slot. The slot covers the rendering and one pass of the
+        scheduler, which bounds the sessions rendering per pass; not the send itself, because Hypercorn shields a
+        socket write, and one to a client that stopped reading would keep the slot for good."""
+        outbox = self._outbox
+        if not outbox.pending:
+            # Replies only (a subscription's acknowledgement, a pong): small, and the client waits for them.
+            await self._send(outbox.take(self._subscriptions.ticks, self._subscriptions.candles))
+            return
+        slots = self._send_slots
+        try:
+            slots.acquire_nowait()  # a free slot costs no extra checkpoint on the quiet path
+        except trio.WouldBlock:
+            await slots.acquire()
+        try:
+            texts = [self._render(frame) for frame in outbox.take(self._subscriptions.ticks,
+                                                                    self._subscriptions.candles)]
+            await trio.lowlevel.checkpoint()
+        finally:
+            slots.release()
+        for text in texts:
+            if self._discarding:
+                return
+            await self._websocket.send(text)
 
     async def _send(self, frames: list[Frame]) -> None:
         for frame in frames:
@@ -396,9 +433,11 @@ class FeedSession:
 
 
 async def serve_feed(
-    sources: FeedSources, stats: FeedStats, limits: FeedLimits, cache: RenderCache, websocket: Websocket
+    sources: FeedSources, stats: FeedStats, limits: FeedLimits, cache: RenderCache, websocket: Websocket,
+    send_slots: trio.CapacityLimiter,
 ) -> None:
-    """The ``/ws`` handler body: accept, then serve the client until it leaves or is cut off."""
+    """The ``/ws`` handler body: accept, then serve the client until it leaves or is cut off. ``send_slots``
+    (``limits.concurrent_sends`` tokens) is shared by every client of the app."""
     await websocket.accept()
     number = stats.connections_total
-    await FeedSession(sources, stats, limits, cache, websocket, number).run()
+    await FeedSession(sources, stats, limits, cache, websocket, number, send_slots).run()
