@@ -57,6 +57,27 @@ async def test_a_failed_write_is_retried_and_nothing_is_lost_or_reported_early(t
     await storage.close()
 
 
+async def test_a_trickle_of_batches_is_written_in_few_transactions_in_order(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A quiet market: a one-tick batch every 5 ms for 0.3 s. Each batch in a transaction of its own would be 60
+    # writes; group commit starts one at most every COMMIT_INTERVAL_SECONDS (0.1 s).
+    storage = await SQLiteStorage.open(str(tmp_path / "db.sqlite3"))
+    status = PersistStatus()
+    batches_send, batches_receive = trio.open_memory_channel[Sequence[Tick]](256)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(persist_ticks, batches_receive, storage, status, Backoff(BackoffPolicy(start=0.5, cap=30.0)))
+        async with batches_send:
+            for trade_id in range(60):
+                await batches_send.send([tick(trade_id, T0 + trade_id)])
+                await trio.sleep(0.005)
+    assert status.ticks_persisted == 60
+    assert 2 <= status.tick_writes <= 5
+    stored = await storage.ticks("BTCUSDT", T0, -1, 100)
+    assert [stored_tick.trade_id for stored_tick in stored] == list(range(60))
+    await storage.close()
+
+
 async def test_closed_candles_are_written_in_batches(tmp_path: Path) -> None:
     storage = await SQLiteStorage.open(str(tmp_path / "db.sqlite3"))
     status = PersistStatus()

@@ -1,7 +1,8 @@
 """The persistence tasks: tick and candle writers, and the periodic tick pruning.
 
 Writers drain what is pending so that one transaction carries many batches (one ``trio.to_thread`` hop per
-transaction). A counter moves only after the write has committed, so "persisted" always means on disk.
+transaction), and begin one at most every ``COMMIT_INTERVAL_SECONDS`` unless a write's worth is waiting (group
+commit). A counter moves only after the write has committed, so "persisted" always means on disk.
 
 A slow but working database slows ingestion down (the writer reads its channel only between writes, and the
 fan-out's backpressure does the rest). A failing one (locked beyond ``busy_timeout``, disk full or read-only,
@@ -35,6 +36,11 @@ T = TypeVar("T")
 # Write at most this many ticks per transaction.
 MAX_TICKS_PER_WRITE = 20_000
 MAX_CANDLES_PER_WRITE = 20_000
+# Group commit: a writer starts a transaction at most this often unless a write's worth is waiting. At a quiet
+# market's rate each fan-out batch holds a tick or two, and writing each in a transaction of its own handed
+# the database thread hundreds of jobs a second; every hand-over contends with the event loop for the GIL
+# and delayed the /ws feed (bench/RESULTS.md, issue 16). Under load a write takes longer than this anyway.
+COMMIT_INTERVAL_SECONDS = 0.1
 # Retrying a failed storage write, for every writer of the database (``serve``'s and the persist role's):
 # full-jitter backoff from 0.1 s up to 5 s; each writer keeps its own ``Backoff(STORAGE_RETRY)``.
 STORAGE_RETRY = BackoffPolicy(start=0.1, cap=5.0)
@@ -99,6 +105,7 @@ class _Writer(Generic[T]):
     committed: Callable[[list[T]], None]
     unwritten: Callable[[list[T]], None]
     waiting: Callable[[int], None]
+    commit_interval: float = COMMIT_INTERVAL_SECONDS
 
 
 def _gather(first: Sequence[T], batches: trio.MemoryReceiveChannel[Sequence[T]], limit: int | None) -> list[T]:
@@ -136,6 +143,7 @@ async def _persist(
                     return
                 pending = _gather(first, batches, writer.per_write)
             chunk = pending[: writer.per_write]
+            write_started = trio.current_time()
             try:
                 await writer.write(chunk)
             except StorageWriteError as error:
@@ -162,6 +170,16 @@ async def _persist(
             if writer.what in status.failing_writers:
                 _note_recovery(status, writer.what)
             retry.reset()
+            if not pending and not closed:
+                # Group commit: gather until the interval since this write began is over (or a write's worth
+                # is waiting), so that a trickle of batches is not one transaction each (see the constant).
+                with trio.move_on_at(write_started + writer.commit_interval):
+                    while len(pending) < writer.per_write:
+                        try:
+                            pending.extend(await batches.receive())
+                        except trio.EndOfChannel:
+                            closed = True
+                            break
     except trio.Cancelled:
         if pending:
             writer.unwritten(pending)
