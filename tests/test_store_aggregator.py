@@ -12,7 +12,7 @@ import trio.testing
 
 from app.intervals import Interval
 from app.model import Candle, Tick
-from app.store.aggregator import CLOSE_GRACE_MS, CandleFeed, aggregate
+from app.store.aggregator import CLOSE_GRACE_MS, YIELD_TO_FEED_ROUNDS, CandleFeed, aggregate
 from app.store.latest import OverflowPolicy
 
 BASE_MS = 1_723_161_300_000  # 2024-08-08 23:55:00 UTC, a minute boundary
@@ -167,3 +167,22 @@ async def test_a_backlog_is_worked_off_in_rounds_of_bounded_ticks(pipeline: Pipe
     rounds = [batch async for batch in updates]
     assert len(rounds) == 2
     assert rounds[-1][-1].last_trade_id == 40_000
+async def test_an_idle_aggregator_lets_the_feed_send_a_fresh_batch_first(
+    pipeline: Pipeline, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The /ws feed gets the same batch from the fan-out and needs YIELD_TO_FEED_ROUNDS more scheduler rounds to
+    # put it on the wire; an idle aggregator waits those out before its candle work.
+    async with trio.open_nursery() as nursery:
+        pipeline.start(nursery)
+        await pipeline.ticks_send.send([tick(BASE_MS + 5_000, 1)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert pipeline.feed.open_candle("BTCUSDT", "1m") is not None  # the first trade, to have a candle
+        pipeline.ticks_send.send_nowait([tick(BASE_MS + 6_000, 2)])
+        for _ in range(YIELD_TO_FEED_ROUNDS):
+            await trio.lowlevel.checkpoint()
+            current = pipeline.feed.open_candle("BTCUSDT", "1m")
+            assert current is not None and current.trade_count == 1
+        await trio.testing.wait_all_tasks_blocked()
+        current = pipeline.feed.open_candle("BTCUSDT", "1m")
+        assert current is not None and current.trade_count == 2
+        nursery.cancel_scope.cancel()

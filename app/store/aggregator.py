@@ -38,6 +38,10 @@ MAX_BATCHES_PER_ROUND = 64
 # And ticks per round: a round is one step of the task, and a step of seconds (64 batches of a 1 MiB read each)
 # would hold up every other task, ingestion's socket reader first.
 MAX_TICKS_PER_ROUND = 16_384
+# Scheduler rounds an idle aggregator lets pass before working on a fresh batch: the /ws feed got the same batch
+# from the fan-out in the same round and puts it on the wire three rounds later (its pump, its sender, Hypercorn's
+# send lock), so in a quiet market a trade does not wait for candle work first (issue 16; bench/RESULTS.md).
+YIELD_TO_FEED_ROUNDS = 3
 # While seeds are outstanding the aggregator looks for answers at least this often (a quiet symbol sends no
 # tick to wake it).
 SEED_POLL_SECONDS = 0.1
@@ -204,6 +208,9 @@ async def aggregate(
                             batch = await tick_batches.receive()
                         except trio.EndOfChannel:
                             break
+                    if batch is not None:
+                        for _ in range(YIELD_TO_FEED_ROUNDS):
+                            await trio.lowlevel.checkpoint()
                 if batch is not None:
                     latest_event_ms = _feed(builder, batch, changed, touched)
                     fed = len(batch)
