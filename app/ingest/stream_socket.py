@@ -42,12 +42,6 @@ __all__ = ["HandshakeFailed", "SocketClosed", "StreamSocket", "open_stream_socke
 _WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # One read is one batch of trades for the pipeline: 64 KiB holds ~300 trade frames.
 RECEIVE_BYTES = 65_536
-# A read that fills its buffer doubles the next one, up to this; a read under a quarter of it halves it again.
-# Each stage of ingestion moves one read per pass of Trio's scheduler, however long the pass: a busy service
-# (a thousand feed clients) makes passes long, and 64 KiB per pass then falls behind a busy exchange, which drops
-# a slow reader. Reading what piled up in one go keeps up, at no cost when the stream is quiet; 1 MiB (~5,000
-# trades) is a second of a busy combined stream, and bounds a batch for the fan-out's subscribers.
-MAX_RECEIVE_BYTES = 1024 * 1024
 # TCP connect, TLS and the WebSocket upgrade together.
 CONNECT_TIMEOUT_SECONDS = 5.0
 CLOSE_TIMEOUT_SECONDS = 2.0
@@ -118,7 +112,6 @@ class StreamSocket:
     async def read_ahead(self) -> None:
         """Reads the socket into batches and answers control frames at once, until the stream ends (it then
         returns; ``closed`` says how)."""
-        receive_bytes = self._receive_bytes
         try:
             data = self._buffered
             self._buffered = b""
@@ -139,14 +132,7 @@ class StreamSocket:
                 while self._read_ahead_bytes >= self._max_read_ahead_bytes:
                     self._room_freed = trio.Event()
                     await self._room_freed.wait()
-                # Never past the read-ahead bound by more than the base read size.
-                room = self._max_read_ahead_bytes - self._read_ahead_bytes
-                asked = min(receive_bytes, max(self._receive_bytes, room))
-                read = await self._stream.receive_some(asked)
-                if len(read) == asked:
-                    receive_bytes = min(2 * asked, MAX_RECEIVE_BYTES)
-                elif len(read) < asked // 4:
-                    receive_bytes = max(asked // 2, self._receive_bytes)
+                read = await self._stream.receive_some(self._receive_bytes)
                 if not read:
                     close = self._reader.feed_eof()
                     self._end(SocketClosed(close.code, close.reason))
