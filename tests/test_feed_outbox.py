@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from app.model import Candle, Tick
 from app.settings import Settings
+from app.store.latest import FeedTick
 from app.web.feed import MAX_PENDING_REPLIES, FeedLimits
 from app.web.feed_outbox import MAX_ITEMS_PER_FRAME, CandleFrame, Outbox, TickFrame
 from app.web.feed_protocol import MAX_ID_LENGTH, MAX_SYMBOLS_PER_MESSAGE, Selection
@@ -19,8 +20,8 @@ from app.web.feed_protocol import MAX_ID_LENGTH, MAX_SYMBOLS_PER_MESSAGE, Select
 EVERYTHING = Selection(everything=True)
 
 
-def tick(symbol: str, trade_id: int) -> Tick:
-    return Tick(symbol, Decimal("1.5"), Decimal("2"), 1_000 + trade_id, 1_001 + trade_id, trade_id, False)
+def tick(symbol: str, trade_id: int) -> FeedTick:
+    return FeedTick.of(Tick(symbol, Decimal("1.5"), Decimal("2"), 1_000 + trade_id, 1_001 + trade_id, trade_id, False))
 
 
 def candle(symbol: str, open_time_ms: int, trade_count: int, *, closed: bool = False, revision: int = 0) -> Candle:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
+import orjson
 import pytest
 import trio
 import trio.testing
 
+from app.convert import api_converter
 from app.model import Tick
-from app.store.latest import MAX_BATCH, OverflowPolicy, TickHub, fan_out
+from app.store.latest import MAX_BATCH, FeedTick, OverflowPolicy, TickHub, fan_out
 
 
 def tick(symbol: str, trade_id: int) -> Tick:
@@ -50,6 +52,32 @@ async def test_subscribers_get_only_their_symbols_in_order() -> None:
     (received,) = drain(both)
     assert sorted(received, key=lambda t: (t.symbol, t.trade_id)) == [batch[0], batch[3], batch[1]]
     assert drain(idle) == []
+
+
+def feed_channel(
+    hub: TickHub, name: str, symbols: frozenset[str] | None
+) -> trio.MemoryReceiveChannel[Sequence[FeedTick]]:
+    send, receive = trio.open_memory_channel[Sequence[FeedTick]](8)
+    hub.attach_feed(name, send, 8, symbols)
+    return receive
+
+
+async def test_feed_subscribers_share_one_rendering_of_each_tick_in_api_json() -> None:
+    hub = TickHub()
+    _, internal = hub.subscribe("aggregator", 8, OverflowPolicy.BACKPRESSURE)
+    first = feed_channel(hub, "ws:1", frozenset({"BTCUSDT"}))
+    second = feed_channel(hub, "ws:2", frozenset({"BTCUSDT"}))
+    everything = feed_channel(hub, "ws:3", None)
+    batch = [tick("BTCUSDT", 1), tick("ETHUSDT", 1), tick("BTCUSDT", 2)]
+    await hub.publish(batch)
+    assert drain(internal) == [batch]  # Tick objects, as before
+    (btc_one,), (btc_two,), (every,) = drain(first), drain(second), drain(everything)  # type: ignore[arg-type]
+    assert [t.trade_id for t in btc_one] == [1, 2] and [t.trade_id for t in every] == [1, 1, 2]
+    # One FeedTick per tick: the clients of a symbol are handed the same objects, rendered once.
+    assert all(a is b for a, b in zip(btc_one, btc_two, strict=True))
+    assert {id(t) for t in btc_one} <= {id(t) for t in every}
+    assert orjson.dumps([t.json for t in every]) == orjson.dumps(api_converter.unstructure(batch))
+    assert isinstance(every[0], FeedTick) and hub.subscriber_count == 4
 
 
 async def test_changing_a_subscribers_symbols_keeps_its_channel_and_what_is_buffered() -> None:
@@ -156,3 +184,17 @@ async def test_fan_out_batches_the_ingest_channel_and_ends_every_subscriber() ->
     _, late = hub.subscribe("late", 4, OverflowPolicy.CUT_OFF)
     with pytest.raises(trio.EndOfChannel):
         await late.receive()
+
+
+async def test_a_source_attached_to_a_shared_channel_is_marked_ended_and_nudged_when_the_hub_closes() -> None:
+    hub = TickHub()
+    send, inbox = trio.open_memory_channel[Sequence[FeedTick]](4)
+    ticks = hub.attach_feed("ws:1", send.clone(), 4)
+    left = hub.attach_feed("ws:2", send.clone(), 4)
+    hub.leave_feed(left)
+    assert hub.subscriber_count == 1 and not ticks.ended
+    await hub.publish([tick("BTCUSDT", 1)])
+    hub.close()
+    # The inbox does not end (the session still holds a clone), so the hub says so: an empty batch, and ``ended``.
+    assert [[t.trade_id for t in batch] for batch in drain(inbox)] == [[1], []]  # type: ignore[arg-type]
+    assert ticks.ended and ticks.cut_off_reason is None and not inbox.statistics().open_send_channels == 0

@@ -24,7 +24,7 @@ import trio.lowlevel
 from app.clock import wall_clock_ms
 from app.intervals import Interval
 from app.model import Candle, CandleSeed, SeedRequest, Tick
-from app.store.broadcast import ChannelDepth, Fanout, OverflowPolicy, Subscriber
+from app.store.broadcast import Backlog, ChannelDepth, Fanout, OverflowPolicy, Subscriber
 from app.store.candles import CandleBuilder, CandleCounters, LateTrade
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ MAX_BATCHES_PER_ROUND = 64
 # would hold up every other task, ingestion's socket reader first.
 MAX_TICKS_PER_ROUND = 16_384
 # Scheduler rounds an idle aggregator lets pass before working on a fresh batch: the /ws feed got the same batch
-# from the fan-out in the same round and puts it on the wire three rounds later (its pump, its sender, Hypercorn's
-# send lock), so in a quiet market a trade does not wait for candle work first (issue 16; bench/RESULTS.md).
+# from the fan-out in the same round and puts it on the wire a round or two later (its sender, woken by the batch
+# itself; Hypercorn's send lock), so in a quiet market a trade does not wait for candle work first (issue 16;
+# bench/RESULTS.md). Three was measured when a pump task sat in front of the sender; one round to spare now.
 YIELD_TO_FEED_ROUNDS = 3
 # While seeds are outstanding the aggregator looks for answers at least this often (a quiet symbol sends no
 # tick to wake it).
@@ -110,6 +111,17 @@ class CandleFeed:
         The channel ends when the aggregator stops or cuts the subscriber off (its buffer, in batches, full).
         """
         return self._feed(interval).subscribe(name, buffer, policy, symbols)
+
+    def attach_candles(
+        self, name: str, send_channel: trio.MemorySendChannel[Sequence[Candle]], buffer: int,
+        symbols: frozenset[str] | None, interval: str, backlog: Backlog | None = None,
+    ) -> Subscriber[Candle]:
+        """``subscribe_candles`` on a channel the caller opened (a ``/ws`` client's, see ``Fanout.attach``); cut
+        off when it or the ``backlog`` is full."""
+        return self._feed(interval).attach(name, send_channel, buffer, OverflowPolicy.CUT_OFF, symbols, backlog)
+
+    def leave_candles(self, interval: str, subscriber: Subscriber[Candle]) -> None:
+        self._feed(interval).leave(subscriber)
 
     def change_symbols(self, interval: str, subscriber: Subscriber[Candle], symbols: frozenset[str] | None) -> None:
         """``subscriber`` (of ``interval``) receives ``symbols`` (None: every symbol) from the next update on."""

@@ -8,6 +8,12 @@ copied). A full channel never blocks delivery to the others; the subscriber's ``
 A subscriber's keys change in place (``Fanout.change_keys``): its channel, and whatever is buffered in it, stay.
 The change is applied by the fan-out's owner before its next batch, so the index is only ever touched between
 batches.
+
+A subscriber gets its own channel (``subscribe``), or is attached to one the caller opened (``attach``):
+typically a clone of one channel that several fan-outs feed, so that one task (a ``/ws`` client's sender) waits
+on all of its sources at once and is woken directly by the first batch. Such a channel does not end when one of
+its sources does: the fan-out marks the subscriber ``ended`` and, when it closes, sends it an empty batch to say
+so.
 """
 
 from __future__ import annotations
@@ -50,6 +56,17 @@ class ChannelDepth:
 
 
 @attrs.define(eq=False)
+class Backlog:
+    """Items waiting for the receiver of a shared channel, counted across all its sources: in the channel
+    (``waiting``, kept by the fan-outs and the receiver) and taken but not yet sent on (``held``, the receiver's).
+    A source whose delivery takes it past ``limit`` cuts the subscriber off, even while the receiver is stuck."""
+
+    limit: int
+    waiting: int = 0
+    held: int = 0
+
+
+@attrs.define(eq=False)
 class Subscriber(Generic[T]):
     name: str
     policy: OverflowPolicy
@@ -62,6 +79,11 @@ class Subscriber(Generic[T]):
     # Set when the fan-out cut this subscriber off (its channel then ends); None while subscribed or after it
     # left on its own.
     cut_off_reason: str | None = None
+    # Attached to a channel it shares with other sources (``Fanout.attach``), and their common backlog.
+    shared: bool = False
+    backlog: Backlog | None = None
+    # Set when the fan-out ended this subscriber: cut it off, or closed (the service is stopping).
+    ended: bool = False
     _last_alarm_log: float = -ALARM_LOG_INTERVAL_SECONDS
 
     def depth(self) -> ChannelDepth:
@@ -88,6 +110,10 @@ class Fanout(Generic[T]):
     def subscribers(self) -> tuple[Subscriber[T], ...]:
         return tuple(self._subscribers)
 
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._subscribers)
+
     def wants(self, key: str) -> bool:
         """Whether any subscriber would receive an item with this key."""
         if self._key_changes:
@@ -100,15 +126,32 @@ class Fanout(Generic[T]):
         if buffer < 1:
             raise ValueError(f"subscriber buffer must be at least 1 batch, got {buffer}")
         send_channel, receive_channel = trio.open_memory_channel[Sequence[T]](buffer)
-        subscriber = Subscriber(name, policy, send_channel, keys, buffer)
+        return self._add(Subscriber(name, policy, send_channel, keys, buffer)), receive_channel
+
+    def attach(
+        self, name: str, send_channel: trio.MemorySendChannel[Sequence[T]], buffer: int, policy: OverflowPolicy,
+        keys: frozenset[str] | None = None, backlog: Backlog | None = None,
+    ) -> Subscriber[T]:
+        """A subscriber on ``send_channel`` (a clone the caller made; the fan-out closes it), whose channel holds
+        ``buffer`` batches and, with ``backlog``, at most ``backlog.limit`` items. Its batches are never empty:
+        an empty one means ``ended`` was set. It leaves by ``leave``, or when the receiving end closes."""
+        return self._add(Subscriber(name, policy, send_channel, keys, buffer, shared=True, backlog=backlog))
+
+    def _add(self, subscriber: Subscriber[T]) -> Subscriber[T]:
         if self.closed:
-            send_channel.close()  # the service is stopping: the channel ends at once
-            return subscriber, receive_channel
+            subscriber.ended = True
+            subscriber.send_channel.close()  # the service is stopping: the channel ends at once
+            return subscriber
         self._subscribers.append(subscriber)
         self._index(subscriber)
         if len(self._subscribers) >= self._sweep_at:
             self._sweep()
-        return subscriber, receive_channel
+        return subscriber
+
+    def leave(self, subscriber: Subscriber[T]) -> None:
+        """Unsubscribes ``subscriber`` and closes its channel. (Safe while ``publish`` waits: it then iterates its
+        own list of deliveries, not the index.)"""
+        self._remove(subscriber)
 
     def change_keys(self, subscriber: Subscriber[T], keys: frozenset[str] | None) -> None:
         """From the next batch on, ``subscriber`` receives items with ``keys`` (None: every key).
@@ -179,6 +222,11 @@ class Fanout(Generic[T]):
             try:
                 subscriber.send_channel.send_nowait(delivered)
                 subscriber.batches_sent += 1
+                backlog = subscriber.backlog
+                if backlog is not None:
+                    backlog.waiting += len(delivered)
+                    if backlog.waiting + backlog.held > backlog.limit:
+                        self._cut_off(subscriber, f"fell behind by more than {backlog.limit} items")
             except trio.WouldBlock:
                 if subscriber.policy is OverflowPolicy.CUT_OFF:
                     self._cut_off(subscriber)
@@ -195,14 +243,13 @@ class Fanout(Generic[T]):
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._remove(subscriber)
 
-    def _cut_off(self, subscriber: Subscriber[T]) -> None:
+    def _cut_off(self, subscriber: Subscriber[T], reason: str | None = None) -> None:
         subscriber.overflows += 1
         self.cut_off += 1
-        subscriber.cut_off_reason = (
-            f"fell behind: its buffer of {subscriber.buffer} batches was full; cut off"
-        )
-        log.warning("subscriber_cut_off source=%s name=%s buffer=%d", self._label, subscriber.name,
-                    subscriber.buffer)
+        subscriber.ended = True
+        subscriber.cut_off_reason = reason or f"fell behind: its buffer of {subscriber.buffer} batches was full"
+        log.warning("subscriber_cut_off source=%s name=%s buffer=%d reason=%s", self._label, subscriber.name,
+                    subscriber.buffer, subscriber.cut_off_reason)
         self._remove(subscriber)
 
     def _alarm(self, subscriber: Subscriber[T]) -> None:
@@ -229,6 +276,12 @@ class Fanout(Generic[T]):
         """Ends every subscriber's channel (after the last batch); later subscribers get an ended channel."""
         self.closed = True
         for subscriber in self._subscribers:
+            subscriber.ended = True
+            if subscriber.shared:
+                try:
+                    subscriber.send_channel.send_nowait(())  # says "ended" where no end of channel will
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # full: its receiver has batches to read, and looks at ``ended`` after them
             subscriber.send_channel.close()
         self._subscribers.clear()
         self._everything.clear()

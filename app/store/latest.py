@@ -3,6 +3,12 @@
 One task (``fan_out``) owns both: it drains the ingest channel into batches, updates the latest ticks and hands
 each subscriber the part of the batch it subscribed to, on the subscriber's own bounded channel. A full
 subscriber channel never blocks the others: the subscriber's ``OverflowPolicy`` decides (see ``broadcast``).
+
+Subscribers of ``Tick`` objects (the aggregator, the database writer, embedding programs) and the ``/ws`` feed's
+clients are two fan-outs: the feed's receive ``FeedTick``s, each tick rendered to its API JSON once, here, for
+however many clients send it. (Rendering in each client's sender behind a shared cache re-rendered every tick a
+client had fallen further behind than the cache: with 1,000 clients that was a third of the service's CPU, and
+the more it cost the further clients fell behind.)
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ from collections.abc import Sequence
 from itertools import chain
 from operator import attrgetter
 
+import attrs
+import orjson
 import trio
 
+from app.convert import api_converter
 from app.model import Tick
-from app.store.broadcast import ChannelDepth, Fanout, OverflowPolicy, Subscriber
+from app.store.broadcast import Backlog, ChannelDepth, Fanout, OverflowPolicy, Subscriber
 
-__all__ = ["MAX_BATCH", "ChannelDepth", "OverflowPolicy", "Subscriber", "TickHub", "fan_out"]
+__all__ = ["MAX_BATCH", "ChannelDepth", "FeedTick", "OverflowPolicy", "Subscriber", "TickHub", "fan_out"]
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +35,28 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 512
 
 
+@attrs.frozen(slots=True)
+class FeedTick:
+    """A tick as the ``/ws`` feed sends it: its API JSON, rendered once for every client."""
+
+    symbol: str
+    trade_id: int
+    event_time_ms: int
+    json: orjson.Fragment = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def of(cls, tick: Tick) -> FeedTick:
+        return cls(tick.symbol, tick.trade_id, tick.event_time_ms,
+                   orjson.Fragment(orjson.dumps(api_converter.unstructure(tick))))
+
+
 class TickHub:
     """Latest tick per symbol and the tick subscribers; mutated only by the ``fan_out`` task."""
 
     def __init__(self) -> None:
         self._latest: dict[str, Tick] = {}
         self._fanout = Fanout[Tick](attrgetter("symbol"), "ticks")
+        self._feed = Fanout[FeedTick](attrgetter("symbol"), "ticks")
         self.ticks_published = 0
 
     def latest(self) -> dict[str, Tick]:
@@ -65,39 +90,58 @@ class TickHub:
         """``subscriber`` receives ``symbols`` (None: every symbol) from the next batch on."""
         self._fanout.change_keys(subscriber, symbols)
 
+    def attach_feed(
+        self, name: str, send_channel: trio.MemorySendChannel[Sequence[FeedTick]], buffer: int,
+        symbols: frozenset[str] | None = None, backlog: Backlog | None = None,
+    ) -> Subscriber[FeedTick]:
+        """A ``/ws`` client's tick source on its own channel (see ``Fanout.attach``): batches of rendered ticks;
+        cut off when the channel (``buffer`` batches) or the ``backlog`` is full."""
+        return self._feed.attach(name, send_channel, buffer, OverflowPolicy.CUT_OFF, symbols, backlog)
+
+    def change_feed_symbols(self, subscriber: Subscriber[FeedTick], symbols: frozenset[str] | None) -> None:
+        self._feed.change_keys(subscriber, symbols)
+
+    def leave_feed(self, subscriber: Subscriber[FeedTick]) -> None:
+        self._feed.leave(subscriber)
+
     @property
     def closed(self) -> bool:
         """True once ingestion has ended and every channel was closed (the service is stopping)."""
         return self._fanout.closed
 
     @property
-    def subscribers(self) -> tuple[Subscriber[Tick], ...]:
-        return self._fanout.subscribers
+    def subscribers(self) -> tuple[Subscriber[Tick] | Subscriber[FeedTick], ...]:
+        return (*self._fanout.subscribers, *self._feed.subscribers)
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._fanout.subscribers)
+        return len(self._fanout.subscribers) + len(self._feed.subscribers)
 
     @property
     def subscribers_cut_off(self) -> int:
-        return self._fanout.cut_off
+        return self._fanout.cut_off + self._feed.cut_off
 
     @property
     def backpressure_alarms(self) -> int:
         return self._fanout.backpressure_alarms
 
     def channel_depths(self) -> list[ChannelDepth]:
-        return self._fanout.depths()
+        return [*self._fanout.depths(), *self._feed.depths()]
 
     async def publish(self, batch: Sequence[Tick]) -> None:
         latest = self._latest
         for tick in batch:
             latest[tick.symbol] = tick
         self.ticks_published += len(batch)
+        feed = self._feed
+        if feed.has_subscribers:
+            # First: feed clients are never waited for, the backpressured consumers below may be.
+            await feed.publish([FeedTick.of(tick) for tick in batch if feed.wants(tick.symbol)])
         await self._fanout.publish(batch)
 
     def close(self) -> None:
         self._fanout.close()
+        self._feed.close()
 
 
 async def fan_out(ticks: trio.MemoryReceiveChannel[list[Tick]], hub: TickHub) -> None:

@@ -2,12 +2,13 @@
 
 ``feed_protocol`` turns client messages into requests and keeps the client's subscriptions; ``feed_outbox``
 holds what waits to be sent and decides when it goes (at once when the connection is idle, coalesced while a
-send is in flight); ``feed_render`` renders items to JSON once for all clients. This module moves data:
+send is in flight). Ticks arrive rendered (the hub renders each once, ``FeedTick``); ``feed_render`` renders
+candle updates once for all clients. This module moves data:
 
 - a reader task answers client messages;
-- one pump task per source (the hub's tick channel, the candle channel of each interval) moves every batch
-  waiting into the outbox as soon as it arrives;
-- the session's own task sends what the outbox hands over, then takes what piled up meanwhile.
+- the session's own task waits on one channel, its inbox, which every source of the session feeds (the hub's
+  ticks and the candle feed of each subscribed interval are attached to clones of it), so the first batch after a
+  quiet spell wakes the sender itself; it sends what the outbox hands over, then takes what piled up meanwhile.
 
 Data frames look like ``{"channel": "ticks", "data": [tick, ...]}`` and ``{"channel": "candles", "interval":
 "1m", "data": [candle, ...]}``. On a candle subscription the open candle of each symbol is sent first, then every
@@ -21,9 +22,10 @@ code 1013 and a reason, so it never holds memory or slows anyone else.
 
 Ingestion has priority over the feed: at most ``FeedLimits.concurrent_sends`` sessions render frames in one pass
 of Trio's scheduler (a shared ``trio.CapacityLimiter``); the others wait off the run queue, their data coalescing
-into fuller frames, so the feed's frames per pass stay bounded however many clients are busy. Without
-it, a thousand busy sessions each take a turn in every pass of Trio's scheduler, a pass grows to seconds, and
-the exchange connection's reader (one read per pass) falls so far behind that the exchange drops it.
+in their inboxes (no task runs for them meanwhile) into fuller frames, so the feed's frames per pass stay
+bounded however many clients are busy. Without it, a thousand busy sessions each take a turn in every pass of
+Trio's scheduler, a pass grows to seconds, and the exchange connection's reader (one read per pass) falls so far
+behind that the exchange drops it.
 
 A connection with no subscription costs its tasks only: sources are subscribed on demand, and a changed symbol
 set changes the source subscription in place.
@@ -34,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import attrs
 import orjson
@@ -43,9 +45,10 @@ from quart import Websocket
 
 from app.convert import api_converter
 from app.ingest.status import GapNotices
-from app.model import Candle, Gap, Tick
+from app.model import Candle, Gap
 from app.store.aggregator import CandleFeed
-from app.store.latest import OverflowPolicy, Subscriber, TickHub
+from app.store.broadcast import Backlog
+from app.store.latest import FeedTick, Subscriber, TickHub
 from app.web.feed_outbox import CandleFrame, Frame, Outbox, TickFrame
 from app.web.feed_protocol import (
     ClientError,
@@ -87,9 +90,9 @@ class FeedSources:
 
 @attrs.frozen(slots=True)
 class FeedLimits:
-    # Batches a subscription's source channel holds (references to shared batches: cheap); its pump drains it
-    # as batches arrive, so this fills only for a client whose outbox is already past ``max_pending``.
-    source_buffer: int = 1024
+    # Batches a session's inbox holds (references to shared batches: cheap), from all its sources: what arrives
+    # while it waits for a send slot or sends. A client cut off for a full inbox fell seconds behind.
+    source_buffer: int = 4096
     # Ticks and candle updates waiting for a slow client before it is cut off.
     max_pending: int = 50_000
     # After a cut-off, how long the close frame may take to get through before the connection is dropped.
@@ -123,13 +126,9 @@ class FeedStats:
     lag_samples: int = 0
 
 
-@attrs.define(eq=False)
-class _Source(Generic[T]):
-    """One source subscription of a session and the pump moving its batches into the outbox."""
-
-    subscriber: Subscriber[T]
-    channel: trio.MemoryReceiveChannel[Sequence[T]]
-    done: trio.Event = attrs.Factory(trio.Event)
+# What a session's sources put in its inbox: a batch of ticks, a batch of candles of one interval, or nothing
+# (a nudge: a reply is waiting, or a source ended).
+InboxBatch = Sequence[FeedTick] | Sequence[Candle]
 
 
 class FeedSession:
@@ -149,9 +148,14 @@ class FeedSession:
         self._nursery: trio.Nursery | None = None
         self._subscriptions = Subscriptions(sources.max_subscriptions_per_connection)
         self._outbox = Outbox()
-        self._tick_source: _Source[Tick] | None = None
-        self._candle_sources: dict[str, _Source[Candle]] = {}
-        self._wake = trio.Event()
+        self._inbox_send, self._inbox = trio.open_memory_channel[InboxBatch](limits.source_buffer)
+        # Items in the inbox and in the outbox: the sources cut the client off past ``max_pending``, even while
+        # the sender is stuck in a send to a client that stopped reading.
+        self._backlog = Backlog(limits.max_pending)
+        # Set while the sender waits on its inbox: a reply then nudges it.
+        self._idle = False
+        self._tick_source: Subscriber[FeedTick] | None = None
+        self._candle_sources: dict[str, Subscriber[Candle]] = {}
         self._close: tuple[int, str] | None = None
         self._counted_subscribed = False
         self._counted_subscriptions = 0
@@ -170,6 +174,8 @@ class FeedSession:
                 nursery.cancel_scope.cancel()
         finally:
             self._end_sources()
+            self._inbox.close()
+            self._inbox_send.close()
             self._stats.subscriptions -= self._counted_subscriptions
             self._counted_subscriptions = 0
             self._stats.connections -= 1
@@ -235,25 +241,33 @@ class FeedSession:
             # Requests keep coming while replies are not read: the client is misbehaving, not just slow.
             self._stats.subscribers_cut_off += 1
             self._end(CLOSE_POLICY_VIOLATION, f"more than {MAX_PENDING_REPLIES} replies unread; read your replies")
-        self._wake.set()
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """Wakes the sender if it waits on its inbox (an empty batch)."""
+        if self._idle:
+            self._idle = False
+            try:
+                self._inbox_send.send_nowait(())
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass  # full: the sender is woken anyway
 
     # --- sources -------------------------------------------------------------------------------------------
 
     def _change_source(self, change: SourceChange) -> None:
         """Creates, changes in place or ends the source subscription of a channel whose symbols changed."""
-        assert self._nursery is not None
+        buffer = self._limits.source_buffer
         if change.channel == "ticks":
             ticks = self._tick_source
             if change.symbols is not None and not change.symbols:
                 self._tick_source = None
                 if ticks is not None:
-                    ticks.channel.close()
+                    self._service.ticks.leave_feed(ticks)
             elif ticks is not None:
-                self._service.ticks.change_symbols(ticks.subscriber, change.symbols)
+                self._service.ticks.change_feed_symbols(ticks, change.symbols)
             else:
-                self._tick_source = _Source(*self._service.ticks.subscribe(
-                    self._name, self._limits.source_buffer, OverflowPolicy.CUT_OFF, change.symbols))
-                self._nursery.start_soon(self._pump, self._tick_source, self._add_ticks)
+                self._tick_source = self._service.ticks.attach_feed(
+                    self._name, self._inbox_send.clone(), buffer, change.symbols, self._backlog)
         else:
             interval = change.interval
             assert interval is not None
@@ -261,51 +275,55 @@ class FeedSession:
             if change.symbols is not None and not change.symbols:
                 if candles is not None:
                     del self._candle_sources[interval]
-                    candles.channel.close()
+                    self._service.candles.leave_candles(interval, candles)
             elif candles is not None:
-                self._service.candles.change_symbols(interval, candles.subscriber, change.symbols)
+                self._service.candles.change_symbols(interval, candles, change.symbols)
             else:
-                source = _Source(*self._service.candles.subscribe_candles(
-                    self._name, self._limits.source_buffer, OverflowPolicy.CUT_OFF, change.symbols, interval))
-                self._candle_sources[interval] = source
-                self._nursery.start_soon(self._pump, source, lambda batch: self._add_candles(interval, batch))
+                self._candle_sources[interval] = self._service.candles.attach_candles(
+                    self._name, self._inbox_send.clone(), buffer, change.symbols, interval, self._backlog)
         self._count_subscribed()
 
-    async def _pump(self, source: _Source[T], deliver: Callable[[Sequence[T]], None]) -> None:
-        """Moves every batch waiting into the outbox at once; ends when the channel does."""
-        channel = source.channel
+    def _collect(self) -> None:
+        """Moves every batch waiting in the inbox into the outbox, then looks for a source that ended."""
+        inbox = self._inbox
         try:
             while True:
-                deliver(await channel.receive())
-                try:
-                    while True:
-                        deliver(channel.receive_nowait())
-                except trio.WouldBlock:
-                    pass
-        except trio.ClosedResourceError:
-            return  # we closed it: unsubscribed
-        except trio.EndOfChannel:
-            self._source_ended(source.subscriber.cut_off_reason)
-        finally:
-            channel.close()
-            source.done.set()
+                self._deliver(inbox.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            pass
+        self._check_sources()
 
-    def _source_ended(self, cut_off_reason: str | None) -> None:
-        """A source ended our channel: it cut us off for falling behind, or the service is stopping."""
+    def _deliver(self, batch: InboxBatch) -> None:
+        if not batch:
+            return  # a nudge
+        self._backlog.waiting -= len(batch)
+        first = batch[0]
+        if isinstance(first, FeedTick):
+            self._add_ticks(batch)  # type: ignore[arg-type]
+        else:
+            self._add_candles(first.interval, batch)  # type: ignore[arg-type]
+
+    def _check_sources(self) -> None:
+        """A source that ended cut us off for falling behind, or the service is stopping."""
         if self._close is not None:
             return
-        if cut_off_reason is not None:
-            self._stats.subscribers_cut_off += 1
-            self._end(CLOSE_TRY_AGAIN_LATER, f"cut off: {cut_off_reason}; reconnect and resubscribe")
-        else:
-            self._end(CLOSE_GOING_AWAY, "the service is shutting down", discard=False)
+        for source in self._sources():
+            if source.ended:
+                if source.cut_off_reason is not None:
+                    self._stats.subscribers_cut_off += 1
+                    self._end(CLOSE_TRY_AGAIN_LATER, f"cut off: {source.cut_off_reason}; reconnect and resubscribe")
+                else:
+                    self._end(CLOSE_GOING_AWAY, "the service is shutting down", discard=False)
+                return
 
-    def _sources(self) -> list[_Source[Tick] | _Source[Candle]]:
+    def _sources(self) -> list[Subscriber[FeedTick] | Subscriber[Candle]]:
         return [*([self._tick_source] if self._tick_source is not None else []), *self._candle_sources.values()]
 
     def _end_sources(self) -> None:
-        for source in self._sources():
-            source.channel.close()
+        if self._tick_source is not None:
+            self._service.ticks.leave_feed(self._tick_source)
+        for interval, source in self._candle_sources.items():
+            self._service.candles.leave_candles(interval, source)
         self._tick_source = None
         self._candle_sources.clear()
         self._count_subscribed()
@@ -323,7 +341,7 @@ class FeedSession:
 
     # --- the outbox ----------------------------------------------------------------------------------------
 
-    def _add_ticks(self, batch: Sequence[Tick]) -> None:
+    def _add_ticks(self, batch: Sequence[FeedTick]) -> None:
         if self._discarding:
             return
         self._outbox.add_ticks(batch)
@@ -334,16 +352,16 @@ class FeedSession:
             return
         self._outbox.add_candles(interval, batch)
         self._grew()
+        self._nudge()  # the open candles of a new subscription: added by the reader
 
     def _grew(self) -> None:
-        pending = self._outbox.pending
+        pending = self._backlog.held = self._outbox.pending
         if pending > self._limits.max_pending:
             self._stats.subscribers_cut_off += 1
             log.warning("websocket_cut_off client=%s pending=%d limit=%d", self._name, pending,
                         self._limits.max_pending)
             self._end(CLOSE_TRY_AGAIN_LATER,
                       f"cut off: fell behind by more than {self._limits.max_pending} items; reconnect and resubscribe")
-        self._wake.set()
 
     def _end(self, code: int, reason: str, *, discard: bool = True) -> None:
         """Stops feeding this client; the sender closes the connection with ``code`` and ``reason``.
@@ -357,16 +375,19 @@ class FeedSession:
             self._discarding = True
             self._end_sources()
             self._outbox.clear()
-        self._wake.set()
+            self._backlog.held = 0
+        self._nudge()
 
     # --- sending -------------------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
         outbox = self._outbox
-        while self._close is None:
+        while True:
+            self._collect()
+            if self._close is not None:
+                break
             if not outbox.ready:
-                await self._wake.wait()
-                self._wake = trio.Event()
+                await self._wait_inbox()
                 continue
             # The connection is idle: everything waiting goes now; what arrives during the sends waits for them.
             await self._send_pending()
@@ -375,10 +396,20 @@ class FeedSession:
         with trio.move_on_after(self._limits.close_timeout_seconds):
             if not self._discarding:
                 # Shutting down: every source ends; send what they delivered, then close.
-                for source in self._sources():
-                    await source.done.wait()
-                await self._send(outbox.take(self._subscriptions.ticks, self._subscriptions.candles))
+                while not all(source.ended for source in self._sources()):
+                    await self._wait_inbox()
+                self._collect()
+                await self._send(self._take())
             await self._websocket.close(code, reason)
+
+    async def _wait_inbox(self) -> None:
+        """Waits for the next batch (or nudge) and delivers it."""
+        self._idle = True
+        try:
+            batch = await self._inbox.receive()
+        finally:
+            self._idle = False
+        self._deliver(batch)
 
     async def _send_pending(self) -> None:
         """Renders what is pending once a send slot is free (what arrives while waiting for one joins the
@@ -388,16 +419,18 @@ class FeedSession:
         outbox = self._outbox
         if not outbox.pending:
             # Replies only (a subscription's acknowledgement, a pong): small, and the client waits for them.
-            await self._send(outbox.take(self._subscriptions.ticks, self._subscriptions.candles))
+            await self._send(self._take())
             return
         slots = self._send_slots
         try:
             slots.acquire_nowait()  # a free slot costs no extra checkpoint on the quiet path
         except trio.WouldBlock:
             await slots.acquire()
+            self._collect()  # what arrived meanwhile joins these frames
         try:
-            texts = [self._render(frame) for frame in outbox.take(self._subscriptions.ticks,
-                                                                    self._subscriptions.candles)]
+            if self._discarding:
+                return
+            texts = [self._render(frame) for frame in self._take()]
             await trio.lowlevel.checkpoint()
         finally:
             slots.release()
@@ -405,6 +438,11 @@ class FeedSession:
             if self._discarding:
                 return
             await self._websocket.send(text)
+
+    def _take(self) -> list[Frame]:
+        frames = self._outbox.take(self._subscriptions.ticks, self._subscriptions.candles)
+        self._backlog.held = 0
+        return frames
 
     async def _send(self, frames: list[Frame]) -> None:
         for frame in frames:
@@ -424,7 +462,7 @@ class FeedSession:
             stats.last_lag_seconds = lag
             stats.lag_seconds_total += lag
             stats.lag_samples += 1
-            return orjson.dumps({"channel": "ticks", "data": self._cache.render(ticks)}).decode()
+            return orjson.dumps({"channel": "ticks", "data": [tick.json for tick in ticks]}).decode()
         assert isinstance(frame, CandleFrame)
         stats.candle_frames += 1
         stats.candles_sent += len(frame.candles)

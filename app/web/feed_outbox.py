@@ -13,7 +13,8 @@ from typing import TypeVar
 
 import attrs
 
-from app.model import Candle, Tick
+from app.model import Candle
+from app.store.latest import FeedTick
 from app.web.feed_protocol import Selection
 
 T = TypeVar("T")
@@ -24,7 +25,7 @@ MAX_ITEMS_PER_FRAME = 2_000
 
 @attrs.frozen(slots=True)
 class TickFrame:
-    ticks: Sequence[Tick]
+    ticks: Sequence[FeedTick]
 
 
 @attrs.frozen(slots=True)
@@ -49,7 +50,7 @@ class Outbox:
             raise ValueError(f"max_items_per_frame must be at least 1, got {max_items_per_frame}")
         self._max_items = max_items_per_frame
         self._replies: list[bytes] = []
-        self._ticks: list[Tick] = []
+        self._ticks: list[FeedTick] = []
         self._candles: dict[str, dict[tuple[str, int], Candle]] = {}
         # Data items waiting (ticks, and distinct candles).
         self.pending = 0
@@ -67,7 +68,7 @@ class Outbox:
     def add_reply(self, reply: bytes) -> None:
         self._replies.append(reply)
 
-    def add_ticks(self, batch: Sequence[Tick]) -> None:
+    def add_ticks(self, batch: Sequence[FeedTick]) -> None:
         self._ticks.extend(batch)
         self.pending += len(batch)
 

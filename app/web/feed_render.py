@@ -1,4 +1,5 @@
-"""Ticks and candles rendered to JSON for the ``/ws`` feed, each object once however many clients send it."""
+"""Candle updates rendered to JSON for the ``/ws`` feed, each once however many clients send it (ticks come
+rendered from the hub: ``app.store.latest.FeedTick``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from app.model import Candle, Tick
 
 
 class RenderCache:
-    """Each tick or candle rendered to JSON once, however many subscribers send it.
+    """Each candle (or any model object) rendered to JSON once, however many subscribers send it.
 
-    Rendering through the API converter is the costliest step per tick (mostly the two ISO timestamps); every
+    Rendering through the API converter is the costliest step per item (mostly the ISO timestamps); every
     subscriber is handed the same objects by the fan-out, so the first to send one renders it and the others reuse it.
     Keyed by object identity (the entry keeps the object alive, so an id is never reused while cached). Two
     generations of ``capacity`` entries each: when the current one is full it becomes the previous one, and a hit
