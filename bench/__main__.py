@@ -328,11 +328,12 @@ async def scale_row(plan: Plan, workdir: Path) -> list[Result]:
             elapsed = ended - started
             cpu = (cpu_seconds(service.pid) - cpu_before) / elapsed
             try:
+                backlog = await service.backlog()
                 ingested = await service.ticks_ingested()
                 integrity = await service.integrity()
             except httpx.HTTPError as error:
                 log.warning("scale: /health or /metrics did not answer: %r", error)
-                ingested, integrity = -1, "unknown"
+                ingested, integrity, backlog = -1, "unknown", "backlog unknown"
         finally:
             await service.stop()
     finally:
@@ -365,7 +366,8 @@ async def scale_row(plan: Plan, workdir: Path) -> list[Result]:
                target="flat (growth <= max(10 MB, 5%))",
                note=f"{warm / mb:.1f} / {final / mb:.1f} / {peak / mb:.1f} MB: growth {growth / mb:+.1f} MB -> "
                + ("flat" if flat else "NOT flat")
-               + f"; second half {(final - half) / mb:+.1f} MB ({per_100k / 1024:+.0f} KB per 100,000 trades)"),
+               + f"; second half {(final - half) / mb:+.1f} MB ({per_100k / 1024:+.0f} KB per 100,000 trades); "
+               f"at the end: {backlog}"),
     ]
 
 

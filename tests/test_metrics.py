@@ -33,7 +33,8 @@ async def test_metrics_reflect_ingest_store_and_feed_counters() -> None:
             btc.trades_backfilled = 40
             ingest.parse_errors = 7
             ingest.disconnects, ingest.last_id_checks, ingest.last_id_checks_failed = 3, 5, 1
-            ingest.connections["shard-0"] = ConnectionStatus("shard-0", "ws://x", 2, True, trio.current_time(), 4)
+            ingest.connections["shard-0"] = ConnectionStatus("shard-0", "ws://x", 2, True, trio.current_time(), 4,
+                                                             read_ahead_bytes=65_536)
             await web.publish_and_settle(make_ticks("BTCUSDT", 1, 150, step_ms=1000))
             async with open_websocket_url(web.ws_url, disconnect_timeout=5) as ws:
                 await ws.send_message('{"op": "subscribe", "channel": "ticks", "symbols": "*"}')
@@ -58,6 +59,7 @@ async def test_metrics_reflect_ingest_store_and_feed_counters() -> None:
     assert samples[("marketdata_last_id_checks_failed_total", ())] == 1
     assert samples[("marketdata_reconnects_total", (("connection", "shard-0"),))] == 4
     assert samples[("marketdata_connection_up", (("connection", "shard-0"),))] == 1
+    assert samples[("marketdata_connection_read_ahead_bytes", (("connection", "shard-0"),))] == 65_536
     assert samples[("marketdata_ticks_published_total", ())] == 155
     # 150 one-second trades from 23:55:00: two 1m candles closed.
     assert samples[("marketdata_candles_closed_total", ())] == 2

@@ -136,6 +136,7 @@ class StreamConnection:
                 frames = await receive_batch()
                 self.last_frame_at = status.last_frame_at = current_time()
                 status.frames_received += len(frames)
+                status.read_ahead_bytes = self.socket.read_ahead_bytes
                 ticks: list[Tick] = []
                 for frame in frames:
                     try:

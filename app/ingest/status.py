@@ -98,6 +98,9 @@ class ConnectionStatus:
     connected_at: float | None = None
     frames_received: int = 0
     control_messages_sent: int = 0
+    # Bytes read from the socket ahead of the pipeline, as of the last batch it took (a backlog, not a leak:
+    # bounded by the socket's max_read_ahead_bytes).
+    read_ahead_bytes: int = 0
 
 
 @attrs.define

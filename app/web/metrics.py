@@ -138,15 +138,19 @@ class ServiceCollector(Collector):
         connected = _gauge("connection_up", "1 while the exchange connection is open.", ["connection"])
         frame_age = _gauge("connection_last_frame_age_seconds", "Seconds since the connection's last frame.",
                            ["connection"])
+        read_ahead = _gauge("connection_read_ahead_bytes", "Bytes read from the exchange socket and not yet taken by "
+                            "the pipeline, as of its last batch.", ["connection"])
         now = trio.current_time()
         for name, connection in ingest.connections.items():
             reconnects.add_metric([name], connection.reconnects)
             connected.add_metric([name], 1 if connection.connected else 0)
+            read_ahead.add_metric([name], connection.read_ahead_bytes)
             if connection.last_frame_at is not None:
                 frame_age.add_metric([name], max(0.0, now - connection.last_frame_at))
         yield reconnects
         yield connected
         yield frame_age
+        yield read_ahead
 
         healthy = _gauge("healthy", "1 when /health answers 200.")
         healthy.add_metric([], 1 if assess_health(self._sources.health, now).ok else 0)
