@@ -97,6 +97,14 @@ def test_data_the_client_unsubscribed_from_meanwhile_is_dropped_when_taken() -> 
                       CandleFrame("5m", [attrs.evolve(candle("ETHUSDT", 0, 1), interval="5m")])]
 
 
+def test_without_a_recheck_every_waiting_tick_goes_out() -> None:
+    # The session skips the pass when no subscription changed since the last take (the fan-out filtered).
+    outbox = Outbox()
+    outbox.add_ticks([tick("BTCUSDT", 1), tick("ETHUSDT", 1)])
+    frames = outbox.take(Selection(symbols={"BTCUSDT"}), {}, recheck_ticks=False)
+    assert frames == [TickFrame([tick("BTCUSDT", 1), tick("ETHUSDT", 1)])]
+
+
 def test_clear_drops_everything_waiting() -> None:
     outbox = Outbox()
     outbox.add_reply(b"{}")

@@ -157,6 +157,8 @@ class FeedSession:
         self._tick_source: Subscriber[FeedTick] | None = None
         self._candle_sources: dict[str, Subscriber[Candle]] = {}
         self._close: tuple[int, str] | None = None
+        # A subscription changed since the outbox was last taken: ticks queued before it may be unwanted now.
+        self._changed_since_take = False
         self._counted_subscribed = False
         self._counted_subscriptions = 0
         # Set when the client is cut off: nothing more is queued or sent, only the close frame.
@@ -203,6 +205,7 @@ class FeedSession:
 
     def _change(self, request: Request) -> None:
         change = self._subscriptions.apply(request)
+        self._changed_since_take = True
         self._count_subscriptions()
         self._reply(acknowledgement(request))
         if request.op == "subscribe" and request.channel == "candles":
@@ -440,7 +443,11 @@ class FeedSession:
             await self._websocket.send(text)
 
     def _take(self) -> list[Frame]:
-        frames = self._outbox.take(self._subscriptions.ticks, self._subscriptions.candles)
+        # Every take follows a ``_collect`` with no checkpoint between: batches published before a change are
+        # in the outbox by then, and those after it carry only the new symbols.
+        frames = self._outbox.take(self._subscriptions.ticks, self._subscriptions.candles,
+                                   recheck_ticks=self._changed_since_take)
+        self._changed_since_take = False
         self._backlog.held = 0
         return frames
 

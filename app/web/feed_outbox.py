@@ -84,16 +84,20 @@ class Outbox:
                 continue  # an older state arriving after a newer one (a snapshot): keep the newer
             waiting[key] = candle
 
-    def take(self, ticks_wanted: Selection, candles_wanted: Mapping[str, Selection]) -> list[Frame]:
+    def take(
+        self, ticks_wanted: Selection, candles_wanted: Mapping[str, Selection], *, recheck_ticks: bool = True
+    ) -> list[Frame]:
         """Everything pending as frames, replies first; marks a send in flight.
 
-        Data the client no longer wants (it unsubscribed after the data was queued) is dropped here.
+        Data the client no longer wants (it unsubscribed after the data was queued) is dropped here. The caller
+        passes ``recheck_ticks=False`` when no subscription changed since the last take: the fan-out delivered
+        only wanted ticks, and a pass over them all is saved.
         """
         frames: list[Frame] = list(self._replies)
         self._replies.clear()
         if self._ticks:
             ticks, self._ticks = self._ticks, []
-            if not ticks_wanted.everything:
+            if recheck_ticks and not ticks_wanted.everything:
                 symbols = ticks_wanted.symbols
                 ticks = [tick for tick in ticks if tick.symbol in symbols]
             frames.extend(TickFrame(part) for part in _parts(ticks, self._max_items))
