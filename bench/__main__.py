@@ -445,7 +445,8 @@ async def subscriber_rows(workdir: Path) -> list[Result]:
         Result("6", f"{live.clients:,} subscribers: latency p99", "ms", [live.p99_ms], higher_is_better=False,
                target="<= 20 ms", note=f"p99.9 {live.p999_ms:.1f} ms over {live.samples:,} deliveries"),
         Result("6", f"{live.clients:,} subscribers: service CPU", "% core", [live.cpu * 100], higher_is_better=False,
-               note=f"the client processes together: {live.clients_cpu:.0%} of a core"),
+               note=f"the client processes together: {live.clients_cpu:.0%} of a core, the simulator "
+               f"{live.simulator_cpu:.0%} (2 cores in all here: the service gets what they leave)"),
         Result("6", f"{live.clients:,} subscribers: RSS per connection", "KB", [live.rss_per_connection / kb],
                higher_is_better=False, note=f"service RSS {live.rss_before / 2**20:.1f} -> "
                f"{live.rss_after / 2**20:.1f} MB with them connected, under load"),

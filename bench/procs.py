@@ -283,21 +283,6 @@ class Baseline:
             reply = orjson.loads(await websocket.recv())
         return int(reply["ticks"])
 
-    async def backlog(self) -> str:
-        """Where data waits at this moment (from ``/metrics``): the exchange sockets' read-ahead, and the depth of
-        each internal channel, as a note (a backlog explains RSS that grows while the service is behind)."""
-        async with httpx.AsyncClient(timeout=10) as client:
-            response = await client.get(f"{self.http_url}/metrics")
-        read_ahead = 0.0
-        depths: list[str] = []
-        for family in text_string_to_metric_families(response.text):
-            for sample in family.samples:
-                if sample.name == "marketdata_connection_read_ahead_bytes":
-                    read_ahead += sample.value
-                elif sample.name == "marketdata_channel_depth":
-                    depths.append(f"{sample.labels['channel']} {sample.value:,.0f}")
-        return f"read-ahead {read_ahead / 2**20:.1f} MB; channel depths {', '.join(depths)}"
-
     async def stop(self) -> None:
         await self.child.stop()
 

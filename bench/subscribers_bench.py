@@ -85,6 +85,8 @@ class LiveFigures:
     exchange_per_s: float
     cpu: float
     clients_cpu: float
+    # The simulator's share: it sends every trade to the service and to each client process's tap.
+    simulator_cpu: float
     rss_per_connection: float
     rss_before: int
     rss_after: int
@@ -160,12 +162,14 @@ async def live_subscribers(plan: SubscribersPlan, workdir: Path, database: str) 
                 await asyncio.sleep(plan.warmup)
                 cpu_before, started = cpu_seconds(service.pid), time.perf_counter()
                 clients_before = sum(cpu_seconds(child.pid) for child, _ in children)
+                simulator_before = cpu_seconds(simulator.pid)
                 await _broadcast(children, "start")
                 await asyncio.sleep(plan.window)
                 await _broadcast(children, "stop")
                 elapsed = time.perf_counter() - started
                 cpu = (cpu_seconds(service.pid) - cpu_before) / elapsed
                 clients_cpu = (sum(cpu_seconds(child.pid) for child, _ in children) - clients_before) / elapsed
+                simulator_cpu = (cpu_seconds(simulator.pid) - simulator_before) / elapsed
                 rss_after = rss_bytes(service.pid)
                 reports: list[dict[str, Any]] = [
                     (await child.next_message("report", within=60))["report"]  # type: ignore[misc]
@@ -194,7 +198,7 @@ async def live_subscribers(plan: SubscribersPlan, workdir: Path, database: str) 
         clients_missing=sum(1 for count in missing if count), cut_off=len(closed),
         repeats=sum(int(report["repeats"]) for report in reports),
         p50_ms=percentile(ordered, 0.5), p99_ms=percentile(ordered, 0.99), p999_ms=percentile(ordered, 0.999),
-        samples=len(ordered), exchange_per_s=plan.rate, cpu=cpu, clients_cpu=clients_cpu,
+        samples=len(ordered), exchange_per_s=plan.rate, cpu=cpu, clients_cpu=clients_cpu, simulator_cpu=simulator_cpu,
         rss_per_connection=(rss_after - rss_before) / max(1, plan.clients), rss_before=rss_before,
         rss_after=rss_after, warnings=len(warnings))
 
