@@ -25,7 +25,7 @@ from app.convert import api_converter, api_json, candles_from_api, ticks_from_ap
 from app.errors import ServiceError
 from app.ingest.reconnect import RECONNECT_BACKOFF
 from app.ingest.stream_socket import HandshakeFailed, SocketClosed, StreamSocket, open_stream_socket
-from app.model import Candle, ServiceHealth, SymbolSummary, Tick, ms_from_utc
+from app.model import Candle, Gap, ServiceHealth, SymbolSummary, Tick, ms_from_utc
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,8 @@ class _Connection:
 
     subscribed: trio.Event = attrs.Factory(trio.Event)
     interruptions: int = 0
+    # Trades lost for good that the service told of (``{"op": "gap"}``), in the order told.
+    gaps: list[Gap] = attrs.Factory(list)
 
 
 @attrs.frozen(slots=True)
@@ -190,7 +192,8 @@ class Feed(Generic[T]):
     """Batches of ticks or candles from ``/ws``, in the order the service sent them.
 
     When the connection is lost the next iteration raises ``FeedInterrupted`` at the place of the hole; the
-    feed meanwhile reconnects (the ingest's backoff) and resubscribes, and iterating again continues.
+    feed meanwhile reconnects (the ingest's backoff) and resubscribes, and iterating again continues. Trades the
+    service itself lost for good (an exchange gap it could not repair) are in ``gaps``, each logged at WARNING.
     """
 
     def __init__(self, batches: trio.MemoryReceiveChannel[list[T] | _Lost], connection: _Connection) -> None:
@@ -207,6 +210,11 @@ class Feed(Generic[T]):
     @property
     def subscribed(self) -> bool:
         return self._connection.subscribed.is_set()
+
+    @property
+    def gaps(self) -> tuple[Gap, ...]:
+        """Every unrepaired gap the service told this feed of (its symbols only), oldest first."""
+        return tuple(self._connection.gaps)
 
     async def wait_subscribed(self) -> None:
         """Returns once the feed is connected and subscribed (at once unless it is reconnecting)."""
@@ -307,7 +315,7 @@ async def _keep_subscribed(
                     connection.subscribed.set()
                     if connection.interruptions == 0:
                         task_status.started()
-                    await _forward(socket, decode, batches)
+                    await _forward(socket, decode, batches, connection)
             except _CONNECTION_LOST as error:
                 if not connection.subscribed.is_set():
                     if connection.interruptions == 0:
@@ -336,13 +344,19 @@ async def _wait_subscribed(socket: StreamSocket) -> None:
 
 
 async def _forward(
-    socket: StreamSocket, decode: Callable[[object], list[T]], batches: trio.MemorySendChannel[list[T] | _Lost]
+    socket: StreamSocket, decode: Callable[[object], list[T]], batches: trio.MemorySendChannel[list[T] | _Lost],
+    connection: _Connection,
 ) -> None:
     while True:
         for message in await socket.receive_batch():
             document = api_json(message)
             if "channel" in document:
                 await batches.send(decode(document["data"]))
+            elif document.get("op") == "gap":
+                gap = api_converter.structure({k: v for k, v in document.items() if k != "op"}, Gap)
+                connection.gaps.append(gap)
+                log.warning("feed_gap symbol=%s first_trade_id=%d last_trade_id=%d reason=%s", gap.symbol,
+                            gap.first_trade_id, gap.last_trade_id, gap.reason)
             elif document.get("op") == "error":
                 log.warning("feed_error code=%s message=%s", document.get("code"), document.get("message"))
 

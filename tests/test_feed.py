@@ -17,6 +17,7 @@ import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 from web_harness import Harness, make_ticks, running_web, wait_until, web_settings
 
+from app.client import open_feed
 from app.convert import api_converter
 from app.model import Gap
 from app.web.feed import FeedLimits
@@ -435,3 +436,20 @@ async def test_an_unrepaired_gap_is_told_to_the_clients_subscribed_to_its_symbol
             await assert_quiet(eth_client)
     assert told == {"op": "gap", **api_converter.unstructure(gap)}
     assert told["first_trade_id"] == 101 and told["last_trade_id"] == 250
+
+
+async def test_the_python_feed_keeps_and_logs_the_gaps_it_is_told_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(20):
+        async with running_web() as web, open_feed(web.base_url, "ticks", ["BTCUSDT"]) as feed:
+            gap = Gap("BTCUSDT", 101, 250, "REST could not serve the missed trades", 1_723_161_300_000)
+            web.state.ingest.symbol("ETHUSDT").record_gap(attrs.evolve(gap, symbol="ETHUSDT"))  # not its symbol
+            web.state.ingest.symbol("BTCUSDT").record_gap(gap)
+            await wait_until(lambda: len(feed.gaps) == 1)
+            await web.publish(make_ticks("BTCUSDT", 251, 2))
+            received: list[int] = []
+            async for batch in feed:
+                received.extend(tick.trade_id for tick in batch)
+                if len(received) >= 2:
+                    break
+    assert feed.gaps == (gap,) and received == [251, 252]
+    assert "feed_gap symbol=BTCUSDT first_trade_id=101 last_trade_id=250" in caplog.text
