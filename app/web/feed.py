@@ -154,8 +154,6 @@ class FeedSession:
         self._backlog = Backlog(limits.max_pending)
         # Set while the sender waits on its inbox: a reply then nudges it.
         self._idle = False
-        # A send slot is held until the run-soon queue releases it (see ``_send_pending``).
-        self._holding_slot = False
         self._tick_source: Subscriber[FeedTick] | None = None
         self._candle_sources: dict[str, Subscriber[Candle]] = {}
         self._close: tuple[int, str] | None = None
@@ -418,27 +416,27 @@ class FeedSession:
 
     async def _send_pending(self) -> None:
         """Renders what is pending once a send slot is free (what arrives while waiting for one joins the
-        frames), then sends it; replies alone need no slot. The slot is held for the rest of this pass of the
-        scheduler (released by Trio's run-soon queue, which runs at the start of a later pass), which bounds the
-        sessions rendering per pass without this one waiting a pass itself; not through the send, because
-        Hypercorn shields a socket write, and one to a client that stopped reading would keep the slot for good."""
+        frames), then sends it; replies alone need no slot. The slot covers the rendering and one pass of the
+        scheduler, which bounds the sessions rendering per pass; not the send itself, because Hypercorn shields a
+        socket write, and one to a client that stopped reading would keep the slot for good."""
         outbox = self._outbox
         if not outbox.pending:
             # Replies only (a subscription's acknowledgement, a pong): small, and the client waits for them.
             await self._send(self._take())
             return
-        if not self._holding_slot:
-            slots = self._send_slots
-            try:
-                slots.acquire_nowait()  # a free slot costs no extra checkpoint on the quiet path
-            except trio.WouldBlock:
-                await slots.acquire()
-                self._collect()  # what arrived meanwhile joins these frames
-            self._holding_slot = True
-            trio.lowlevel.current_trio_token().run_sync_soon(self._release_slot, trio.lowlevel.current_task())
-        if self._discarding:
-            return
-        texts = [self._render(frame) for frame in self._take()]
+        slots = self._send_slots
+        try:
+            slots.acquire_nowait()  # a free slot costs no extra checkpoint on the quiet path
+        except trio.WouldBlock:
+            await slots.acquire()
+            self._collect()  # what arrived meanwhile joins these frames
+        try:
+            if self._discarding:
+                return
+            texts = [self._render(frame) for frame in self._take()]
+            await trio.lowlevel.checkpoint()
+        finally:
+            slots.release()
         for text in texts:
             if self._discarding:
                 return
@@ -452,10 +450,6 @@ class FeedSession:
         self._changed_since_take = False
         self._backlog.held = 0
         return frames
-
-    def _release_slot(self, holder: trio.lowlevel.Task) -> None:
-        self._holding_slot = False
-        self._send_slots.release_on_behalf_of(holder)
 
     async def _send(self, frames: list[Frame]) -> None:
         for frame in frames:
