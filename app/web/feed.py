@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 import attrs
 import orjson
@@ -64,8 +63,6 @@ from app.web.feed_render import RenderCache
 __all__ = ["FeedLimits", "FeedSources", "FeedStats", "RenderCache", "serve_feed"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # WebSocket close codes (RFC 6455 and IANA registry).
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -355,7 +352,6 @@ class FeedSession:
             return
         self._outbox.add_candles(interval, batch)
         self._grew()
-        self._nudge()  # the open candles of a new subscription: added by the reader
 
     def _grew(self) -> None:
         pending = self._backlog.held = self._outbox.pending
